@@ -1,0 +1,188 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	networking "istio.io/api/networking/v1alpha3"
+)
+
+// Kinds of resources the loader accepts.
+const (
+	KindServiceEntry    = "ServiceEntry"
+	KindWorkloadEntry   = "WorkloadEntry"
+	KindVirtualService  = "VirtualService"
+	KindDestinationRule = "DestinationRule"
+)
+
+// DefaultNamespace is the namespace of a resource whose metadata names none.
+const DefaultNamespace = "default"
+
+// Meta identifies a resource and where it was read from.
+type Meta struct {
+	Kind        string
+	Name        string
+	Namespace   string
+	Labels      map[string]string
+	Annotations map[string]string
+	// File and Line locate the start of the resource's YAML document.
+	File string
+	Line int
+}
+
+// String returns "Kind namespace/name".
+func (m Meta) String() string { return m.Kind + " " + m.Namespace + "/" + m.Name }
+
+// Error is a problem with one resource. Field is the path of the offending
+// field inside the resource ("spec.http[0].route[1].weight"); it is empty when
+// the problem is the resource as a whole.
+type Error struct {
+	File     string
+	Line     int
+	Resource string // "Kind namespace/name"; empty if the document has none yet
+	Field    string
+	Msg      string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Resource != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Resource)
+	}
+	if e.Field != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Field)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// ServiceEntry is a parsed ServiceEntry resource.
+type ServiceEntry struct {
+	Meta
+	Spec *networking.ServiceEntry
+}
+
+// WorkloadEntry is a parsed WorkloadEntry resource.
+type WorkloadEntry struct {
+	Meta
+	Spec *networking.WorkloadEntry
+}
+
+// VirtualService is a parsed VirtualService resource.
+type VirtualService struct {
+	Meta
+	Spec *networking.VirtualService
+}
+
+// DestinationRule is a parsed DestinationRule resource.
+type DestinationRule struct {
+	Meta
+	Spec *networking.DestinationRule
+}
+
+// Set is a validated set of resources. The zero Set is valid and empty. A Set
+// is not modified after Load returns it and is safe for concurrent reads.
+type Set struct {
+	ServiceEntries   []*ServiceEntry
+	WorkloadEntries  []*WorkloadEntry
+	VirtualServices  []*VirtualService
+	DestinationRules []*DestinationRule
+	// Files lists the files the Set was read from, sorted.
+	Files []string
+}
+
+// Len returns the number of resources in the set.
+func (s *Set) Len() int {
+	return len(s.ServiceEntries) + len(s.WorkloadEntries) + len(s.VirtualServices) + len(s.DestinationRules)
+}
+
+// LoadDir reads every *.yaml, *.yml and *.json file directly inside dir
+// (files whose names start with "." are skipped) and returns the validated
+// Set. If any resource is invalid it returns a nil Set and an error joining
+// one *Error per problem (use errors.As or Errors to get them).
+func LoadDir(dir string) (*Set, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	files := map[string][]byte{}
+	for _, e := range entries {
+		if e.IsDir() || !IsConfigFile(e.Name()) {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		files[p] = data
+	}
+	return Load(files)
+}
+
+// IsConfigFile reports whether a file of this name is read by LoadDir.
+func IsConfigFile(name string) bool {
+	if strings.HasPrefix(name, ".") {
+		return false
+	}
+	switch filepath.Ext(name) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
+
+// Load parses and validates the given files (path to contents) as one Set.
+func Load(files map[string][]byte) (*Set, error) {
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	set := &Set{Files: names}
+	var errs []error
+	for _, name := range names {
+		errs = append(errs, parseFile(set, name, files[name])...)
+	}
+	if len(errs) == 0 {
+		errs = validateSet(set)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return set, nil
+}
+
+// Errors returns the *Error values joined in err, in order.
+func Errors(err error) []*Error {
+	var out []*Error
+	var walk func(error)
+	walk = func(err error) {
+		if e, ok := err.(*Error); ok {
+			out = append(out, e)
+			return
+		}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				walk(e)
+			}
+			return
+		}
+		if u := errors.Unwrap(err); u != nil {
+			walk(u)
+		}
+	}
+	walk(err)
+	return out
+}

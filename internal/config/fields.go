@@ -1,0 +1,150 @@
+package config
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// supported lists, per kind, the spec fields Trellis implements, as dotted
+// paths of proto field names without list indexes or map keys. A field that
+// is present in a resource but not listed here is rejected.
+var supported = map[string]map[string]bool{
+	KindServiceEntry: set(
+		"hosts",
+		"ports", "ports.number", "ports.protocol", "ports.name", "ports.target_port",
+		"location", "resolution",
+		"endpoints", "endpoints.address", "endpoints.ports", "endpoints.labels", "endpoints.locality",
+		"workload_selector", "workload_selector.labels",
+	),
+	KindWorkloadEntry: set("address", "ports", "labels", "locality"),
+	KindVirtualService: set(
+		"hosts",
+		"http", "http.name",
+		"http.match", "http.match.name", "http.match.port", "http.match.ignore_uri_case",
+		"http.match.uri", "http.match.uri.exact", "http.match.uri.prefix", "http.match.uri.regex",
+		"http.match.headers", "http.match.headers.exact", "http.match.headers.prefix", "http.match.headers.regex",
+		"http.route", "http.route.weight",
+		"http.route.destination", "http.route.destination.host", "http.route.destination.subset",
+		"http.route.destination.port", "http.route.destination.port.number",
+	),
+	KindDestinationRule: set("host", "subsets", "subsets.name", "subsets.labels"),
+}
+
+func set(paths ...string) map[string]bool {
+	m := make(map[string]bool, len(paths))
+	for _, p := range paths {
+		m[p] = true
+	}
+	return m
+}
+
+// Supported returns the spec fields of kind that Trellis implements, as
+// sorted dotted paths of proto field names ("http.route.destination.subset").
+// Every other field of the kind is rejected.
+func Supported(kind string) []string {
+	var out []string
+	for p := range supported[kind] {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// walkFields checks a decoded JSON object against a message descriptor:
+// every key must be a field of the message (by JSON or proto name) and the
+// field's schema path must be supported. It recurses into messages, lists
+// and maps of messages, and checks enum names.
+func walkFields(md protoreflect.MessageDescriptor, v any, path, schema string, allowed map[string]bool, add func(field, format string, args ...any)) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		if v != nil {
+			add(path, "must be a mapping")
+		}
+		return
+	}
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, key := range keys {
+		val := obj[key]
+		fpath := path + "." + key
+		fd := md.Fields().ByJSONName(key)
+		if fd == nil {
+			fd = md.Fields().ByTextName(key)
+		}
+		if fd == nil {
+			add(fpath, "unknown field")
+			continue
+		}
+		fschema := string(fd.Name())
+		if schema != "" {
+			fschema = schema + "." + fschema
+		}
+		if !allowed[fschema] {
+			add(fpath, "field not supported by Trellis (see docs/SUPPORT.md)")
+			continue
+		}
+		if val == nil {
+			continue
+		}
+		switch {
+		case fd.IsMap():
+			m, ok := val.(map[string]any)
+			if !ok {
+				add(fpath, "must be a mapping")
+				continue
+			}
+			vd := fd.MapValue()
+			for k, x := range m {
+				walkValue(vd, x, fpath+"["+quote(k)+"]", fschema, allowed, add)
+			}
+		case fd.IsList():
+			l, ok := val.([]any)
+			if !ok {
+				add(fpath, "must be a list")
+				continue
+			}
+			for i, x := range l {
+				walkValue(fd, x, fpath+"["+itoa(i)+"]", fschema, allowed, add)
+			}
+		default:
+			walkValue(fd, val, fpath, fschema, allowed, add)
+		}
+	}
+}
+
+// walkValue checks one value of field fd (an element, for lists and maps).
+func walkValue(fd protoreflect.FieldDescriptor, v any, path, schema string, allowed map[string]bool, add func(field, format string, args ...any)) {
+	switch fd.Kind() {
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		md := fd.Message()
+		if strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
+			return // well-known types have their own JSON forms; protojson checks them
+		}
+		walkFields(md, v, path, schema, allowed, add)
+	case protoreflect.EnumKind:
+		s, ok := v.(string)
+		if !ok {
+			if _, num := v.(json.Number); !num {
+				add(path, "must be one of %s", enumNames(fd.Enum()))
+			}
+			return
+		}
+		if fd.Enum().Values().ByName(protoreflect.Name(s)) == nil {
+			add(path, "%q is not one of %s", s, enumNames(fd.Enum()))
+		}
+	}
+}
+
+func enumNames(ed protoreflect.EnumDescriptor) string {
+	var names []string
+	for i := 0; i < ed.Values().Len(); i++ {
+		names = append(names, string(ed.Values().Get(i).Name()))
+	}
+	return strings.Join(names, ", ")
+}

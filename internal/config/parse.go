@@ -1,0 +1,222 @@
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
+	"sigs.k8s.io/yaml"
+)
+
+// apiVersions accepted for each kind.
+var apiVersions = map[string][]string{
+	KindServiceEntry:    {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
+	KindWorkloadEntry:   {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
+	KindVirtualService:  {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
+	KindDestinationRule: {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
+}
+
+// document is one YAML document of a file.
+type document struct {
+	line int // first line of the document, 1-based
+	data []byte
+}
+
+// splitDocuments splits a multi-document YAML stream at "---" lines.
+func splitDocuments(data []byte) []document {
+	var docs []document
+	var cur bytes.Buffer
+	start, line := 1, 0
+	flush := func() {
+		if len(bytes.TrimSpace(cur.Bytes())) > 0 {
+			docs = append(docs, document{line: start, data: append([]byte(nil), cur.Bytes()...)})
+		}
+		cur.Reset()
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), len(data)+1)
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if strings.HasPrefix(text, "---") && strings.TrimSpace(strings.TrimPrefix(text, "---")) == "" {
+			flush()
+			start = line + 1
+			continue
+		}
+		if cur.Len() == 0 && strings.TrimSpace(text) == "" {
+			start = line + 1
+			continue
+		}
+		cur.WriteString(text)
+		cur.WriteByte('\n')
+	}
+	flush()
+	return docs
+}
+
+// parseFile parses every document in one file into set.
+func parseFile(set *Set, file string, data []byte) []error {
+	var errs []error
+	for _, doc := range splitDocuments(data) {
+		if err := parseDocument(set, file, doc); err != nil {
+			errs = append(errs, err...)
+		}
+	}
+	return errs
+}
+
+func parseDocument(set *Set, file string, doc document) []error {
+	fail := func(resource, field, format string, args ...any) []error {
+		return []error{&Error{File: file, Line: doc.line, Resource: resource, Field: field, Msg: fmt.Sprintf(format, args...)}}
+	}
+	js, err := yaml.YAMLToJSON(doc.data)
+	if err != nil {
+		return fail("", "", "invalid YAML: %v", err)
+	}
+	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
+		return nil // a document holding only comments
+	}
+	var obj map[string]any
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	if err := dec.Decode(&obj); err != nil {
+		return fail("", "", "a resource must be a YAML mapping: %v", err)
+	}
+	meta := Meta{File: file, Line: doc.line, Namespace: DefaultNamespace}
+	kind, _ := obj["kind"].(string)
+	apiVersion, _ := obj["apiVersion"].(string)
+	if kind == "" {
+		return fail("", "kind", "required")
+	}
+	meta.Kind = kind
+	versions, ok := apiVersions[kind]
+	if !ok {
+		return fail("", "kind", "unsupported kind %q (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)", kind)
+	}
+	if md, ok := obj["metadata"].(map[string]any); ok {
+		meta.Name, _ = md["name"].(string)
+		if ns, _ := md["namespace"].(string); ns != "" {
+			meta.Namespace = ns
+		}
+	}
+	resource := kind + " " + meta.Namespace + "/" + meta.Name
+	if meta.Name == "" {
+		resource = kind + " " + meta.Namespace + "/?"
+	}
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, &Error{File: file, Line: doc.line, Resource: resource, Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	for key := range obj {
+		switch key {
+		case "apiVersion", "kind", "metadata", "spec":
+		case "status":
+			// Written back by Kubernetes; carries no configuration.
+		default:
+			add(key, "unknown field")
+		}
+	}
+	found := false
+	for _, v := range versions {
+		found = found || v == apiVersion
+	}
+	if !found {
+		add("apiVersion", "%q is not an API version of %s (want one of %s)", apiVersion, kind, strings.Join(versions, ", "))
+	}
+	errs = append(errs, parseMetadata(&meta, obj["metadata"], add)...)
+	spec, ok := obj["spec"].(map[string]any)
+	if !ok {
+		add("spec", "required, and must be a mapping")
+		return errs
+	}
+	var msg proto.Message
+	switch kind {
+	case KindServiceEntry:
+		m := &networking.ServiceEntry{}
+		set.ServiceEntries = append(set.ServiceEntries, &ServiceEntry{Meta: meta, Spec: m})
+		msg = m
+	case KindWorkloadEntry:
+		m := &networking.WorkloadEntry{}
+		set.WorkloadEntries = append(set.WorkloadEntries, &WorkloadEntry{Meta: meta, Spec: m})
+		msg = m
+	case KindVirtualService:
+		m := &networking.VirtualService{}
+		set.VirtualServices = append(set.VirtualServices, &VirtualService{Meta: meta, Spec: m})
+		msg = m
+	case KindDestinationRule:
+		m := &networking.DestinationRule{}
+		set.DestinationRules = append(set.DestinationRules, &DestinationRule{Meta: meta, Spec: m})
+		msg = m
+	}
+	before := len(errs)
+	walkFields(msg.ProtoReflect().Descriptor(), spec, "spec", "", supported[kind], add)
+	if len(errs) > before {
+		return errs
+	}
+	specJSON, err := json.Marshal(spec)
+	if err != nil {
+		add("spec", "%v", err)
+		return errs
+	}
+	if err := protojson.Unmarshal(specJSON, msg); err != nil {
+		add("spec", "%s", strings.TrimPrefix(err.Error(), "proto: "))
+	}
+	return errs
+}
+
+func parseMetadata(meta *Meta, v any, add func(field, format string, args ...any)) []error {
+	md, ok := v.(map[string]any)
+	if !ok {
+		add("metadata", "required, and must be a mapping")
+		return nil
+	}
+	for key, val := range md {
+		field := "metadata." + key
+		switch key {
+		case "name":
+			if s, _ := val.(string); s == "" {
+				add(field, "required")
+			} else if !isDNS1123Subdomain(s) {
+				add(field, "%q is not a valid name (lowercase letters, digits, '-' and '.')", s)
+			}
+		case "namespace":
+			if s, ok := val.(string); !ok || !isDNS1123Label(s) {
+				add(field, "%v is not a valid namespace", val)
+			}
+		case "labels", "annotations":
+			m, ok := val.(map[string]any)
+			if !ok {
+				add(field, "must be a mapping of strings")
+				continue
+			}
+			out := make(map[string]string, len(m))
+			for k, x := range m {
+				s, ok := x.(string)
+				if !ok {
+					add(field+"["+quote(k)+"]", "must be a string")
+				}
+				out[k] = s
+			}
+			if key == "labels" {
+				meta.Labels = out
+			} else {
+				meta.Annotations = out
+			}
+		case "resourceVersion", "uid", "generation", "creationTimestamp", "managedFields":
+			// Kubernetes bookkeeping; carries no configuration.
+		default:
+			add(field, "unknown field")
+		}
+	}
+	if _, ok := md["name"]; !ok {
+		add("metadata.name", "required")
+	}
+	return nil
+}
+
+func quote(s string) string { return fmt.Sprintf("%q", s) }

@@ -1,0 +1,372 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+
+	networking "istio.io/api/networking/v1alpha3"
+)
+
+// MaxRegexLength caps the length of a regular expression in a match. Longer
+// expressions are rejected so that hostile configuration cannot make route
+// matching expensive.
+const MaxRegexLength = 1024
+
+// ClusterDomain is the DNS suffix of canonical service hostnames.
+const ClusterDomain = "svc.cluster.local"
+
+// CanonicalHost returns the canonical form of a service host written in
+// namespace ns: a bare name ("reviews") means the service of that name in ns
+// ("reviews.ns.svc.cluster.local"); anything with a dot is taken as written.
+// Hostnames are case-insensitive and returned in lower case.
+func CanonicalHost(host, ns string) string {
+	host = strings.ToLower(host)
+	if !strings.Contains(host, ".") {
+		return host + "." + ns + "." + ClusterDomain
+	}
+	return host
+}
+
+var (
+	dns1123Label     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	dns1123Subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	headerName       = regexp.MustCompile(`^[a-z0-9!#$%&'*+\-.^_|~` + "`" + `]+$`)
+	labelKey         = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
+	labelValue       = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
+)
+
+func isDNS1123Label(s string) bool { return len(s) <= 63 && dns1123Label.MatchString(s) }
+func isDNS1123Subdomain(s string) bool {
+	return len(s) <= 253 && dns1123Subdomain.MatchString(s)
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// problems collects errors for one resource.
+type problems struct {
+	meta Meta
+	errs []error
+}
+
+func (p *problems) add(field, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: p.meta.File, Line: p.meta.Line, Resource: p.meta.String(), Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (p *problems) host(field, h string) {
+	switch {
+	case h == "":
+		p.add(field, "required")
+	case strings.Contains(h, "*"):
+		p.add(field, "wildcard hosts are not supported")
+	case !isDNS1123Subdomain(strings.ToLower(h)):
+		p.add(field, "%q is not a valid hostname", h)
+	}
+}
+
+func (p *problems) labels(field string, labels map[string]string) {
+	for k, v := range labels {
+		if !labelKey.MatchString(k) || len(k) > 317 {
+			p.add(field+"["+quote(k)+"]", "%q is not a valid label key", k)
+		}
+		if len(v) > 63 || !labelValue.MatchString(v) {
+			p.add(field+"["+quote(k)+"]", "%q is not a valid label value", v)
+		}
+	}
+}
+
+func (p *problems) address(field, addr string) {
+	if addr == "" {
+		p.add(field, "required")
+		return
+	}
+	if _, err := netip.ParseAddr(addr); err != nil {
+		p.add(field, "%q is not an IP address (DNS names and unix sockets are not supported)", addr)
+	}
+}
+
+func (p *problems) stringMatch(field string, m *networking.StringMatch, allowEmpty bool) {
+	switch t := m.GetMatchType().(type) {
+	case nil:
+		if !allowEmpty {
+			p.add(field, "one of exact, prefix or regex is required")
+		}
+	case *networking.StringMatch_Regex:
+		if len(t.Regex) > MaxRegexLength {
+			p.add(field+".regex", "regex is %d bytes long, the limit is %d", len(t.Regex), MaxRegexLength)
+		} else if _, err := regexp.Compile("^(?:" + t.Regex + ")$"); err != nil {
+			p.add(field+".regex", "invalid regex: %v", err)
+		}
+	}
+}
+
+func validateServiceEntry(se *ServiceEntry) []error {
+	p := &problems{meta: se.Meta}
+	s := se.Spec
+	if len(s.Hosts) == 0 {
+		p.add("spec.hosts", "at least one host is required")
+	}
+	for i, h := range s.Hosts {
+		p.host(fmt.Sprintf("spec.hosts[%d]", i), h)
+	}
+	if len(s.Ports) == 0 {
+		p.add("spec.ports", "at least one port is required")
+	}
+	numbers, names := map[uint32]bool{}, map[string]bool{}
+	for i, port := range s.Ports {
+		f := fmt.Sprintf("spec.ports[%d]", i)
+		switch {
+		case port.Number == 0 || port.Number > 65535:
+			p.add(f+".number", "must be between 1 and 65535")
+		case numbers[port.Number]:
+			p.add(f+".number", "port %d is listed twice", port.Number)
+		}
+		numbers[port.Number] = true
+		if port.Name != "" {
+			if names[port.Name] {
+				p.add(f+".name", "port name %q is listed twice", port.Name)
+			}
+			names[port.Name] = true
+		}
+		if port.TargetPort > 65535 {
+			p.add(f+".target_port", "must be between 1 and 65535")
+		}
+		switch strings.ToUpper(port.Protocol) {
+		case "", "GRPC", "HTTP", "HTTP2":
+		default:
+			p.add(f+".protocol", "protocol %q is not supported (want GRPC, HTTP or HTTP2)", port.Protocol)
+		}
+	}
+	if s.Location == networking.ServiceEntry_MESH_EXTERNAL {
+		p.add("spec.location", "MESH_EXTERNAL is not supported")
+	}
+	if s.Resolution != networking.ServiceEntry_STATIC {
+		p.add("spec.resolution", "%s is not supported: set resolution: STATIC (endpoints are listed, selected WorkloadEntries, or self-registered)", s.Resolution)
+	}
+	if len(s.Endpoints) > 0 && s.WorkloadSelector != nil {
+		p.add("spec.workload_selector", "cannot be set together with endpoints")
+	}
+	if s.WorkloadSelector != nil {
+		if len(s.WorkloadSelector.Labels) == 0 {
+			p.add("spec.workload_selector.labels", "at least one label is required")
+		}
+		p.labels("spec.workload_selector.labels", s.WorkloadSelector.Labels)
+	}
+	for i, ep := range s.Endpoints {
+		f := fmt.Sprintf("spec.endpoints[%d]", i)
+		validateWorkload(p, f, ep, names)
+	}
+	return p.errs
+}
+
+// validateWorkload checks a WorkloadEntry spec; portNames, when non-nil, are
+// the port names its ports map may use.
+func validateWorkload(p *problems, f string, w *networking.WorkloadEntry, portNames map[string]bool) {
+	p.address(f+".address", w.Address)
+	for name, num := range w.Ports {
+		pf := f + ".ports[" + quote(name) + "]"
+		if num == 0 || num > 65535 {
+			p.add(pf, "must be between 1 and 65535")
+		}
+		if portNames != nil && !portNames[name] {
+			p.add(pf, "no port of the ServiceEntry is named %q", name)
+		}
+	}
+	p.labels(f+".labels", w.Labels)
+	if w.Locality != "" && len(strings.Split(w.Locality, "/")) > 3 {
+		p.add(f+".locality", "%q has more than region/zone/subzone", w.Locality)
+	}
+}
+
+func validateWorkloadEntry(we *WorkloadEntry) []error {
+	p := &problems{meta: we.Meta}
+	validateWorkload(p, "spec", we.Spec, nil)
+	return p.errs
+}
+
+func validateVirtualService(vs *VirtualService) []error {
+	p := &problems{meta: vs.Meta}
+	s := vs.Spec
+	if len(s.Hosts) == 0 {
+		p.add("spec.hosts", "at least one host is required")
+	}
+	for i, h := range s.Hosts {
+		p.host(fmt.Sprintf("spec.hosts[%d]", i), h)
+	}
+	if len(s.Http) == 0 {
+		p.add("spec.http", "at least one HTTP route is required")
+	}
+	for i, r := range s.Http {
+		f := fmt.Sprintf("spec.http[%d]", i)
+		for j, m := range r.Match {
+			mf := fmt.Sprintf("%s.match[%d]", f, j)
+			if m.Uri != nil {
+				p.stringMatch(mf+".uri", m.Uri, false)
+			}
+			for name, hm := range m.Headers {
+				hf := mf + ".headers[" + quote(name) + "]"
+				if !headerName.MatchString(name) {
+					p.add(hf, "%q is not a valid lower-case header name", name)
+				}
+				p.stringMatch(hf, hm, true)
+			}
+			if m.Port > 65535 {
+				p.add(mf+".port", "must be between 1 and 65535")
+			}
+		}
+		if len(r.Route) == 0 {
+			p.add(f+".route", "at least one destination is required")
+		}
+		sum := int32(0)
+		for j, d := range r.Route {
+			df := fmt.Sprintf("%s.route[%d]", f, j)
+			if d.Destination == nil {
+				p.add(df+".destination", "required")
+				continue
+			}
+			p.host(df+".destination.host", d.Destination.Host)
+			if d.Destination.Subset != "" && !isDNS1123Label(d.Destination.Subset) {
+				p.add(df+".destination.subset", "%q is not a valid subset name", d.Destination.Subset)
+			}
+			if n := d.Destination.GetPort().GetNumber(); d.Destination.Port != nil && (n == 0 || n > 65535) {
+				p.add(df+".destination.port.number", "must be between 1 and 65535")
+			}
+			if d.Weight < 0 {
+				p.add(df+".weight", "must not be negative")
+			}
+			sum += d.Weight
+		}
+		if len(r.Route) > 1 && sum != 100 {
+			p.add(f+".route", "weights sum to %d, want 100", sum)
+		}
+		if len(r.Route) == 1 && r.Route[0].Weight != 0 && r.Route[0].Weight != 100 {
+			p.add(f+".route[0].weight", "a single destination takes all traffic: weight must be 100 or unset, not %d", r.Route[0].Weight)
+		}
+	}
+	return p.errs
+}
+
+func validateDestinationRule(dr *DestinationRule) []error {
+	p := &problems{meta: dr.Meta}
+	s := dr.Spec
+	p.host("spec.host", s.Host)
+	names := map[string]bool{}
+	for i, sub := range s.Subsets {
+		f := fmt.Sprintf("spec.subsets[%d]", i)
+		switch {
+		case sub.Name == "":
+			p.add(f+".name", "required")
+		case !isDNS1123Label(sub.Name):
+			p.add(f+".name", "%q is not a valid subset name", sub.Name)
+		case names[sub.Name]:
+			p.add(f+".name", "subset %q is defined twice", sub.Name)
+		}
+		names[sub.Name] = true
+		if len(sub.Labels) == 0 {
+			p.add(f+".labels", "a subset must select workloads by at least one label")
+		}
+		p.labels(f+".labels", sub.Labels)
+	}
+	return p.errs
+}
+
+// validateSet checks each resource, then the rules that span resources:
+// unique names, one DestinationRule and one VirtualService per host, and
+// subsets that VirtualServices route to being defined.
+func validateSet(set *Set) []error {
+	var errs []error
+	seen := map[string]Meta{}
+	dup := func(m Meta) {
+		key := m.String()
+		if first, ok := seen[key]; ok {
+			errs = append(errs, &Error{File: m.File, Line: m.Line, Resource: key, Msg: fmt.Sprintf("duplicate resource: also defined at %s:%d", first.File, first.Line)})
+			return
+		}
+		seen[key] = m
+	}
+	for _, r := range set.ServiceEntries {
+		dup(r.Meta)
+		errs = append(errs, validateServiceEntry(r)...)
+	}
+	for _, r := range set.WorkloadEntries {
+		dup(r.Meta)
+		errs = append(errs, validateWorkloadEntry(r)...)
+	}
+	for _, r := range set.VirtualServices {
+		dup(r.Meta)
+		errs = append(errs, validateVirtualService(r)...)
+	}
+	for _, r := range set.DestinationRules {
+		dup(r.Meta)
+		errs = append(errs, validateDestinationRule(r)...)
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+
+	subsets := map[string]map[string]bool{} // canonical host -> subset names
+	drByHost := map[string]*DestinationRule{}
+	for _, dr := range set.DestinationRules {
+		h := CanonicalHost(dr.Spec.Host, dr.Namespace)
+		if first, ok := drByHost[h]; ok {
+			p := &problems{meta: dr.Meta}
+			p.add("spec.host", "host %s already has DestinationRule %s (%s:%d)", dr.Spec.Host, first.Meta, first.File, first.Line)
+			errs = append(errs, p.errs...)
+			continue
+		}
+		drByHost[h] = dr
+		subsets[h] = map[string]bool{}
+		for _, s := range dr.Spec.Subsets {
+			subsets[h][s.Name] = true
+		}
+	}
+	vsByHost := map[string]*VirtualService{}
+	for _, vs := range set.VirtualServices {
+		p := &problems{meta: vs.Meta}
+		for i, host := range vs.Spec.Hosts {
+			h := CanonicalHost(host, vs.Namespace)
+			if first, ok := vsByHost[h]; ok && first != vs {
+				p.add(fmt.Sprintf("spec.hosts[%d]", i), "host %s is already routed by VirtualService %s (%s:%d)", host, first.Meta, first.File, first.Line)
+			}
+			vsByHost[h] = vs
+		}
+		for i, r := range vs.Spec.Http {
+			for j, d := range r.Route {
+				subset := d.Destination.Subset
+				if subset == "" {
+					continue
+				}
+				h := CanonicalHost(d.Destination.Host, vs.Namespace)
+				if !subsets[h][subset] {
+					p.add(fmt.Sprintf("spec.http[%d].route[%d].destination.subset", i, j), "subset %q of host %s is not defined by any DestinationRule", subset, d.Destination.Host)
+				}
+			}
+		}
+		errs = append(errs, p.errs...)
+	}
+	return errs
+}
+
+// ValidateName reports whether s is a DNS-1123 label, as service names,
+// namespaces and subset names must be.
+func ValidateName(s string) error {
+	if !isDNS1123Label(s) {
+		return fmt.Errorf("%q is not a valid name (lowercase letters, digits and '-', at most 63)", s)
+	}
+	return nil
+}
+
+// ValidateLabels checks label keys and values as Kubernetes does.
+func ValidateLabels(labels map[string]string) error {
+	for k, v := range labels {
+		if !labelKey.MatchString(k) || len(k) > 317 {
+			return fmt.Errorf("%q is not a valid label key", k)
+		}
+		if len(v) > 63 || !labelValue.MatchString(v) {
+			return fmt.Errorf("label %q: %q is not a valid label value", k, v)
+		}
+	}
+	return nil
+}

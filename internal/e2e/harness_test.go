@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/trellismesh/trellis/examples/greeter"
+	"github.com/trellismesh/trellis/examples/greeter/greeterpb"
+	"github.com/trellismesh/trellis/mesh"
+	"github.com/trellismesh/trellis/xdsserver"
+)
+
+// testTimeout bounds every test; failures are reported well before it.
+const testTimeout = 60 * time.Second
+
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// controlPlane is a real xdsserver on a loopback port.
+type controlPlane struct {
+	*xdsserver.Server
+	addr string
+	dir  string
+}
+
+func startControlPlane(t *testing.T, dir string, opts ...xdsserver.Option) *controlPlane {
+	t.Helper()
+	if dir != "" {
+		opts = append(opts, xdsserver.WithConfigDir(dir))
+	}
+	srv, err := xdsserver.New(opts...)
+	if err != nil {
+		t.Fatalf("xdsserver.New() = %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; !errors.Is(err, xdsserver.ErrServerClosed) {
+			t.Errorf("Serve() = %v, want ErrServerClosed", err)
+		}
+	})
+	return &controlPlane{Server: srv, addr: lis.Addr().String(), dir: dir}
+}
+
+// writeFile writes a config file atomically (write and rename), as editors
+// and Kubernetes do.
+func writeFile(t *testing.T, dir, name, content string) {
+	t.Helper()
+	tmp := filepath.Join(dir, "."+name+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// greeterServer is a mesh.Server running the example greeter.
+type greeterServer struct {
+	*mesh.Server
+	addr string
+	done chan error
+}
+
+func startGreeter(t *testing.T, cp, version string, opts ...mesh.Option) *greeterServer {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts = append([]mesh.Option{mesh.WithControlPlane(cp), mesh.WithService("greeter", version), mesh.WithServicePort(9080)}, opts...)
+	srv, err := mesh.NewServer(opts...)
+	if err != nil {
+		t.Fatalf("mesh.NewServer() = %v", err)
+	}
+	greeterpb.RegisterGreeterServer(srv, &greeter.Server{Version: version, Instance: lis.Addr().String()})
+	g := &greeterServer{Server: srv, addr: lis.Addr().String(), done: make(chan error, 1)}
+	go func() { g.done <- srv.Serve(lis) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-g.done; !errors.Is(err, mesh.ErrServerClosed) {
+			t.Errorf("Serve() = %v, want mesh.ErrServerClosed", err)
+		}
+	})
+	return g
+}
+
+// endpoints returns the addresses in the EDS resource of a cluster.
+func endpoints(t *testing.T, cp *controlPlane, cluster string) []string {
+	t.Helper()
+	raw := cp.ConfigDump().Resources["EDS"]
+	var eds map[string]struct {
+		Endpoints []struct {
+			LbEndpoints []struct {
+				Endpoint struct {
+					Address struct {
+						SocketAddress struct {
+							Address   string `json:"address"`
+							PortValue int    `json:"portValue"`
+						} `json:"socketAddress"`
+					} `json:"address"`
+				} `json:"endpoint"`
+			} `json:"lbEndpoints"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(raw, &eds); err != nil {
+		t.Fatalf("config dump EDS: %v", err)
+	}
+	var out []string
+	for _, loc := range eds[cluster].Endpoints {
+		for _, lb := range loc.LbEndpoints {
+			sa := lb.Endpoint.Address.SocketAddress
+			out = append(out, fmt.Sprintf("%s:%d", sa.Address, sa.PortValue))
+		}
+	}
+	return out
+}
+
+// waitFor polls cond until it returns nil or ctx ends, then fails with the
+// last error.
+func waitFor(ctx context.Context, t *testing.T, what string, cond func() error) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, err)
+		case <-tick.C:
+		}
+	}
+}
+
+// tally sends n RPCs and counts replies by version and by instance.
+type tally struct {
+	versions  map[string]int
+	instances map[string]int
+	errors    int
+	lastErr   error
+}
+
+func send(ctx context.Context, cc grpc.ClientConnInterface, n int, md ...string) tally {
+	c := greeterpb.NewGreeterClient(cc)
+	tl := tally{versions: map[string]int{}, instances: map[string]int{}}
+	if len(md) > 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, md...)
+	}
+	for range n {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		r, err := c.SayHello(rctx, &greeterpb.HelloRequest{Name: "e2e"})
+		cancel()
+		if err != nil {
+			tl.errors++
+			tl.lastErr = err
+			continue
+		}
+		tl.versions[r.GetVersion()]++
+		tl.instances[r.GetInstance()]++
+	}
+	return tl
+}

@@ -1,0 +1,486 @@
+// Package translate turns the mesh's configuration (Istio resources) and its
+// registered endpoints into the xDS resources that grpc-go's xDS client and
+// Trellis's own clients consume.
+//
+// Naming, which clients depend on:
+//   - A service is known by its canonical host (config.CanonicalHost):
+//     "reviews.default.svc.cluster.local" for a registered service "reviews" in
+//     namespace "default" or a ServiceEntry host "reviews" there.
+//   - Listeners (API listeners, one per dialable name) are named by the target
+//     authority a client dials: "<host>:<port>" for the canonical host, for
+//     "<name>.<namespace>" and, for the namespace that owns the short name, for
+//     "<name>"; plus the same names without ":<port>" when the service has a
+//     single port. The short name belongs to namespace "default" if the
+//     service exists there, else to the alphabetically first namespace.
+//   - Route configurations are named "<canonical host>:<port>".
+//   - Clusters, and their EDS resources, follow Istio:
+//     "outbound|<port>|<subset>|<canonical host>".
+package translate
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	v3clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	v3routerpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	v3hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/registry"
+)
+
+// Resources are the xDS resources of the mesh, by name. Resources returned by
+// Build are not modified afterwards.
+type Resources struct {
+	Listeners map[string]*v3listenerpb.Listener
+	Routes    map[string]*v3routepb.RouteConfiguration
+	Clusters  map[string]*v3clusterpb.Cluster
+	Endpoints map[string]*v3endpointpb.ClusterLoadAssignment
+	// Warnings are problems that did not stop the build: registrations that
+	// fit no port of their service, ambiguous short names.
+	Warnings []string
+}
+
+// ClusterName returns the name of the cluster of a service port and subset.
+func ClusterName(host string, port uint32, subset string) string {
+	return "outbound|" + strconv.FormatUint(uint64(port), 10) + "|" + subset + "|" + host
+}
+
+// servicePort is one port of a service.
+type servicePort struct {
+	number     uint32
+	name       string
+	targetPort uint32
+}
+
+// endpoint is one workload of a service, with its port per service port.
+type endpoint struct {
+	address  string
+	ports    map[uint32]uint32 // service port -> workload port
+	labels   map[string]string
+	locality string
+}
+
+type service struct {
+	host      string // canonical
+	namespace string
+	name      string // short name, if the host is "<name>.<namespace>.svc.cluster.local"
+	ports     []servicePort
+	endpoints []endpoint
+}
+
+func (s *service) port(n uint32) (servicePort, bool) {
+	for _, p := range s.ports {
+		if p.number == n {
+			return p, true
+		}
+	}
+	return servicePort{}, false
+}
+
+type builder struct {
+	set      *config.Set
+	services map[string]*service // by canonical host
+	subsets  map[string]map[string]map[string]string
+	res      *Resources
+}
+
+// Build translates a valid configuration set and the registered endpoints.
+// set may be nil (no configuration).
+func Build(set *config.Set, registered []registry.Endpoint) *Resources {
+	if set == nil {
+		set = &config.Set{}
+	}
+	b := &builder{
+		set:      set,
+		services: map[string]*service{},
+		subsets:  map[string]map[string]map[string]string{},
+		res: &Resources{
+			Listeners: map[string]*v3listenerpb.Listener{},
+			Routes:    map[string]*v3routepb.RouteConfiguration{},
+			Clusters:  map[string]*v3clusterpb.Cluster{},
+			Endpoints: map[string]*v3endpointpb.ClusterLoadAssignment{},
+		},
+	}
+	b.addServiceEntries()
+	b.addRegistered(registered)
+	for _, dr := range set.DestinationRules {
+		host := config.CanonicalHost(dr.Spec.Host, dr.Namespace)
+		b.subsets[host] = map[string]map[string]string{}
+		for _, s := range dr.Spec.Subsets {
+			b.subsets[host][s.Name] = s.Labels
+		}
+	}
+	b.addListenersAndRoutes()
+	return b.res
+}
+
+func (b *builder) warn(format string, args ...any) {
+	b.res.Warnings = append(b.res.Warnings, fmt.Sprintf(format, args...))
+}
+
+func shortName(host, ns string) string {
+	suffix := "." + ns + "." + config.ClusterDomain
+	if name, ok := strings.CutSuffix(host, suffix); ok && !strings.Contains(name, ".") {
+		return name
+	}
+	return ""
+}
+
+func (b *builder) service(host, ns string) *service {
+	s, ok := b.services[host]
+	if !ok {
+		s = &service{host: host, namespace: ns, name: shortName(host, ns)}
+		b.services[host] = s
+	}
+	return s
+}
+
+func (b *builder) addServiceEntries() {
+	for _, se := range b.set.ServiceEntries {
+		var workloads []*networking.WorkloadEntry
+		workloads = append(workloads, se.Spec.Endpoints...)
+		if sel := se.Spec.WorkloadSelector; sel != nil {
+			for _, we := range b.set.WorkloadEntries {
+				if we.Namespace == se.Namespace && selects(sel.Labels, we.Spec.Labels) {
+					workloads = append(workloads, we.Spec)
+				}
+			}
+		}
+		for _, h := range se.Spec.Hosts {
+			s := b.service(config.CanonicalHost(h, se.Namespace), se.Namespace)
+			for _, p := range se.Spec.Ports {
+				if _, dup := s.port(p.Number); !dup {
+					s.ports = append(s.ports, servicePort{number: p.Number, name: p.Name, targetPort: p.TargetPort})
+				}
+			}
+			for _, w := range workloads {
+				ep := endpoint{address: w.Address, ports: map[uint32]uint32{}, labels: w.Labels, locality: w.Locality}
+				for _, p := range se.Spec.Ports {
+					target := cmp.Or(w.Ports[p.Name], p.TargetPort, p.Number)
+					ep.ports[p.Number] = target
+				}
+				s.endpoints = append(s.endpoints, ep)
+			}
+		}
+	}
+}
+
+func (b *builder) addRegistered(registered []registry.Endpoint) {
+	for _, r := range registered {
+		ns := cmp.Or(r.Namespace, config.DefaultNamespace)
+		host := config.CanonicalHost(r.Service, ns)
+		s, fromConfig := b.services[host]
+		sp := cmp.Or(r.ServicePort, r.Port)
+		if !fromConfig {
+			s = b.service(host, ns)
+		}
+		if _, ok := s.port(sp); !ok {
+			switch {
+			case !fromConfig:
+				s.ports = append(s.ports, servicePort{number: sp})
+			case r.ServicePort == 0 && len(s.ports) == 1:
+				sp = s.ports[0].number // join the ServiceEntry's only port
+			default:
+				b.warn("registered endpoint %s: service %s has no port %d", r.Key(), host, sp)
+				continue
+			}
+		}
+		s.endpoints = append(s.endpoints, endpoint{
+			address:  r.Address,
+			ports:    map[uint32]uint32{sp: r.Port},
+			labels:   r.Labels,
+			locality: r.Locality,
+		})
+	}
+}
+
+func selects(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// shortOwners decides which namespace owns each short name.
+func (b *builder) shortOwners() map[string]string {
+	byName := map[string][]string{}
+	for _, s := range b.services {
+		if s.name != "" {
+			byName[s.name] = append(byName[s.name], s.namespace)
+		}
+	}
+	owners := map[string]string{}
+	for name, nss := range byName {
+		slices.Sort(nss)
+		owner := nss[0]
+		if slices.Contains(nss, config.DefaultNamespace) {
+			owner = config.DefaultNamespace
+		}
+		if len(nss) > 1 {
+			b.warn("short name %q is ambiguous across namespaces %v: it means %s.%s", name, nss, name, owner)
+		}
+		owners[name] = owner
+	}
+	return owners
+}
+
+func (b *builder) addListenersAndRoutes() {
+	owners := b.shortOwners()
+	vsByHost := map[string]*config.VirtualService{}
+	for _, vs := range b.set.VirtualServices {
+		for _, h := range vs.Spec.Hosts {
+			vsByHost[config.CanonicalHost(h, vs.Namespace)] = vs
+		}
+	}
+	for _, host := range slices.Sorted(maps.Keys(b.services)) {
+		s := b.services[host]
+		names := []string{s.host}
+		if s.name != "" {
+			names = append(names, s.name+"."+s.namespace)
+			if owners[s.name] == s.namespace {
+				names = append(names, s.name)
+			}
+		}
+		for _, p := range s.ports {
+			// Every port and subset of a known service has a cluster, so
+			// that routes to them and direct dials resolve.
+			b.addCluster(s, p.number, "")
+			for _, subset := range slices.Sorted(maps.Keys(b.subsets[s.host])) {
+				b.addCluster(s, p.number, subset)
+			}
+			routeName := s.host + ":" + strconv.FormatUint(uint64(p.number), 10)
+			var domains []string
+			for _, n := range names {
+				domains = append(domains, n+":"+strconv.FormatUint(uint64(p.number), 10))
+				if len(s.ports) == 1 {
+					domains = append(domains, n)
+				}
+			}
+			for _, d := range domains {
+				b.res.Listeners[d] = apiListener(d, routeName)
+			}
+			var routes []*v3routepb.Route
+			if vs, ok := vsByHost[s.host]; ok {
+				routes = b.virtualServiceRoutes(vs, s, p.number)
+			} else {
+				routes = []*v3routepb.Route{{
+					Match:  &v3routepb.RouteMatch{PathSpecifier: &v3routepb.RouteMatch_Prefix{Prefix: "/"}},
+					Action: clusterAction(ClusterName(s.host, p.number, "")),
+				}}
+			}
+			b.res.Routes[routeName] = &v3routepb.RouteConfiguration{
+				Name: routeName,
+				VirtualHosts: []*v3routepb.VirtualHost{{
+					Name:    routeName,
+					Domains: domains,
+					Routes:  routes,
+				}},
+			}
+		}
+	}
+}
+
+func clusterAction(name string) *v3routepb.Route_Route {
+	return &v3routepb.Route_Route{Route: &v3routepb.RouteAction{
+		ClusterSpecifier: &v3routepb.RouteAction_Cluster{Cluster: name},
+	}}
+}
+
+// virtualServiceRoutes translates the HTTP routes of vs that apply to port of
+// service s, in order. An HTTPRoute with several matches becomes one route
+// per match (any of them selects it), as Istio does.
+func (b *builder) virtualServiceRoutes(vs *config.VirtualService, s *service, port uint32) []*v3routepb.Route {
+	var routes []*v3routepb.Route
+	for i, hr := range vs.Spec.Http {
+		action := b.routeAction(vs, hr, port)
+		name := cmp.Or(hr.Name, vs.Namespace+"/"+vs.Name+"#"+strconv.Itoa(i))
+		matches := hr.Match
+		if len(matches) == 0 {
+			matches = []*networking.HTTPMatchRequest{{}}
+		}
+		for _, m := range matches {
+			if m.Port != 0 && m.Port != port {
+				continue
+			}
+			routes = append(routes, &v3routepb.Route{Name: name, Match: routeMatch(m), Action: action})
+		}
+	}
+	return routes
+}
+
+func (b *builder) routeAction(vs *config.VirtualService, hr *networking.HTTPRoute, port uint32) *v3routepb.Route_Route {
+	type dest struct {
+		cluster string
+		weight  uint32
+	}
+	var dests []dest
+	for _, d := range hr.Route {
+		host := config.CanonicalHost(d.Destination.Host, vs.Namespace)
+		p := d.Destination.GetPort().GetNumber()
+		if p == 0 {
+			p = port
+			if s, ok := b.services[host]; ok && len(s.ports) == 1 {
+				p = s.ports[0].number
+			}
+		}
+		name := ClusterName(host, p, d.Destination.Subset)
+		if _, ok := b.res.Clusters[name]; !ok {
+			s, known := b.services[host]
+			if !known {
+				b.warn("VirtualService %s/%s routes to %s, which has no endpoints yet", vs.Namespace, vs.Name, host)
+				s = &service{host: host, namespace: vs.Namespace}
+			}
+			b.addCluster(s, p, d.Destination.Subset)
+		}
+		w := uint32(d.Weight)
+		if len(hr.Route) == 1 {
+			w = 100
+		}
+		if w > 0 {
+			dests = append(dests, dest{name, w})
+		}
+	}
+	if len(dests) == 1 {
+		return clusterAction(dests[0].cluster)
+	}
+	wc := &v3routepb.WeightedCluster{}
+	for _, d := range dests {
+		wc.Clusters = append(wc.Clusters, &v3routepb.WeightedCluster_ClusterWeight{
+			Name:   d.cluster,
+			Weight: wrapperspb.UInt32(d.weight),
+		})
+	}
+	return &v3routepb.Route_Route{Route: &v3routepb.RouteAction{
+		ClusterSpecifier: &v3routepb.RouteAction_WeightedClusters{WeightedClusters: wc},
+	}}
+}
+
+func routeMatch(m *networking.HTTPMatchRequest) *v3routepb.RouteMatch {
+	rm := &v3routepb.RouteMatch{}
+	switch u := m.GetUri().GetMatchType().(type) {
+	case *networking.StringMatch_Exact:
+		rm.PathSpecifier = &v3routepb.RouteMatch_Path{Path: u.Exact}
+	case *networking.StringMatch_Prefix:
+		rm.PathSpecifier = &v3routepb.RouteMatch_Prefix{Prefix: u.Prefix}
+	case *networking.StringMatch_Regex:
+		rm.PathSpecifier = &v3routepb.RouteMatch_SafeRegex{SafeRegex: &v3matcherpb.RegexMatcher{Regex: u.Regex}}
+	default:
+		rm.PathSpecifier = &v3routepb.RouteMatch_Prefix{Prefix: "/"}
+	}
+	if m.IgnoreUriCase {
+		rm.CaseSensitive = wrapperspb.Bool(false)
+	}
+	for _, name := range slices.Sorted(maps.Keys(m.Headers)) {
+		hm := &v3routepb.HeaderMatcher{Name: name}
+		switch v := m.Headers[name].GetMatchType().(type) {
+		case *networking.StringMatch_Exact:
+			hm.HeaderMatchSpecifier = &v3routepb.HeaderMatcher_StringMatch{StringMatch: &v3matcherpb.StringMatcher{
+				MatchPattern: &v3matcherpb.StringMatcher_Exact{Exact: v.Exact}}}
+		case *networking.StringMatch_Prefix:
+			hm.HeaderMatchSpecifier = &v3routepb.HeaderMatcher_StringMatch{StringMatch: &v3matcherpb.StringMatcher{
+				MatchPattern: &v3matcherpb.StringMatcher_Prefix{Prefix: v.Prefix}}}
+		case *networking.StringMatch_Regex:
+			hm.HeaderMatchSpecifier = &v3routepb.HeaderMatcher_StringMatch{StringMatch: &v3matcherpb.StringMatcher{
+				MatchPattern: &v3matcherpb.StringMatcher_SafeRegex{SafeRegex: &v3matcherpb.RegexMatcher{Regex: v.Regex}}}}
+		default:
+			hm.HeaderMatchSpecifier = &v3routepb.HeaderMatcher_PresentMatch{PresentMatch: true}
+		}
+		rm.Headers = append(rm.Headers, hm)
+	}
+	return rm
+}
+
+func (b *builder) addCluster(s *service, port uint32, subset string) {
+	name := ClusterName(s.host, port, subset)
+	if _, ok := b.res.Clusters[name]; ok {
+		return
+	}
+	b.res.Clusters[name] = &v3clusterpb.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &v3clusterpb.Cluster_Type{Type: v3clusterpb.Cluster_EDS},
+		EdsClusterConfig: &v3clusterpb.Cluster_EdsClusterConfig{
+			EdsConfig:   &v3corepb.ConfigSource{ConfigSourceSpecifier: &v3corepb.ConfigSource_Ads{Ads: &v3corepb.AggregatedConfigSource{}}},
+			ServiceName: name,
+		},
+		LbPolicy: v3clusterpb.Cluster_ROUND_ROBIN,
+	}
+	var selector map[string]string
+	if subset != "" {
+		selector = b.subsets[s.host][subset]
+	}
+	byLocality := map[string][]*v3endpointpb.LbEndpoint{}
+	for _, ep := range s.endpoints {
+		target, ok := ep.ports[port]
+		if !ok || (subset != "" && !selects(selector, ep.labels)) {
+			continue
+		}
+		byLocality[ep.locality] = append(byLocality[ep.locality], &v3endpointpb.LbEndpoint{
+			HostIdentifier: &v3endpointpb.LbEndpoint_Endpoint{Endpoint: &v3endpointpb.Endpoint{
+				Address: &v3corepb.Address{Address: &v3corepb.Address_SocketAddress{SocketAddress: &v3corepb.SocketAddress{
+					Address:       ep.address,
+					PortSpecifier: &v3corepb.SocketAddress_PortValue{PortValue: target},
+				}}},
+			}},
+			HealthStatus: v3corepb.HealthStatus_HEALTHY,
+		})
+	}
+	cla := &v3endpointpb.ClusterLoadAssignment{ClusterName: name}
+	for _, loc := range slices.Sorted(maps.Keys(byLocality)) {
+		lbs := byLocality[loc]
+		slices.SortFunc(lbs, func(a, b *v3endpointpb.LbEndpoint) int {
+			sa, sb := a.GetEndpoint().GetAddress().GetSocketAddress(), b.GetEndpoint().GetAddress().GetSocketAddress()
+			return cmp.Or(strings.Compare(sa.GetAddress(), sb.GetAddress()), cmp.Compare(sa.GetPortValue(), sb.GetPortValue()))
+		})
+		parts := strings.SplitN(loc, "/", 3)
+		parts = append(parts, "", "", "")
+		cla.Endpoints = append(cla.Endpoints, &v3endpointpb.LocalityLbEndpoints{
+			Locality:    &v3corepb.Locality{Region: parts[0], Zone: parts[1], SubZone: parts[2]},
+			LbEndpoints: lbs,
+			// Weight each locality by its endpoints so that traffic spreads
+			// evenly over endpoints, not over localities.
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(len(lbs))),
+		})
+	}
+	b.res.Endpoints[name] = cla
+}
+
+func apiListener(name, routeName string) *v3listenerpb.Listener {
+	hcm := &v3hcmpb.HttpConnectionManager{
+		RouteSpecifier: &v3hcmpb.HttpConnectionManager_Rds{Rds: &v3hcmpb.Rds{
+			ConfigSource:    &v3corepb.ConfigSource{ConfigSourceSpecifier: &v3corepb.ConfigSource_Ads{Ads: &v3corepb.AggregatedConfigSource{}}},
+			RouteConfigName: routeName,
+		}},
+		HttpFilters: []*v3hcmpb.HttpFilter{{
+			Name:       "envoy.filters.http.router",
+			ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(&v3routerpb.Router{})},
+		}},
+	}
+	return &v3listenerpb.Listener{
+		Name:        name,
+		ApiListener: &v3listenerpb.ApiListener{ApiListener: mustAny(hcm)},
+	}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("translate: marshal %T: %v", m, err))
+	}
+	return a
+}

@@ -1,0 +1,173 @@
+// Package xdsbootstrap builds grpc-go xDS bootstrap configurations in code and
+// is the only place in Trellis that touches grpc-go's bootstrap seam.
+//
+// grpc-go reads its xDS bootstrap from the GRPC_XDS_BOOTSTRAP or
+// GRPC_XDS_BOOTSTRAP_CONFIG environment variables, once per process. Trellis
+// instead builds the bootstrap from options and hands it to a resolver
+// builder of its own (xds.NewXDSResolverWithConfigForTesting, the one public
+// constructor that takes a bootstrap), one per distinct bootstrap, shared by
+// every connection of the process that uses it. When the caller sets no
+// control plane and the standard variables are set, the standard "xds"
+// resolver and its process-wide bootstrap are used unchanged.
+package xdsbootstrap
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync"
+
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/xds"
+)
+
+// Environment variables grpc-go reads its bootstrap from.
+const (
+	EnvBootstrapFile   = "GRPC_XDS_BOOTSTRAP"
+	EnvBootstrapConfig = "GRPC_XDS_BOOTSTRAP_CONFIG"
+)
+
+// ServerListenerTemplate is gRPC's name template for server listeners.
+const ServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+
+// Node describes this process to the control plane.
+type Node struct {
+	// ID identifies the process. If empty, NodeID() is used.
+	ID string
+	// Cluster is the service name, if the process serves one.
+	Cluster string
+	// Metadata is sent as the node's metadata (string values).
+	Metadata map[string]string
+	// Locality is "region/zone/subzone".
+	Locality string
+}
+
+var (
+	nodeIDOnce sync.Once
+	nodeID     string
+)
+
+// NodeID returns an identifier unique to this process, the same on every
+// call: "trellis~<hostname>~<pid>~<random>".
+func NodeID() string {
+	nodeIDOnce.Do(func() {
+		host, _ := os.Hostname()
+		var b [4]byte
+		rand.Read(b[:])
+		nodeID = fmt.Sprintf("trellis~%s~%d~%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	})
+	return nodeID
+}
+
+type serverConfig struct {
+	ServerURI      string           `json:"server_uri"`
+	ChannelCreds   []map[string]any `json:"channel_creds"`
+	ServerFeatures []string         `json:"server_features,omitempty"`
+}
+
+type locality struct {
+	Region  string `json:"region,omitempty"`
+	Zone    string `json:"zone,omitempty"`
+	SubZone string `json:"sub_zone,omitempty"`
+}
+
+type nodeConfig struct {
+	ID       string            `json:"id"`
+	Cluster  string            `json:"cluster,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	Locality *locality         `json:"locality,omitempty"`
+}
+
+type bootstrap struct {
+	XDSServers                 []serverConfig `json:"xds_servers"`
+	Node                       nodeConfig     `json:"node"`
+	ServerListenerNameTemplate string         `json:"server_listener_resource_name_template"`
+}
+
+// Contents returns the bootstrap JSON for a control plane at addr
+// ("host:port").
+func Contents(addr string, node Node) ([]byte, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("xdsbootstrap: no control-plane address")
+	}
+	if node.ID == "" {
+		node.ID = NodeID()
+	}
+	b := bootstrap{
+		XDSServers: []serverConfig{{
+			ServerURI:      addr,
+			ChannelCreds:   []map[string]any{{"type": "insecure"}},
+			ServerFeatures: []string{"xds_v3"},
+		}},
+		Node:                       nodeConfig{ID: node.ID, Cluster: node.Cluster, Metadata: node.Metadata},
+		ServerListenerNameTemplate: ServerListenerTemplate,
+	}
+	if node.Locality != "" {
+		var l locality
+		parts := append(splitN(node.Locality), "", "", "")
+		l.Region, l.Zone, l.SubZone = parts[0], parts[1], parts[2]
+		b.Node.Locality = &l
+	}
+	return json.Marshal(b)
+}
+
+func splitN(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '/' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+var (
+	buildersMu sync.Mutex
+	builders   = map[string]resolver.Builder{}
+)
+
+// Resolver returns the xDS resolver builder for the given bootstrap
+// contents. Builders are cached by contents, so all connections with the same
+// bootstrap share one xDS client (and one ADS stream).
+func Resolver(contents []byte) (resolver.Builder, error) {
+	buildersMu.Lock()
+	defer buildersMu.Unlock()
+	if b, ok := builders[string(contents)]; ok {
+		return b, nil
+	}
+	b, err := xds.NewXDSResolverWithConfigForTesting(contents)
+	if err != nil {
+		return nil, fmt.Errorf("xdsbootstrap: %w", err)
+	}
+	builders[string(contents)] = b
+	return b, nil
+}
+
+// FromEnv reports whether the standard bootstrap variables are set and, if
+// so, the address of the first xDS server they name.
+func FromEnv() (addr string, ok bool, err error) {
+	var data []byte
+	switch {
+	case os.Getenv(EnvBootstrapFile) != "":
+		data, err = os.ReadFile(os.Getenv(EnvBootstrapFile))
+		if err != nil {
+			return "", true, fmt.Errorf("xdsbootstrap: %s: %w", EnvBootstrapFile, err)
+		}
+	case os.Getenv(EnvBootstrapConfig) != "":
+		data = []byte(os.Getenv(EnvBootstrapConfig))
+	default:
+		return "", false, nil
+	}
+	var b bootstrap
+	if err := json.Unmarshal(data, &b); err != nil {
+		return "", true, fmt.Errorf("xdsbootstrap: parse bootstrap: %w", err)
+	}
+	if len(b.XDSServers) == 0 || b.XDSServers[0].ServerURI == "" {
+		return "", true, fmt.Errorf("xdsbootstrap: bootstrap names no xds_servers")
+	}
+	return b.XDSServers[0].ServerURI, true, nil
+}

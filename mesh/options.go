@@ -1,0 +1,133 @@
+package mesh
+
+import (
+	"cmp"
+	"log/slog"
+	"maps"
+	"os"
+
+	"google.golang.org/grpc"
+)
+
+// DefaultControlPlane is the control-plane address used when neither
+// WithControlPlane nor the TRELLIS_CONTROL_PLANE environment variable names
+// one (and no standard GRPC_XDS_BOOTSTRAP is set).
+const DefaultControlPlane = "127.0.0.1:15010"
+
+// EnvControlPlane names the environment variable holding the control-plane
+// address.
+const EnvControlPlane = "TRELLIS_CONTROL_PLANE"
+
+// An Option configures Dial, NewServer or both; each option says which.
+type Option interface {
+	apply(*options)
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+type options struct {
+	cpAddr        string
+	service       string
+	version       string
+	namespace     string
+	labels        map[string]string
+	servicePort   uint32
+	advertiseAddr string
+	locality      string
+	logger        *slog.Logger
+	dialOptions   []grpc.DialOption
+	serverOptions []grpc.ServerOption
+}
+
+func newOptions(opts []Option) *options {
+	o := &options{}
+	for _, opt := range opts {
+		opt.apply(o)
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
+	}
+	o.namespace = cmp.Or(o.namespace, os.Getenv("TRELLIS_NAMESPACE"), "default")
+	return o
+}
+
+// explicitControlPlane returns the address named by option or environment,
+// or "" if neither names one.
+func (o *options) explicitControlPlane() string {
+	return cmp.Or(o.cpAddr, os.Getenv(EnvControlPlane))
+}
+
+// WithControlPlane sets the control-plane address ("host:port"). If not
+// given, the TRELLIS_CONTROL_PLANE environment variable is used, then a
+// standard GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG, then
+// DefaultControlPlane. For Dial and NewServer.
+func WithControlPlane(addr string) Option {
+	return optionFunc(func(o *options) { o.cpAddr = addr })
+}
+
+// WithService names the service this process serves and its version. A
+// Server registers its endpoint under this name with the label
+// version=<version> (omitted if version is empty); DestinationRule subsets
+// select endpoints by such labels. For NewServer (and, as client identity
+// sent to the control plane, Dial).
+func WithService(name, version string) Option {
+	return optionFunc(func(o *options) { o.service, o.version = name, version })
+}
+
+// WithNamespace sets the namespace of the service. If not given, the
+// TRELLIS_NAMESPACE environment variable is used, then "default". For
+// NewServer and Dial.
+func WithNamespace(ns string) Option {
+	return optionFunc(func(o *options) { o.namespace = ns })
+}
+
+// WithLabels adds labels to the registered endpoint. For NewServer.
+func WithLabels(labels map[string]string) Option {
+	return optionFunc(func(o *options) {
+		if o.labels == nil {
+			o.labels = map[string]string{}
+		}
+		maps.Copy(o.labels, labels)
+	})
+}
+
+// WithServicePort sets the service port that clients dial
+// ("reviews:9080") when it differs from the port the server listens on. If
+// not given, the listening port is the service port, except that an endpoint
+// joining a ServiceEntry with a single port joins that port. For NewServer.
+func WithServicePort(port uint16) Option {
+	return optionFunc(func(o *options) { o.servicePort = uint32(port) })
+}
+
+// WithAdvertiseAddr sets the IP address registered for the server. If not
+// given, the listener's address is used; if that is unspecified (":8080"),
+// the first non-loopback address of the host, else 127.0.0.1. For NewServer.
+func WithAdvertiseAddr(ip string) Option {
+	return optionFunc(func(o *options) { o.advertiseAddr = ip })
+}
+
+// WithLocality sets the locality ("region/zone/subzone") registered for the
+// server and sent to the control plane by clients. For NewServer and Dial.
+func WithLocality(locality string) Option {
+	return optionFunc(func(o *options) { o.locality = locality })
+}
+
+// WithLogger sets the logger for mesh events (registration, control-plane
+// connection). If not given, nothing is logged. For NewServer and Dial.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(o *options) { o.logger = l })
+}
+
+// WithDialOptions adds grpc.DialOptions, applied after the mesh's own. For
+// Dial.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return optionFunc(func(o *options) { o.dialOptions = append(o.dialOptions, opts...) })
+}
+
+// WithServerOptions adds grpc.ServerOptions, applied after the mesh's own.
+// For NewServer.
+func WithServerOptions(opts ...grpc.ServerOption) Option {
+	return optionFunc(func(o *options) { o.serverOptions = append(o.serverOptions, opts...) })
+}

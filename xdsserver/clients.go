@@ -1,0 +1,149 @@
+package xdsserver
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	v3server "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+)
+
+// ClientStatus is what the control plane knows of one connected xDS stream.
+type ClientStatus struct {
+	Node      string                 `json:"node"`
+	Stream    int64                  `json:"stream"`
+	Delta     bool                   `json:"delta"`
+	Connected time.Time              `json:"connected"`
+	Types     map[string]*TypeStatus `json:"types"`
+}
+
+// TypeStatus is the state of one resource type on one stream.
+type TypeStatus struct {
+	Subscribed   []string  `json:"subscribed,omitempty"`
+	AckedVersion string    `json:"ackedVersion,omitempty"`
+	Acks         int       `json:"acks"`
+	Nacks        int       `json:"nacks"`
+	LastNack     string    `json:"lastNack,omitempty"`
+	LastNackTime time.Time `json:"lastNackTime,omitzero"`
+}
+
+// clientTracker follows xDS streams through go-control-plane's callbacks:
+// it logs and counts ACKs and NACKs per client.
+type clientTracker struct {
+	log     *slog.Logger
+	metrics *metrics
+
+	mu      sync.Mutex
+	streams map[int64]*ClientStatus
+}
+
+func newClientTracker(log *slog.Logger, m *metrics) *clientTracker {
+	return &clientTracker{log: log, metrics: m, streams: map[int64]*ClientStatus{}}
+}
+
+func (c *clientTracker) callbacks() v3server.Callbacks {
+	return v3server.CallbackFuncs{
+		StreamOpenFunc:      func(_ context.Context, id int64, _ string) error { c.open(id, false); return nil },
+		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error { c.open(id, true); return nil },
+		StreamClosedFunc:    func(id int64, _ *v3corepb.Node) { c.close(id) },
+		DeltaStreamClosedFunc: func(id int64, _ *v3corepb.Node) {
+			c.close(id)
+		},
+		StreamRequestFunc: func(id int64, r *v3discoverypb.DiscoveryRequest) error {
+			c.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil, r.GetResourceNames())
+			return nil
+		},
+		StreamDeltaRequestFunc: func(id int64, r *v3discoverypb.DeltaDiscoveryRequest) error {
+			c.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "", r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil, r.GetResourceNamesSubscribe())
+			return nil
+		},
+		StreamResponseFunc: func(_ context.Context, _ int64, _ *v3discoverypb.DiscoveryRequest, resp *v3discoverypb.DiscoveryResponse) {
+			c.metrics.pushes.WithLabelValues(shortType(resp.GetTypeUrl())).Inc()
+		},
+		StreamDeltaResponseFunc: func(_ int64, _ *v3discoverypb.DeltaDiscoveryRequest, resp *v3discoverypb.DeltaDiscoveryResponse) {
+			c.metrics.pushes.WithLabelValues(shortType(resp.GetTypeUrl())).Inc()
+		},
+	}
+}
+
+func (c *clientTracker) open(id int64, delta bool) {
+	c.mu.Lock()
+	c.streams[id] = &ClientStatus{Stream: id, Delta: delta, Connected: time.Now(), Types: map[string]*TypeStatus{}}
+	c.mu.Unlock()
+	c.metrics.streams.Inc()
+}
+
+func (c *clientTracker) close(id int64) {
+	c.mu.Lock()
+	st, ok := c.streams[id]
+	delete(c.streams, id)
+	c.mu.Unlock()
+	if ok {
+		c.metrics.streams.Dec()
+		c.log.Debug("xDS stream closed", "node", st.Node, "stream", id)
+	}
+}
+
+func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, version, nackMsg string, nack bool, names []string) {
+	t := shortType(typeURL)
+	c.mu.Lock()
+	st, ok := c.streams[id]
+	if !ok {
+		c.mu.Unlock()
+		return
+	}
+	if st.Node == "" && node.GetId() != "" {
+		st.Node = node.GetId()
+		c.log.Info("xDS client connected", "node", st.Node, "stream", id, "delta", st.Delta)
+	}
+	ts, ok := st.Types[t]
+	if !ok {
+		ts = &TypeStatus{}
+		st.Types[t] = ts
+	}
+	if names != nil {
+		ts.Subscribed = slices.Clone(names)
+	}
+	nodeID := st.Node
+	switch {
+	case nack:
+		ts.Nacks++
+		ts.LastNack, ts.LastNackTime = nackMsg, time.Now()
+	case nonce != "":
+		ts.Acks++
+		if version != "" {
+			ts.AckedVersion = version
+		}
+	}
+	c.mu.Unlock()
+	switch {
+	case nack:
+		c.metrics.nacks.WithLabelValues(t).Inc()
+		c.log.Warn("xDS client rejected a response (NACK)", "node", nodeID, "type", t, "nonce", nonce, "error", nackMsg)
+	case nonce != "":
+		c.metrics.acks.WithLabelValues(t).Inc()
+		c.log.Debug("xDS client accepted a response (ACK)", "node", nodeID, "type", t, "version", version)
+	}
+}
+
+// snapshot returns the status of every open stream, ordered by stream ID.
+func (c *clientTracker) snapshot() []ClientStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]ClientStatus, 0, len(c.streams))
+	for _, id := range slices.Sorted(maps.Keys(c.streams)) {
+		st := *c.streams[id]
+		st.Types = map[string]*TypeStatus{}
+		for k, v := range c.streams[id].Types {
+			cp := *v
+			st.Types[k] = &cp
+		}
+		out = append(out, st)
+	}
+	return out
+}

@@ -1,0 +1,280 @@
+package xdsserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	v3discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	v3server "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/fsnotify/fsnotify"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/registrationpb"
+	"github.com/trellismesh/trellis/internal/registry"
+	"github.com/trellismesh/trellis/internal/translate"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("xdsserver: server closed")
+
+// typeURLs are the resource types the Server serves, in the order changes are
+// applied: what a resource refers to is added before the resource itself.
+var typeURLs = []string{resource.EndpointType, resource.ClusterType, resource.RouteType, resource.ListenerType}
+
+// Server is the Trellis control plane: it serves xDS (ADS, state of the world
+// and delta) and the registration API on one gRPC port, and an admin
+// http.Handler. It is safe for concurrent use.
+type Server struct {
+	opts    options
+	log     *slog.Logger
+	reg     *registry.Registry
+	caches  map[string]*cache.LinearCache
+	xds     v3server.Server
+	grpc    *grpc.Server
+	metrics *metrics
+	clients *clientTracker
+
+	rebuildCh chan struct{}
+	ctx       context.Context // cancelled by Close/Shutdown; ends background work
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+
+	mu        sync.Mutex
+	cfg       *config.Set // last good configuration; nil if none
+	cfgErr    error       // error of the last load, nil if it succeeded
+	cfgLoaded time.Time   // time of the last successful load
+	built     *translate.Resources
+	version   uint64 // number of builds
+	closed    bool
+	closeOnce sync.Once
+}
+
+// New returns a Server. With WithConfigDir it reads and validates the
+// directory first and fails if it is invalid, since there is no earlier good
+// configuration to keep; it then watches the directory until the Server is
+// closed. New does not listen on anything: call Serve.
+func New(opts ...Option) (*Server, error) {
+	var o options
+	for _, opt := range opts {
+		opt.apply(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
+	}
+	if o.debounce == 0 {
+		o.debounce = rebuildDebounce
+	}
+	s := &Server{
+		opts:      o,
+		log:       o.logger,
+		caches:    map[string]*cache.LinearCache{},
+		metrics:   newMetrics(),
+		rebuildCh: make(chan struct{}, 1),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.clients = newClientTracker(s.log, s.metrics)
+	s.reg = registry.New(o.grace, s.triggerRebuild)
+	mux := &cache.MuxCache{
+		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
+		Caches:        map[string]cache.Cache{},
+	}
+	for _, t := range typeURLs {
+		c := cache.NewLinearCache(t, cache.WithLogger(discardLogger{}))
+		s.caches[t] = c
+		mux.Caches[t] = c
+	}
+	var watcher *fsnotify.Watcher
+	if o.configDir != "" {
+		set, err := config.LoadDir(o.configDir)
+		if err != nil {
+			s.cancel()
+			return nil, err
+		}
+		s.cfg, s.cfgLoaded = set, time.Now()
+		s.metrics.configLoaded(true)
+		s.log.Info("configuration loaded", "dir", o.configDir, "files", len(set.Files), "resources", set.Len())
+		watcher, err = fsnotify.NewWatcher()
+		if err == nil {
+			err = watcher.Add(o.configDir)
+		}
+		if err != nil {
+			s.cancel()
+			if watcher != nil {
+				watcher.Close()
+			}
+			return nil, fmt.Errorf("xdsserver: watch %s: %w", o.configDir, err)
+		}
+	}
+	s.xds = v3server.NewServer(s.ctx, mux, s.clients.callbacks())
+	s.grpc = grpc.NewServer(
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.MaxConcurrentStreams(1<<16),
+	)
+	v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, s.xds)
+	registrationpb.RegisterRegistrationServer(s.grpc, &registrationService{s: s})
+
+	s.rebuild() // the initial state is in the caches before anyone connects
+	s.wg.Add(1)
+	go s.rebuildLoop()
+	if watcher != nil {
+		s.wg.Add(1)
+		go s.watchConfig(watcher)
+	}
+	return s, nil
+}
+
+// Serve accepts xDS and registration connections on lis until Shutdown or
+// Close, and then returns ErrServerClosed.
+func (s *Server) Serve(lis net.Listener) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		lis.Close()
+		return ErrServerClosed
+	}
+	err := s.grpc.Serve(lis)
+	s.mu.Lock()
+	closed = s.closed
+	s.mu.Unlock()
+	if closed || err == nil {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// Shutdown stops accepting connections, closes xDS streams (clients move to
+// another replica or keep their cached configuration) and waits, until ctx
+// is done, for registration streams and background work to end.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopBackground()
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close stops the Server at once. It is idempotent.
+func (s *Server) Close() error {
+	s.stopBackground()
+	s.grpc.Stop()
+	return nil
+}
+
+func (s *Server) stopBackground() {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		// Cancelling the server context ends the ADS streams, which would
+		// otherwise keep GracefulStop waiting for ever.
+		s.cancel()
+		s.wg.Wait()
+		s.reg.Close()
+	})
+}
+
+// Reload reads the configuration directory again now. It returns the load
+// error, if any; the last good configuration stays in force then.
+func (s *Server) Reload() error {
+	if s.opts.configDir == "" {
+		return nil
+	}
+	set, err := config.LoadDir(s.opts.configDir)
+	s.mu.Lock()
+	s.cfgErr = err
+	if err == nil {
+		s.cfg, s.cfgLoaded = set, time.Now()
+	}
+	s.mu.Unlock()
+	s.metrics.configLoaded(err == nil)
+	if err != nil {
+		for _, e := range config.Errors(err) {
+			s.log.Error("configuration rejected; keeping the last good configuration", "error", e.Error())
+		}
+		if len(config.Errors(err)) == 0 {
+			s.log.Error("configuration rejected; keeping the last good configuration", "error", err)
+		}
+		return err
+	}
+	s.log.Info("configuration loaded", "dir", s.opts.configDir, "files", len(set.Files), "resources", set.Len())
+	s.triggerRebuild()
+	return nil
+}
+
+// registrationService implements the registration API.
+type registrationService struct {
+	registrationpb.UnimplementedRegistrationServer
+	s *Server
+}
+
+func (r *registrationService) Register(stream registrationpb.Registration_RegisterServer) error {
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	ep, err := endpointFromProto(req.GetEndpoint())
+	if err != nil {
+		r.s.metrics.registrations.WithLabelValues("rejected").Inc()
+		r.s.log.Warn("registration rejected", "error", err)
+		return statusInvalid(err)
+	}
+	lease := r.s.reg.Add(ep)
+	r.s.metrics.registrations.WithLabelValues("accepted").Inc()
+	r.s.log.Info("endpoint registered", "endpoint", ep.Key(), "labels", ep.Labels)
+	if err := stream.Send(&registrationpb.RegisterResponse{Id: ep.Key()}); err != nil {
+		lease.Release(false)
+		return err
+	}
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			lease.Release(true)
+			r.s.log.Info("endpoint deregistered", "endpoint", ep.Key())
+			return nil
+		}
+		if err != nil {
+			lease.Release(false)
+			r.s.log.Info("registration stream broke; endpoint leaves after the grace period", "endpoint", ep.Key(), "error", err)
+			return err
+		}
+		upd, err := endpointFromProto(req.GetEndpoint())
+		if err != nil || upd.Key() != ep.Key() {
+			if err == nil {
+				err = fmt.Errorf("an update must keep service, namespace, address and port (%s)", ep.Key())
+			}
+			lease.Release(false)
+			return statusInvalid(err)
+		}
+		lease.Update(upd.Labels, upd.Locality)
+	}
+}
+
+// discardLogger silences go-control-plane's internal logging.
+type discardLogger struct{}
+
+func (discardLogger) Debugf(string, ...any) {}
+func (discardLogger) Infof(string, ...any)  {}
+func (discardLogger) Warnf(string, ...any)  {}
+func (discardLogger) Errorf(string, ...any) {}

@@ -1,0 +1,200 @@
+package xdsserver
+
+import (
+	"cmp"
+	"path/filepath"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/fsnotify/fsnotify"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/registrationpb"
+	"github.com/trellismesh/trellis/internal/registry"
+	"github.com/trellismesh/trellis/internal/translate"
+)
+
+// rebuildDebounce batches changes that arrive together (a burst of
+// registrations, an editor writing several files) into one push.
+var rebuildDebounce = 20 * time.Millisecond
+
+// configDebounce waits for a directory change to settle before reloading.
+var configDebounce = 100 * time.Millisecond
+
+func (s *Server) triggerRebuild() {
+	select {
+	case s.rebuildCh <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Server) rebuildLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.rebuildCh:
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(s.opts.debounce):
+		}
+		s.rebuild()
+	}
+}
+
+// rebuild translates the current configuration and registrations and applies
+// what changed to the caches, resource by resource.
+func (s *Server) rebuild() {
+	s.mu.Lock()
+	set := s.cfg
+	s.mu.Unlock()
+	res := translate.Build(set, s.reg.Endpoints())
+	next := map[string]map[string]types.Resource{
+		resource.ListenerType: toResources(res.Listeners),
+		resource.RouteType:    toResources(res.Routes),
+		resource.ClusterType:  toResources(res.Clusters),
+		resource.EndpointType: toResources(res.Endpoints),
+	}
+	changed := 0
+	deletes := map[string][]string{}
+	for _, t := range typeURLs {
+		c := s.caches[t]
+		cur := c.GetResources()
+		upd := map[string]types.Resource{}
+		for name, r := range next[t] {
+			if old, ok := cur[name]; !ok || !proto.Equal(old, r) {
+				upd[name] = r
+			}
+		}
+		for name := range cur {
+			if _, ok := next[t][name]; !ok {
+				deletes[t] = append(deletes[t], name)
+			}
+		}
+		if len(upd) > 0 {
+			if err := c.UpdateResources(upd, nil); err != nil {
+				s.log.Error("updating xDS cache", "type", t, "error", err)
+			}
+			changed += len(upd)
+		}
+		s.metrics.resources.WithLabelValues(shortType(t)).Set(float64(len(next[t])))
+	}
+	// Removals go the other way round: listeners before the routes,
+	// clusters and endpoints they refer to.
+	for i := len(typeURLs) - 1; i >= 0; i-- {
+		t := typeURLs[i]
+		if len(deletes[t]) > 0 {
+			if err := s.caches[t].UpdateResources(nil, deletes[t]); err != nil {
+				s.log.Error("updating xDS cache", "type", t, "error", err)
+			}
+			changed += len(deletes[t])
+		}
+	}
+	for _, w := range res.Warnings {
+		s.log.Warn("translation", "warning", w)
+	}
+	s.mu.Lock()
+	s.built = res
+	s.version++
+	s.mu.Unlock()
+	s.metrics.registered.Set(float64(len(s.reg.Endpoints())))
+	if changed > 0 {
+		s.metrics.builds.Inc()
+		s.log.Debug("xDS resources updated", "changed", changed)
+	}
+}
+
+func toResources[M proto.Message](m map[string]M) map[string]types.Resource {
+	out := make(map[string]types.Resource, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func shortType(typeURL string) string {
+	switch typeURL {
+	case resource.ListenerType:
+		return "LDS"
+	case resource.RouteType:
+		return "RDS"
+	case resource.ClusterType:
+		return "CDS"
+	case resource.EndpointType:
+		return "EDS"
+	}
+	return typeURL
+}
+
+// watchConfig reloads the configuration directory when it changes.
+func (s *Server) watchConfig(w *fsnotify.Watcher) {
+	defer s.wg.Done()
+	defer w.Close()
+	var timer <-chan time.Time
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			name := filepath.Base(ev.Name)
+			// Kubernetes ConfigMap volumes swap a "..data" symlink.
+			if config.IsConfigFile(name) || name == "..data" {
+				timer = time.After(configDebounce)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			s.log.Error("watching configuration directory", "error", err)
+		case <-timer:
+			timer = nil
+			s.Reload()
+		}
+	}
+}
+
+func endpointFromProto(p *registrationpb.Endpoint) (registry.Endpoint, error) {
+	ep := registry.Endpoint{
+		Service:     p.GetService(),
+		Namespace:   cmp.Or(p.GetNamespace(), config.DefaultNamespace),
+		Address:     p.GetAddress(),
+		Port:        p.GetPort(),
+		ServicePort: p.GetServicePort(),
+		Labels:      p.GetLabels(),
+		Locality:    p.GetLocality(),
+	}
+	if p == nil {
+		return ep, errorf("registration: the first request must carry an endpoint")
+	}
+	if err := config.ValidateName(ep.Service); err != nil {
+		return ep, errorf("registration: service: %v", err)
+	}
+	if err := config.ValidateName(ep.Namespace); err != nil {
+		return ep, errorf("registration: namespace: %v", err)
+	}
+	if !validIP(ep.Address) {
+		return ep, errorf("registration: address %q is not an IP address", ep.Address)
+	}
+	if ep.Port == 0 || ep.Port > 65535 {
+		return ep, errorf("registration: port %d is not between 1 and 65535", ep.Port)
+	}
+	if ep.ServicePort > 65535 {
+		return ep, errorf("registration: service port %d is not between 1 and 65535", ep.ServicePort)
+	}
+	if err := config.ValidateLabels(ep.Labels); err != nil {
+		return ep, errorf("registration: labels: %v", err)
+	}
+	return ep, nil
+}
+
+func statusInvalid(err error) error { return status.Error(codes.InvalidArgument, err.Error()) }
