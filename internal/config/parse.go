@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -43,9 +44,18 @@ func splitDocuments(data []byte) []document {
 	for sc.Scan() {
 		line++
 		text := sc.Text()
-		if strings.HasPrefix(text, "---") && strings.TrimSpace(strings.TrimPrefix(text, "---")) == "" {
+		if marker, rest, ok := documentMarker(text); ok {
+			// "---" starts a document, "..." ends one; either may be
+			// followed by a comment, and "---" by the document's first
+			// node. Lines left in one chunk past a marker would be
+			// silently dropped by the YAML decoder.
 			flush()
 			start = line + 1
+			if marker == "---" && rest != "" && !strings.HasPrefix(rest, "#") {
+				start = line
+				cur.WriteString(rest)
+				cur.WriteByte('\n')
+			}
 			continue
 		}
 		if cur.Len() == 0 && strings.TrimSpace(text) == "" {
@@ -57,6 +67,17 @@ func splitDocuments(data []byte) []document {
 	}
 	flush()
 	return docs
+}
+
+// documentMarker reports whether text is a "---" or "..." marker line,
+// returning the marker and the rest of the line, trimmed.
+func documentMarker(text string) (marker, rest string, ok bool) {
+	for _, m := range []string{"---", "..."} {
+		if r, found := strings.CutPrefix(text, m); found && (r == "" || r[0] == ' ' || r[0] == '\t') {
+			return m, strings.TrimSpace(r), true
+		}
+	}
+	return "", "", false
 }
 
 // parseFile parses every document in one file into set.
@@ -74,7 +95,8 @@ func parseDocument(set *Set, file string, doc document) []error {
 	fail := func(resource, field, format string, args ...any) []error {
 		return []error{&Error{File: file, Line: doc.line, Resource: resource, Field: field, Msg: fmt.Sprintf(format, args...)}}
 	}
-	js, err := yaml.YAMLToJSON(doc.data)
+	// Strict: a key given twice is an error, not last-one-wins.
+	js, err := yaml.YAMLToJSONStrict(doc.data)
 	if err != nil {
 		return fail("", "", "invalid YAML: %v", err)
 	}
@@ -154,6 +176,11 @@ func parseDocument(set *Set, file string, doc document) []error {
 		msg = m
 	}
 	before := len(errs)
+	// Istio's Location enum has MESH_EXTERNAL as its zero value, so only the
+	// document tells an explicit MESH_EXTERNAL from an omitted location.
+	if kind == KindServiceEntry && spec["location"] == "MESH_EXTERNAL" {
+		add("spec.location", "MESH_EXTERNAL is not supported: ServiceEntries describe services inside the mesh")
+	}
 	walkFields(msg.ProtoReflect().Descriptor(), spec, "spec", "", supported[kind], add)
 	if len(errs) > before {
 		return errs
@@ -164,7 +191,7 @@ func parseDocument(set *Set, file string, doc document) []error {
 		return errs
 	}
 	if err := protojson.Unmarshal(specJSON, msg); err != nil {
-		add("spec", "%s", strings.TrimPrefix(err.Error(), "proto: "))
+		add("spec", "%s", protoErrorText(err))
 	}
 	return errs
 }
@@ -217,6 +244,16 @@ func parseMetadata(meta *Meta, v any, add func(field, format string, args ...any
 		add("metadata.name", "required")
 	}
 	return nil
+}
+
+// protoErrorPrefix matches what protojson puts before its message: "proto:"
+// and a space that is deliberately either U+0020 or U+00A0 (varying between
+// builds), then the position in the JSON that Load made from the YAML, which
+// would only mislead.
+var protoErrorPrefix = regexp.MustCompile(`^proto:[ \x{a0}]+((syntax error )?\(line \d+:\d+\):[ \x{a0}]*)?`)
+
+func protoErrorText(err error) string {
+	return protoErrorPrefix.ReplaceAllString(err.Error(), "")
 }
 
 func quote(s string) string { return fmt.Sprintf("%q", s) }

@@ -139,9 +139,6 @@ func validateServiceEntry(se *ServiceEntry) []error {
 			p.add(f+".protocol", "protocol %q is not supported (want GRPC, HTTP or HTTP2)", port.Protocol)
 		}
 	}
-	if s.Location == networking.ServiceEntry_MESH_EXTERNAL {
-		p.add("spec.location", "MESH_EXTERNAL is not supported")
-	}
 	if s.Resolution != networking.ServiceEntry_STATIC {
 		p.add("spec.resolution", "%s is not supported: set resolution: STATIC (endpoints are listed, selected WorkloadEntries, or self-registered)", s.Resolution)
 	}
@@ -312,7 +309,7 @@ func validateSet(set *Set) []error {
 		h := CanonicalHost(dr.Spec.Host, dr.Namespace)
 		if first, ok := drByHost[h]; ok {
 			p := &problems{meta: dr.Meta}
-			p.add("spec.host", "host %s already has DestinationRule %s (%s:%d)", dr.Spec.Host, first.Meta, first.File, first.Line)
+			p.add("spec.host", "host %s already has %s (%s:%d)", dr.Spec.Host, first.Meta, first.File, first.Line)
 			errs = append(errs, p.errs...)
 			continue
 		}
@@ -328,7 +325,7 @@ func validateSet(set *Set) []error {
 		for i, host := range vs.Spec.Hosts {
 			h := CanonicalHost(host, vs.Namespace)
 			if first, ok := vsByHost[h]; ok && first != vs {
-				p.add(fmt.Sprintf("spec.hosts[%d]", i), "host %s is already routed by VirtualService %s (%s:%d)", host, first.Meta, first.File, first.Line)
+				p.add(fmt.Sprintf("spec.hosts[%d]", i), "host %s is already routed by %s (%s:%d)", host, first.Meta, first.File, first.Line)
 			}
 			vsByHost[h] = vs
 		}

@@ -1,0 +1,36 @@
+// Package trellis is a service mesh that lives inside Go programs: service
+// discovery, routing and traffic splitting for gRPC services, driven by the
+// Istio resources you already write, served by a bundled xDS control plane.
+// No sidecar, no agent, no Kubernetes required.
+//
+// Quick start. Run the control plane (embedded defaults: xDS on
+// 127.0.0.1:15010, admin on 127.0.0.1:15014):
+//
+//	go run ./cmd/xdsserver -config ./mesh/
+//
+// Serve, registering with the control plane:
+//
+//	srv, err := mesh.NewServer(mesh.WithService("reviews", "v2"))
+//	pb.RegisterReviewsServer(srv, impl)
+//	err = srv.Serve(lis)
+//
+// Call it, with routes, splits and endpoints from the control plane:
+//
+//	conn, err := mesh.Dial("reviews:9080")
+//	client := pb.NewReviewsClient(conn)
+//
+// Map of the module:
+//
+//	mesh/            entry points: Dial, NewServer, options
+//	xdsserver/       the control plane (go-control-plane ADS, Istio config, registration API)
+//	cmd/xdsserver/   the control-plane command
+//	examples/        quickstart, canary and the greeter service they run
+//	balancer/ resolver/ retry/ authz/ telemetry/
+//	                 mesh policies usable on their own (see each package's status)
+//	internal/        engines: config (Istio YAML), translate (to xDS), registry,
+//	                 register (client side of registration), xdsbootstrap
+//	                 (grpc-go's bootstrap seam), e2e (end-to-end tests)
+//
+// docs/ARCHITECTURE.md explains how the pieces fit; docs/SUPPORT.md lists
+// which Istio fields are supported and which are rejected.
+package trellis

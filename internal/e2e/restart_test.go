@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"testing"
+
+	"github.com/trellismesh/trellis/mesh"
+	"github.com/trellismesh/trellis/xdsserver"
+)
+
+// serveOn starts a control plane on a fixed address and returns a stop
+// function that closes it and waits for Serve to return.
+func serveOn(t *testing.T, addr string) (*xdsserver.Server, func()) {
+	t.Helper()
+	srv, err := xdsserver.New(xdsserver.WithRegistrationGrace(testTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		srv.Close()
+		if err := <-done; !errors.Is(err, xdsserver.ErrServerClosed) {
+			t.Errorf("Serve() = %v, want ErrServerClosed", err)
+		}
+	}
+	t.Cleanup(stop)
+	return srv, stop
+}
+
+// TestControlPlaneRestart kills the control plane under a serving mesh and
+// starts an empty one in its place: clients keep routing on their cached
+// configuration meanwhile, and servers register again with the new one.
+func TestControlPlaneRestart(t *testing.T) {
+	ctx := testContext(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+
+	first, stopFirst := serveOn(t, addr)
+	cp := &controlPlane{Server: first, addr: addr}
+	g := startGreeter(t, addr, "v1")
+	cluster := "outbound|9080||greeter.default.svc.cluster.local"
+	waitFor(ctx, t, "the endpoint in EDS", func() error {
+		if eps := endpoints(t, cp, cluster); len(eps) != 1 {
+			return fmt.Errorf("endpoints %v", eps)
+		}
+		return nil
+	})
+	cc, err := mesh.Dial("greeter:9080", mesh.WithControlPlane(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if tl := send(ctx, cc, 20); tl.errors > 0 {
+		t.Fatalf("before the restart: %d errors, last %v", tl.errors, tl.lastErr)
+	}
+
+	stopFirst()
+	if tl := send(ctx, cc, 100); tl.errors > 0 || tl.instances[g.addr] != 100 {
+		t.Errorf("with the control plane down: instances %v, %d errors (%v); want all 100 served from cache", tl.instances, tl.errors, tl.lastErr)
+	}
+
+	second, _ := serveOn(t, addr)
+	cp = &controlPlane{Server: second, addr: addr}
+	waitFor(ctx, t, "the server to register with the new control plane", func() error {
+		if eps := endpoints(t, cp, cluster); len(eps) != 1 || eps[0] != g.addr {
+			return fmt.Errorf("endpoints %v, want [%s]", eps, g.addr)
+		}
+		return nil
+	})
+	waitFor(ctx, t, "the client to reconnect", func() error {
+		for _, c := range cp.ConfigDump().Clients {
+			if c.Types["EDS"] != nil && c.Types["EDS"].Acks > 0 {
+				return nil
+			}
+		}
+		return fmt.Errorf("clients %+v", cp.ConfigDump().Clients)
+	})
+	if tl := send(ctx, cc, 100); tl.errors > 0 {
+		t.Errorf("after the restart: %d errors, last %v", tl.errors, tl.lastErr)
+	}
+}
