@@ -1,0 +1,30 @@
+// Package mesh puts a Go program's gRPC clients and servers in the Trellis
+// mesh.
+//
+// A client dials a service by name; routes, weighted splits and endpoints
+// come from the control plane through grpc-go's own xDS client:
+//
+//	conn, err := mesh.Dial("reviews:9080") // never blocks
+//	client := pb.NewReviewsClient(conn)
+//
+// A server registers itself with the control plane while it serves, under a
+// service name and a version label that DestinationRule subsets select:
+//
+//	srv, err := mesh.NewServer(mesh.WithService("reviews", "v2"))
+//	pb.RegisterReviewsServer(srv, impl)
+//	err = srv.Serve(lis)     // registers, then serves
+//	err = srv.Shutdown(ctx)  // deregisters, then drains
+//
+// The control plane is found at the address given by WithControlPlane, else
+// the TRELLIS_CONTROL_PLANE environment variable, else a standard
+// GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG, else 127.0.0.1:15010 (what
+// `go run ./cmd/xdsserver` listens on).
+//
+// Everything here composes standard pieces: a Dial connection is a
+// *grpc.ClientConn and a Server wraps a *grpc.Server, so interceptors, stats
+// handlers and other grpc options pass through WithDialOptions and
+// WithServerOptions.
+//
+// Not implemented yet: mutual TLS (traffic is plaintext), authorization, the
+// HTTP client and handler, and mesh telemetry.
+package mesh

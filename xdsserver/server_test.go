@@ -1,0 +1,296 @@
+package xdsserver
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	v3discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
+
+	"github.com/trellismesh/trellis/internal/registrationpb"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// start runs a Server on loopback and returns a client connection to it.
+func start(t *testing.T, opts ...Option) (*Server, *grpc.ClientConn) {
+	t.Helper()
+	s, err := New(opts...)
+	if err != nil {
+		t.Fatalf("New() = %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(lis) }()
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cc.Close()
+		s.Close()
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve() = %v, want ErrServerClosed", err)
+		}
+	})
+	return s, cc
+}
+
+// register opens a registration stream for ep and waits for the answer.
+func register(ctx context.Context, t *testing.T, cc *grpc.ClientConn, ep *registrationpb.Endpoint) (registrationpb.Registration_RegisterClient, error) {
+	t.Helper()
+	stream, err := registrationpb.NewRegistrationClient(cc).Register(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&registrationpb.RegisterRequest{Endpoint: ep}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	return stream, err
+}
+
+func TestRegistrationValidation(t *testing.T) {
+	ctx := testContext(t)
+	_, cc := start(t)
+	good := func() *registrationpb.Endpoint {
+		return &registrationpb.Endpoint{Service: "reviews", Address: "127.0.0.1", Port: 9080}
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*registrationpb.Endpoint)
+		want   string
+	}{
+		{"bad service name", func(e *registrationpb.Endpoint) { e.Service = "Reviews_1" }, `service: "Reviews_1" is not a valid name`},
+		{"bad namespace", func(e *registrationpb.Endpoint) { e.Namespace = "a.b" }, `namespace: "a.b" is not a valid name`},
+		{"hostname address", func(e *registrationpb.Endpoint) { e.Address = "reviews.local" }, `address "reviews.local" is not an IP address`},
+		{"port zero", func(e *registrationpb.Endpoint) { e.Port = 0 }, "port 0 is not between 1 and 65535"},
+		{"port too large", func(e *registrationpb.Endpoint) { e.Port = 70000 }, "port 70000 is not between 1 and 65535"},
+		{"service port too large", func(e *registrationpb.Endpoint) { e.ServicePort = 70000 }, "service port 70000"},
+		{"bad label", func(e *registrationpb.Endpoint) { e.Labels = map[string]string{"version": "v 1"} }, "is not a valid label value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := good()
+			tc.mutate(ep)
+			_, err := register(ctx, t, cc, ep)
+			if grpcstatus.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Register(%v) = %v, want InvalidArgument containing %q", ep, err, tc.want)
+			}
+		})
+	}
+	if _, err := register(ctx, t, cc, good()); err != nil {
+		t.Errorf("Register(valid endpoint) = %v, want success", err)
+	}
+}
+
+// ads is a raw ADS client, as an xDS client other than grpc-go would be.
+type ads struct {
+	t      *testing.T
+	stream v3discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+}
+
+func (a *ads) send(req *v3discoverypb.DiscoveryRequest) {
+	a.t.Helper()
+	req.Node = &v3corepb.Node{Id: "raw-client"}
+	if err := a.stream.Send(req); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+func (a *ads) recv() *v3discoverypb.DiscoveryResponse {
+	a.t.Helper()
+	resp, err := a.stream.Recv()
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return resp
+}
+
+// TestNACKIsCountedAndReported: a client that rejects a response shows up in
+// metrics and in the config dump with its reason.
+func TestNACKIsCountedAndReported(t *testing.T) {
+	ctx := testContext(t)
+	s, cc := start(t)
+	if _, err := register(ctx, t, cc, &registrationpb.Endpoint{Service: "reviews", Address: "127.0.0.1", Port: 9080}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := v3discoverygrpc.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &ads{t: t, stream: stream}
+	waitFor(ctx, t, func() bool { return s.caches[resource.ListenerType].GetResources()["reviews:9080"] != nil })
+	a.send(&v3discoverypb.DiscoveryRequest{TypeUrl: resource.ListenerType, ResourceNames: []string{"reviews:9080"}})
+	resp := a.recv()
+	if len(resp.GetResources()) != 1 {
+		t.Fatalf("LDS response has %d resources, want 1", len(resp.GetResources()))
+	}
+	a.send(&v3discoverypb.DiscoveryRequest{
+		TypeUrl: resource.ListenerType, ResourceNames: []string{"reviews:9080"},
+		ResponseNonce: resp.GetNonce(), VersionInfo: "",
+		ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: "listener reviews:9080: unsupported filter"},
+	})
+	waitFor(ctx, t, func() bool {
+		for _, c := range s.ConfigDump().Clients {
+			if ts := c.Types["LDS"]; c.Node == "raw-client" && ts != nil && ts.Nacks == 1 && ts.LastNack == "listener reviews:9080: unsupported filter" {
+				return true
+			}
+		}
+		return false
+	})
+	rec := httptest.NewRecorder()
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), `trellis_xds_nacks_total{type="LDS"} 1`) {
+		t.Errorf("/metrics lacks the NACK count:\n%s", rec.Body.String())
+	}
+}
+
+func waitFor(ctx context.Context, t *testing.T, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatal("condition not met before the deadline")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// TestDeltaPushesOnlyWhatChanged: over delta ADS, a new endpoint of one
+// service pushes that service's EDS resource and nothing else.
+func TestDeltaPushesOnlyWhatChanged(t *testing.T) {
+	ctx := testContext(t)
+	_, cc := start(t)
+	for _, svc := range []string{"reviews", "ratings"} {
+		if _, err := register(ctx, t, cc, &registrationpb.Endpoint{Service: svc, Address: "127.0.0.1", Port: 9080}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream, err := v3discoverygrpc.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reviews := "outbound|9080||reviews.default.svc.cluster.local"
+	ratings := "outbound|9080||ratings.default.svc.cluster.local"
+	if err := stream.Send(&v3discoverypb.DeltaDiscoveryRequest{
+		Node: &v3corepb.Node{Id: "delta-client"}, TypeUrl: resource.EndpointType,
+		ResourceNamesSubscribe: []string{reviews, ratings},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for len(got) < 2 {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp.GetResources() {
+			got[r.GetName()] = r.GetVersion()
+		}
+		stream.Send(&v3discoverypb.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResponseNonce: resp.GetNonce()})
+	}
+	if _, err := register(ctx, t, cc, &registrationpb.Endpoint{Service: "reviews", Address: "127.0.0.2", Port: 9080}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetResources()) != 1 || resp.GetResources()[0].GetName() != reviews {
+		var names []string
+		for _, r := range resp.GetResources() {
+			names = append(names, r.GetName())
+		}
+		t.Fatalf("delta push carried %v, want only %s", names, reviews)
+	}
+	if v := resp.GetResources()[0].GetVersion(); v == got[reviews] {
+		t.Errorf("changed resource kept version %q", v)
+	}
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	s, _ := start(t)
+	h := s.AdminHandler()
+	for _, tc := range []struct {
+		path string
+		code int
+		body string
+	}{
+		{"/healthz", 200, "ok"},
+		{"/readyz", 200, "ok"},
+		{"/metrics", 200, "trellis_xds_streams"},
+		{"/debug/config_dump", 200, `"resources"`},
+		{"/nope", 404, ""},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.body) {
+			t.Errorf("GET %s = %d %.80q, want %d containing %q", tc.path, rec.Code, rec.Body.String(), tc.code, tc.body)
+		}
+	}
+	s.Close()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != 503 {
+		t.Errorf("GET /readyz after Close = %d, want 503", rec.Code)
+	}
+}
+
+func TestNewRejectsBadConfigDir(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := New(WithConfigDir(dir + "/missing")); err == nil {
+		t.Error("New(missing dir) = nil error, want one")
+	}
+	bad := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [x], bogus: 1}\n"
+	if err := writeTestFile(dir, "x.yaml", bad); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(WithConfigDir(dir))
+	if want := "x.yaml:1: VirtualService default/x: spec.bogus: unknown field"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("New(bad dir) = %v, want error containing %q", err, want)
+	}
+}
+
+func TestRegistrationStreamEOFDeregisters(t *testing.T) {
+	ctx := testContext(t)
+	s, cc := start(t, WithRegistrationGrace(time.Hour))
+	stream, err := register(ctx, t, cc, &registrationpb.Endpoint{Service: "reviews", Address: "127.0.0.1", Port: 9080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.ConfigDump().Registrations); n != 1 {
+		t.Fatalf("registrations = %d, want 1", n)
+	}
+	stream.CloseSend()
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Errorf("Recv() after CloseSend = %v, want EOF", err)
+	}
+	if n := len(s.ConfigDump().Registrations); n != 0 {
+		t.Errorf("after a clean close, registrations = %d, want 0 at once (grace is an hour)", n)
+	}
+}
