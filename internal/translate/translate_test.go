@@ -61,7 +61,7 @@ func TestRegisteredService(t *testing.T) {
 	want := &v3routepb.RouteConfiguration{
 		Name: host + ":9080",
 		VirtualHosts: []*v3routepb.VirtualHost{{
-			Name: host + ":9080",
+			Name:    host + ":9080",
 			Domains: []string{host + ":9080", host, "greeter.default:9080", "greeter.default", "greeter:9080", "greeter"},
 			Routes: []*v3routepb.Route{{
 				Match:  &v3routepb.RouteMatch{PathSpecifier: &v3routepb.RouteMatch_Prefix{Prefix: "/"}},
