@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -158,6 +159,15 @@ func Load(files map[string][]byte) (*Set, error) {
 	if len(errs) == 0 {
 		errs = validateSet(set)
 	}
+	// Deterministic order for logs and the admin page: by place, then field.
+	slices.SortStableFunc(errs, func(a, b error) int {
+		ea, okA := a.(*Error)
+		eb, okB := b.(*Error)
+		if !okA || !okB {
+			return 0
+		}
+		return cmp.Or(strings.Compare(ea.File, eb.File), cmp.Compare(ea.Line, eb.Line), strings.Compare(ea.Field, eb.Field), strings.Compare(ea.Msg, eb.Msg))
+	})
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}

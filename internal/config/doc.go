@@ -9,7 +9,7 @@
 // *Error naming the file, the line of the document, the resource
 // (kind namespace/name) and the field path inside it:
 //
-//	mesh/reviews.yaml:12: VirtualService default/reviews: spec.http[0].route[1].weight: weights sum to 90, want 100
+//	mesh/reviews.yaml:12: VirtualService default/reviews: spec.http[0].route: weights sum to 90, want 100
 //
 // A Set is either wholly valid or rejected as a whole; callers keep the last
 // valid Set in force when a new one fails to load.

@@ -178,7 +178,7 @@ func parseDocument(set *Set, file string, doc document) []error {
 	before := len(errs)
 	// Istio's Location enum has MESH_EXTERNAL as its zero value, so only the
 	// document tells an explicit MESH_EXTERNAL from an omitted location.
-	if kind == KindServiceEntry && spec["location"] == "MESH_EXTERNAL" {
+	if loc := fmt.Sprint(spec["location"]); kind == KindServiceEntry && (loc == "MESH_EXTERNAL" || loc == "0") {
 		add("spec.location", "MESH_EXTERNAL is not supported: ServiceEntries describe services inside the mesh")
 	}
 	walkFields(msg.ProtoReflect().Descriptor(), spec, "spec", "", supported[kind], add)
@@ -213,7 +213,7 @@ func parseMetadata(meta *Meta, v any, add func(field, format string, args ...any
 			}
 		case "namespace":
 			if s, ok := val.(string); !ok || !isDNS1123Label(s) {
-				add(field, "%v is not a valid namespace", val)
+				add(field, "%q is not a valid namespace", fmt.Sprint(val))
 			}
 		case "labels", "annotations":
 			m, ok := val.(map[string]any)

@@ -96,7 +96,7 @@ func (p *problems) stringMatch(field string, m *networking.StringMatch, allowEmp
 	case *networking.StringMatch_Regex:
 		if len(t.Regex) > MaxRegexLength {
 			p.add(field+".regex", "regex is %d bytes long, the limit is %d", len(t.Regex), MaxRegexLength)
-		} else if _, err := regexp.Compile("^(?:" + t.Regex + ")$"); err != nil {
+		} else if _, err := regexp.Compile(t.Regex); err != nil {
 			p.add(field+".regex", "invalid regex: %v", err)
 		}
 	}
@@ -131,7 +131,7 @@ func validateServiceEntry(se *ServiceEntry) []error {
 			names[port.Name] = true
 		}
 		if port.TargetPort > 65535 {
-			p.add(f+".target_port", "must be between 1 and 65535")
+			p.add(f+".targetPort", "must be between 1 and 65535")
 		}
 		switch strings.ToUpper(port.Protocol) {
 		case "", "GRPC", "HTTP", "HTTP2":
@@ -143,13 +143,13 @@ func validateServiceEntry(se *ServiceEntry) []error {
 		p.add("spec.resolution", "%s is not supported: set resolution: STATIC (endpoints are listed, selected WorkloadEntries, or self-registered)", s.Resolution)
 	}
 	if len(s.Endpoints) > 0 && s.WorkloadSelector != nil {
-		p.add("spec.workload_selector", "cannot be set together with endpoints")
+		p.add("spec.workloadSelector", "cannot be set together with endpoints")
 	}
 	if s.WorkloadSelector != nil {
 		if len(s.WorkloadSelector.Labels) == 0 {
-			p.add("spec.workload_selector.labels", "at least one label is required")
+			p.add("spec.workloadSelector.labels", "at least one label is required")
 		}
-		p.labels("spec.workload_selector.labels", s.WorkloadSelector.Labels)
+		p.labels("spec.workloadSelector.labels", s.WorkloadSelector.Labels)
 	}
 	for i, ep := range s.Endpoints {
 		f := fmt.Sprintf("spec.endpoints[%d]", i)
