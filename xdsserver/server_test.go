@@ -11,7 +11,6 @@ import (
 	"time"
 
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	v3discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"go.uber.org/goleak"
@@ -111,7 +110,7 @@ func TestRegistrationValidation(t *testing.T) {
 // ads is a raw ADS client, as an xDS client other than grpc-go would be.
 type ads struct {
 	t      *testing.T
-	stream v3discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	stream v3discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 }
 
 func (a *ads) send(req *v3discoverypb.DiscoveryRequest) {
@@ -139,7 +138,7 @@ func TestNACKIsCountedAndReported(t *testing.T) {
 	if _, err := register(ctx, t, cc, &registrationpb.Endpoint{Service: "reviews", Address: "127.0.0.1", Port: 9080}); err != nil {
 		t.Fatal(err)
 	}
-	stream, err := v3discoverygrpc.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	stream, err := v3discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +190,7 @@ func TestDeltaPushesOnlyWhatChanged(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stream, err := v3discoverygrpc.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	stream, err := v3discoverypb.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
