@@ -3,36 +3,57 @@ package xdsserver
 import (
 	"encoding/json"
 	"maps"
+	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
+	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/trellismesh/trellis/internal/config"
-	"github.com/trellismesh/trellis/internal/registry"
 )
 
 // ConfigDump is the JSON document served at /debug/config_dump.
 type ConfigDump struct {
-	Config        ConfigStatus               `json:"config"`
-	Registrations []registry.Endpoint        `json:"registrations"`
-	Warnings      []string                   `json:"warnings,omitempty"`
-	Clients       []ClientStatus             `json:"clients"`
-	Resources     map[string]json.RawMessage `json:"resources"`
+	Config        ConfigStatus   `json:"config"`
+	Registrations []Registration `json:"registrations"`
+	// Endpoints lists, for every cluster ("outbound|port|subset|host"), the
+	// addresses ("ip:port") its EDS resource holds.
+	Endpoints map[string][]string `json:"endpoints"`
+	Warnings  []string            `json:"warnings,omitempty"`
+	Clients   []ClientStatus      `json:"clients"`
+	// Resources holds the xDS resources served, by type ("LDS", "RDS",
+	// "CDS", "EDS"), each a JSON object of name to resource (protojson).
+	Resources map[string]json.RawMessage `json:"resources"`
+}
+
+// Registration is an endpoint a workload registered.
+type Registration struct {
+	Service     string            `json:"service"`
+	Namespace   string            `json:"namespace"`
+	Address     string            `json:"address"`
+	Port        uint32            `json:"port"`
+	ServicePort uint32            `json:"servicePort,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Locality    string            `json:"locality,omitempty"`
 }
 
 // ConfigStatus describes the configuration in force and the last load.
 type ConfigStatus struct {
-	Dir        string    `json:"dir,omitempty"`
-	Files      []string  `json:"files,omitempty"`
-	Resources  int       `json:"resources"`
-	LoadedAt   time.Time `json:"loadedAt,omitzero"`
-	Valid      bool      `json:"lastLoadValid"`
-	LastErrors []string  `json:"lastErrors,omitempty"`
-	Build      uint64    `json:"build"`
+	Dir       string    `json:"dir,omitempty"`
+	Files     []string  `json:"files,omitempty"`
+	Resources int       `json:"resources"`
+	LoadedAt  time.Time `json:"loadedAt,omitzero"`
+	// LastAttempt is the time of the last load, successful or rejected.
+	LastAttempt time.Time `json:"lastAttempt,omitzero"`
+	Valid       bool      `json:"lastLoadValid"`
+	LastErrors  []string  `json:"lastErrors,omitempty"`
+	Build       uint64    `json:"build"`
 }
 
 // AdminHandler returns the admin endpoints: /healthz, /readyz, /metrics
@@ -69,10 +90,11 @@ func (s *Server) ConfigDump() *ConfigDump {
 	s.mu.Lock()
 	d := &ConfigDump{
 		Config: ConfigStatus{
-			Dir:      s.opts.configDir,
-			LoadedAt: s.cfgLoaded,
-			Valid:    s.cfgErr == nil,
-			Build:    s.version,
+			Dir:         s.opts.configDir,
+			LoadedAt:    s.cfgLoaded,
+			LastAttempt: s.attempted,
+			Valid:       s.cfgErr == nil,
+			Build:       s.version,
 		},
 		Resources: map[string]json.RawMessage{},
 	}
@@ -93,7 +115,21 @@ func (s *Server) ConfigDump() *ConfigDump {
 		d.Warnings = s.built.Warnings
 	}
 	s.mu.Unlock()
-	d.Registrations = s.reg.Endpoints()
+	for _, e := range s.reg.Endpoints() {
+		d.Registrations = append(d.Registrations, Registration(e))
+	}
+	d.Endpoints = map[string][]string{}
+	for name, r := range s.caches[resource.EndpointType].GetResources() {
+		cla := r.(*v3endpointpb.ClusterLoadAssignment)
+		addrs := []string{}
+		for _, loc := range cla.GetEndpoints() {
+			for _, lb := range loc.GetLbEndpoints() {
+				sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+				addrs = append(addrs, net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10)))
+			}
+		}
+		d.Endpoints[name] = addrs
+	}
 	d.Clients = s.clients.snapshot()
 	for _, t := range typeURLs {
 		res := s.caches[t].GetResources()

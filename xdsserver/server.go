@@ -54,7 +54,9 @@ type Server struct {
 	cfgErr    error       // error of the last load, nil if it succeeded
 	cfgLoaded time.Time   // time of the last successful load
 	built     *translate.Resources
-	version   uint64 // number of builds
+	known     map[translate.ServiceRef]bool // registered service ports, kept when their endpoints leave
+	attempted time.Time                     // time of the last load, good or bad
+	version   uint64                        // number of builds
 	closed    bool
 	closeOnce sync.Once
 }
@@ -78,6 +80,7 @@ func New(opts ...Option) (*Server, error) {
 		opts:      o,
 		log:       o.logger,
 		caches:    map[string]*cache.LinearCache{},
+		known:     map[translate.ServiceRef]bool{},
 		metrics:   newMetrics(),
 		rebuildCh: make(chan struct{}, 1),
 	}
@@ -101,7 +104,7 @@ func New(opts ...Option) (*Server, error) {
 			s.cancel()
 			return nil, err
 		}
-		s.cfg, s.cfgLoaded = set, time.Now()
+		s.cfg, s.cfgLoaded, s.attempted = set, time.Now(), time.Now()
 		s.metrics.configLoaded(true)
 		s.log.Info("configuration loaded", "dir", o.configDir, "files", len(set.Files), "resources", set.Len())
 		watcher, err = fsnotify.NewWatcher()
@@ -204,6 +207,7 @@ func (s *Server) Reload() error {
 	set, err := config.LoadDir(s.opts.configDir)
 	s.mu.Lock()
 	s.cfgErr = err
+	s.attempted = time.Now()
 	if err == nil {
 		s.cfg, s.cfgLoaded = set, time.Now()
 	}

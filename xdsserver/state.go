@@ -2,7 +2,9 @@ package xdsserver
 
 import (
 	"cmp"
+	"maps"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -52,10 +54,22 @@ func (s *Server) rebuildLoop() {
 // rebuild translates the current configuration and registrations and applies
 // what changed to the caches, resource by resource.
 func (s *Server) rebuild() {
+	registered := s.reg.Endpoints()
 	s.mu.Lock()
 	set := s.cfg
+	// A registered service with an explicit service port stays defined
+	// after its last endpoint leaves, so that clients dialing it fail fast
+	// (no endpoints) rather than wait for a listener that is gone. Without an
+	// explicit service port the port is the workload's own, often random,
+	// and is not kept.
+	for _, ep := range registered {
+		if ep.ServicePort != 0 {
+			s.known[translate.ServiceRef{Service: ep.Service, Namespace: ep.Namespace, Port: ep.ServicePort}] = true
+		}
+	}
+	known := slices.Collect(maps.Keys(s.known))
 	s.mu.Unlock()
-	res := translate.Build(set, s.reg.Endpoints())
+	res := translate.Build(set, registered, known...)
 	next := map[string]map[string]types.Resource{
 		resource.ListenerType: toResources(res.Listeners),
 		resource.RouteType:    toResources(res.Routes),
@@ -104,7 +118,7 @@ func (s *Server) rebuild() {
 	s.built = res
 	s.version++
 	s.mu.Unlock()
-	s.metrics.registered.Set(float64(len(s.reg.Endpoints())))
+	s.metrics.registered.Set(float64(len(registered)))
 	if changed > 0 {
 		s.metrics.builds.Inc()
 		s.log.Debug("xDS resources updated", "changed", changed)

@@ -306,36 +306,12 @@ func endpoints(ctx context.Context, adminAddr string) (map[string][]string, erro
 		return nil, err
 	}
 	var dump struct {
-		Resources struct {
-			EDS map[string]struct {
-				Endpoints []struct {
-					LbEndpoints []struct {
-						Endpoint struct {
-							Address struct {
-								SocketAddress struct {
-									Address   string `json:"address"`
-									PortValue int    `json:"portValue"`
-								} `json:"socketAddress"`
-							} `json:"address"`
-						} `json:"endpoint"`
-					} `json:"lbEndpoints"`
-				} `json:"endpoints"`
-			}
-		} `json:"resources"`
+		Endpoints map[string][]string `json:"endpoints"`
 	}
 	if err := json.Unmarshal(body, &dump); err != nil {
 		return nil, fmt.Errorf("config dump: %w", err)
 	}
-	out := map[string][]string{}
-	for cluster, cla := range dump.Resources.EDS {
-		for _, loc := range cla.Endpoints {
-			for _, lb := range loc.LbEndpoints {
-				sa := lb.Endpoint.Address.SocketAddress
-				out[cluster] = append(out[cluster], net.JoinHostPort(sa.Address, strconv.Itoa(sa.PortValue)))
-			}
-		}
-	}
-	return out, nil
+	return dump.Endpoints, nil
 }
 
 // share is one line of the client's output.

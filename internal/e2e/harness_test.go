@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -107,32 +105,7 @@ func startGreeter(t *testing.T, cp, version string, opts ...mesh.Option) *greete
 // endpoints returns the addresses in the EDS resource of a cluster.
 func endpoints(t *testing.T, cp *controlPlane, cluster string) []string {
 	t.Helper()
-	raw := cp.ConfigDump().Resources["EDS"]
-	var eds map[string]struct {
-		Endpoints []struct {
-			LbEndpoints []struct {
-				Endpoint struct {
-					Address struct {
-						SocketAddress struct {
-							Address   string `json:"address"`
-							PortValue int    `json:"portValue"`
-						} `json:"socketAddress"`
-					} `json:"address"`
-				} `json:"endpoint"`
-			} `json:"lbEndpoints"`
-		} `json:"endpoints"`
-	}
-	if err := json.Unmarshal(raw, &eds); err != nil {
-		t.Fatalf("config dump EDS: %v", err)
-	}
-	var out []string
-	for _, loc := range eds[cluster].Endpoints {
-		for _, lb := range loc.LbEndpoints {
-			sa := lb.Endpoint.Address.SocketAddress
-			out = append(out, fmt.Sprintf("%s:%d", sa.Address, sa.PortValue))
-		}
-	}
-	return out
+	return cp.ConfigDump().Endpoints[cluster]
 }
 
 // waitFor polls cond until it returns nil or ctx ends, then fails with the

@@ -6,6 +6,9 @@ import (
 	"net"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/trellismesh/trellis/mesh"
 	"github.com/trellismesh/trellis/xdsserver"
 )
@@ -94,4 +97,42 @@ func TestControlPlaneRestart(t *testing.T) {
 	if tl := send(ctx, cc, 100); tl.errors > 0 {
 		t.Errorf("after the restart: %d errors, last %v", tl.errors, tl.lastErr)
 	}
+}
+
+// TestNoEndpointsFailsFast: when every instance of a service has gone, RPCs
+// fail at once with UNAVAILABLE rather than hang until their deadline.
+func TestNoEndpointsFailsFast(t *testing.T) {
+	ctx := testContext(t)
+	cp := startControlPlane(t, "")
+	g := startGreeter(t, cp.addr, "v1")
+	cc, err := mesh.Dial("greeter:9080", mesh.WithControlPlane(cp.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	waitFor(ctx, t, "the greeter to answer", func() error {
+		if tl := send(ctx, cc, 1); tl.errors > 0 {
+			return tl.lastErr
+		}
+		return nil
+	})
+	if err := g.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "the endpoint to leave EDS", func() error {
+		if eps := endpoints(t, cp, "outbound|9080||greeter.default.svc.cluster.local"); len(eps) != 0 {
+			return fmt.Errorf("endpoints %v", eps)
+		}
+		return nil
+	})
+	if _, ok := cp.ConfigDump().Endpoints["outbound|9080||greeter.default.svc.cluster.local"]; !ok {
+		t.Fatal("the service's cluster left with its last endpoint; want it kept, empty")
+	}
+	waitFor(ctx, t, "RPCs to fail fast", func() error {
+		tl := send(ctx, cc, 1) // each RPC has a 5s deadline
+		if code := status.Code(tl.lastErr); code != codes.Unavailable {
+			return fmt.Errorf("RPC error %v, want UNAVAILABLE", tl.lastErr)
+		}
+		return nil
+	})
 }

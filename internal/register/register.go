@@ -149,9 +149,13 @@ func (c *Client) session() error {
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
-			if _, err := stream.Recv(); err != nil {
+			resp, err := stream.Recv()
+			if err != nil {
 				recvErr <- err
 				return
+			}
+			if !c.Registered() {
+				c.log.Info("registered with the control plane", "service", c.endpoint.GetService(), "id", resp.GetId())
 			}
 			c.setRegistered(true)
 		}

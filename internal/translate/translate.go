@@ -98,9 +98,20 @@ type builder struct {
 	res      *Resources
 }
 
+// ServiceRef names a service port known from registrations that may have no
+// endpoints left.
+type ServiceRef struct {
+	Service   string
+	Namespace string
+	Port      uint32
+}
+
 // Build translates a valid configuration set and the registered endpoints.
-// set may be nil (no configuration).
-func Build(set *config.Set, registered []registry.Endpoint) *Resources {
+// set may be nil (no configuration). known lists service ports that stay
+// defined (listeners, routes, clusters with empty EDS) even with no endpoint
+// registered, so that clients fail fast with UNAVAILABLE instead of waiting
+// for a listener that does not exist.
+func Build(set *config.Set, registered []registry.Endpoint, known ...ServiceRef) *Resources {
 	if set == nil {
 		set = &config.Set{}
 	}
@@ -117,6 +128,7 @@ func Build(set *config.Set, registered []registry.Endpoint) *Resources {
 	}
 	b.addServiceEntries()
 	b.addRegistered(registered)
+	b.addKnown(known)
 	for _, dr := range set.DestinationRules {
 		host := config.CanonicalHost(dr.Spec.Host, dr.Namespace)
 		b.subsets[host] = map[string]map[string]string{}
@@ -206,6 +218,32 @@ func (b *builder) addRegistered(registered []registry.Endpoint) {
 			locality: r.Locality,
 		})
 	}
+}
+
+func (b *builder) addKnown(known []ServiceRef) {
+	for _, k := range known {
+		ns := cmp.Or(k.Namespace, config.DefaultNamespace)
+		host := config.CanonicalHost(k.Service, ns)
+		if b.fromConfig(host) {
+			continue // a ServiceEntry defines the service and its ports
+		}
+		s := b.service(host, ns)
+		if _, has := s.port(k.Port); !has {
+			s.ports = append(s.ports, servicePort{number: k.Port})
+		}
+	}
+}
+
+// fromConfig reports whether a ServiceEntry defines host.
+func (b *builder) fromConfig(host string) bool {
+	for _, se := range b.set.ServiceEntries {
+		for _, h := range se.Spec.Hosts {
+			if config.CanonicalHost(h, se.Namespace) == host {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func selects(selector, labels map[string]string) bool {

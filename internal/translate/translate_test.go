@@ -354,3 +354,31 @@ spec:
 		}
 	}
 }
+
+func TestKnownServicesStayDefined(t *testing.T) {
+	set := load(t, `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  resolution: STATIC
+  ports: [{number: 8080, name: http}]
+`)
+	res := Build(set, nil,
+		ServiceRef{Service: "greeter", Port: 9080},
+		ServiceRef{Service: "ratings", Port: 7777}, // the ServiceEntry decides ratings' ports
+	)
+	for _, name := range []string{"greeter:9080", "greeter", "ratings:8080"} {
+		if _, ok := res.Listeners[name]; !ok {
+			t.Errorf("no listener %q; have %v", name, slices.Sorted(maps.Keys(res.Listeners)))
+		}
+	}
+	if _, ok := res.Listeners["ratings:7777"]; ok {
+		t.Error("a known port was added to a ServiceEntry's service")
+	}
+	cla, ok := res.Endpoints["outbound|9080||greeter.default.svc.cluster.local"]
+	if !ok || len(cla.GetEndpoints()) != 0 {
+		t.Errorf("greeter EDS = %v, want an empty resource", cla)
+	}
+}
