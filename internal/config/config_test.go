@@ -1,16 +1,20 @@
 package config_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/trellismesh/trellis/internal/config"
@@ -304,6 +308,131 @@ var validCases = []validCase{
 		},
 	},
 	{
+		name: "VirtualService timeout, retries and faults",
+		files: map[string]string{"mesh.yaml": res("VirtualService", "reviews", `
+  hosts: [reviews]
+  http:
+  - timeout: 2s
+    retries: {attempts: 3, retryOn: "unavailable,deadline-exceeded", backoff: 50ms}
+    fault:
+      delay: {fixedDelay: 100ms, percentage: {value: 12.5}}
+      abort: {httpStatus: 503, percentage: {value: 50}}
+    route: [{destination: {host: reviews}}]
+  - fault:
+      abort: {grpcStatus: UNAVAILABLE}
+    route: [{destination: {host: reviews}}]
+`)},
+		want: []proto.Message{&networking.VirtualService{
+			Hosts: []string{"reviews"},
+			Http: []*networking.HTTPRoute{
+				{
+					Timeout: durationpb.New(2 * time.Second),
+					Retries: &networking.HTTPRetry{Attempts: 3, RetryOn: "unavailable,deadline-exceeded", Backoff: durationpb.New(50 * time.Millisecond)},
+					Fault: &networking.HTTPFaultInjection{
+						Delay: &networking.HTTPFaultInjection_Delay{
+							HttpDelayType: &networking.HTTPFaultInjection_Delay_FixedDelay{FixedDelay: durationpb.New(100 * time.Millisecond)},
+							Percentage:    &networking.Percent{Value: 12.5},
+						},
+						Abort: &networking.HTTPFaultInjection_Abort{
+							ErrorType:  &networking.HTTPFaultInjection_Abort_HttpStatus{HttpStatus: 503},
+							Percentage: &networking.Percent{Value: 50},
+						},
+					},
+					Route: []*networking.HTTPRouteDestination{dest("reviews")},
+				},
+				{
+					Fault: &networking.HTTPFaultInjection{Abort: &networking.HTTPFaultInjection_Abort{
+						ErrorType: &networking.HTTPFaultInjection_Abort_GrpcStatus{GrpcStatus: "UNAVAILABLE"},
+					}},
+					Route: []*networking.HTTPRouteDestination{dest("reviews")},
+				},
+			},
+		}},
+	},
+	{
+		name: "DestinationRule traffic policies at every level",
+		files: map[string]string{"mesh.yaml": res("DestinationRule", "reviews", `
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool: {http: {http2MaxRequests: 100}}
+    outlierDetection:
+      consecutive5xxErrors: 5
+      consecutiveGatewayErrors: 3
+      interval: 1s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 50
+      minHealthPercent: 20
+    portLevelSettings:
+    - port: {number: 9080}
+      loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 2048}}}
+      connectionPool: {http: {http2MaxRequests: 10}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {simple: RANDOM}
+      connectionPool: {http: {http2MaxRequests: 5}}
+      outlierDetection: {consecutive5xxErrors: 2, interval: 10s, baseEjectionTime: 1m, maxEjectionPercent: 100, minHealthPercent: 0, consecutiveGatewayErrors: 1}
+      portLevelSettings:
+      - port: {number: 9090}
+        loadBalancer: {consistentHash: {useSourceIp: true}}
+        connectionPool: {http: {http2MaxRequests: 1}}
+      - port: {number: 9091}
+        outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 10, minHealthPercent: 10}
+`)},
+		want: []proto.Message{&networking.DestinationRule{
+			Host: "reviews",
+			TrafficPolicy: &networking.TrafficPolicy{
+				LoadBalancer:   &networking.LoadBalancerSettings{LbPolicy: &networking.LoadBalancerSettings_Simple{Simple: networking.LoadBalancerSettings_LEAST_REQUEST}},
+				ConnectionPool: &networking.ConnectionPoolSettings{Http: &networking.ConnectionPoolSettings_HTTPSettings{Http2MaxRequests: 100}},
+				OutlierDetection: &networking.OutlierDetection{
+					Consecutive_5XxErrors: wrapperspb.UInt32(5), ConsecutiveGatewayErrors: wrapperspb.UInt32(3),
+					Interval: durationpb.New(time.Second), BaseEjectionTime: durationpb.New(30 * time.Second),
+					MaxEjectionPercent: 50, MinHealthPercent: 20,
+				},
+				PortLevelSettings: []*networking.TrafficPolicy_PortTrafficPolicy{{
+					Port: &networking.PortSelector{Number: 9080},
+					LoadBalancer: &networking.LoadBalancerSettings{LbPolicy: &networking.LoadBalancerSettings_ConsistentHash{ConsistentHash: &networking.LoadBalancerSettings_ConsistentHashLB{
+						HashKey:       &networking.LoadBalancerSettings_ConsistentHashLB_HttpHeaderName{HttpHeaderName: "x-user"},
+						HashAlgorithm: &networking.LoadBalancerSettings_ConsistentHashLB_RingHash_{RingHash: &networking.LoadBalancerSettings_ConsistentHashLB_RingHash{MinimumRingSize: 2048}},
+					}}},
+					ConnectionPool: &networking.ConnectionPoolSettings{Http: &networking.ConnectionPoolSettings_HTTPSettings{Http2MaxRequests: 10}},
+				}},
+			},
+			Subsets: []*networking.Subset{{
+				Name:   "v1",
+				Labels: map[string]string{"version": "v1"},
+				TrafficPolicy: &networking.TrafficPolicy{
+					LoadBalancer:   &networking.LoadBalancerSettings{LbPolicy: &networking.LoadBalancerSettings_Simple{Simple: networking.LoadBalancerSettings_RANDOM}},
+					ConnectionPool: &networking.ConnectionPoolSettings{Http: &networking.ConnectionPoolSettings_HTTPSettings{Http2MaxRequests: 5}},
+					OutlierDetection: &networking.OutlierDetection{
+						Consecutive_5XxErrors: wrapperspb.UInt32(2), ConsecutiveGatewayErrors: wrapperspb.UInt32(1),
+						Interval: durationpb.New(10 * time.Second), BaseEjectionTime: durationpb.New(time.Minute),
+						MaxEjectionPercent: 100,
+					},
+					PortLevelSettings: []*networking.TrafficPolicy_PortTrafficPolicy{
+						{
+							Port: &networking.PortSelector{Number: 9090},
+							LoadBalancer: &networking.LoadBalancerSettings{LbPolicy: &networking.LoadBalancerSettings_ConsistentHash{ConsistentHash: &networking.LoadBalancerSettings_ConsistentHashLB{
+								HashKey: &networking.LoadBalancerSettings_ConsistentHashLB_UseSourceIp{UseSourceIp: true},
+							}}},
+							ConnectionPool: &networking.ConnectionPoolSettings{Http: &networking.ConnectionPoolSettings_HTTPSettings{Http2MaxRequests: 1}},
+						},
+						{
+							Port: &networking.PortSelector{Number: 9091},
+							OutlierDetection: &networking.OutlierDetection{
+								Consecutive_5XxErrors: wrapperspb.UInt32(1), ConsecutiveGatewayErrors: wrapperspb.UInt32(1),
+								Interval: durationpb.New(time.Second), BaseEjectionTime: durationpb.New(time.Second),
+								MaxEjectionPercent: 10, MinHealthPercent: 10,
+							},
+						},
+					},
+				},
+			}},
+		}},
+	},
+	{
 		name: "regex of MaxRegexLength bytes",
 		files: map[string]string{"mesh.yaml": res("VirtualService", "reviews", `
   hosts: [reviews]
@@ -447,11 +576,36 @@ func populated(m protoreflect.Message, prefix string, paths map[string]bool) {
 					return true
 				})
 			}
-		case fd.Message() != nil:
+		case fd.Message() != nil && !strings.HasPrefix(string(fd.Message().FullName()), "google.protobuf."):
 			populated(v.Message(), p, paths)
 		}
 		return true
 	})
+}
+
+// policyBodies are traffic policies that together set every supported
+// TrafficPolicy field (consistent hashing and outlier detection exclude each
+// other, and so do the two hash keys).
+var policyBodies = []string{
+	`{loadBalancer: {simple: RANDOM}, connectionPool: {http: {http2MaxRequests: 5}}, outlierDetection: {consecutive5xxErrors: 2, consecutiveGatewayErrors: 1, interval: 1m, baseEjectionTime: 90s, maxEjectionPercent: 30, minHealthPercent: 10}}`,
+	`{loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}}}`,
+	`{loadBalancer: {consistentHash: {useSourceIp: true}}}`,
+}
+
+// trafficPolicyCases place each of policyBodies at each level a
+// TrafficPolicy can appear, one DestinationRule per host.
+func trafficPolicyCases() []string {
+	var out []string
+	for i, body := range policyBodies {
+		port := "portLevelSettings: [{port: {number: 9080}, " + strings.TrimPrefix(body, "{")
+		out = append(out,
+			res("DestinationRule", fmt.Sprintf("a%d", i), fmt.Sprintf("  host: a%d\n  trafficPolicy: %s\n", i, body)),
+			res("DestinationRule", fmt.Sprintf("b%d", i), fmt.Sprintf("  host: b%d\n  trafficPolicy: {%s]}\n", i, port)),
+			res("DestinationRule", fmt.Sprintf("c%d", i), fmt.Sprintf("  host: c%d\n  subsets: [{name: s, labels: {k: v}, trafficPolicy: %s}]\n", i, body)),
+			res("DestinationRule", fmt.Sprintf("d%d", i), fmt.Sprintf("  host: d%d\n  subsets: [{name: s, labels: {k: v}, trafficPolicy: {%s]}}]\n", i, port)),
+		)
+	}
+	return out
 }
 
 // TestSupportedFieldsCovered fails when a field is added to the allowlist
@@ -464,7 +618,9 @@ func TestSupportedFieldsCovered(t *testing.T) {
 		config.KindVirtualService:  {},
 		config.KindDestinationRule: {},
 	}
-	for _, tc := range validCases {
+	cases := slices.Clone(validCases)
+	cases = append(cases, validCase{name: "traffic policies at every level", files: map[string]string{"tp.yaml": docs(trafficPolicyCases()...)}})
+	for _, tc := range cases {
 		set, err := load(tc.files)
 		if err != nil {
 			t.Fatalf("%s: Load(...) = %v, want no error", tc.name, err)
@@ -510,8 +666,8 @@ func TestSupported(t *testing.T) {
 	}
 	// Supported returns a copy: changing it changes nothing.
 	got := config.Supported(config.KindDestinationRule)
-	got[0] = "traffic_policy"
-	if slices.Contains(config.Supported(config.KindDestinationRule), "traffic_policy") {
+	got[0] = "traffic_policy.tls"
+	if slices.Contains(config.Supported(config.KindDestinationRule), "traffic_policy.tls") {
 		t.Errorf("Supported(%q) returns the allowlist itself, want a copy", config.KindDestinationRule)
 	}
 }
@@ -611,27 +767,152 @@ var rejections = []struct {
 
 	// Fields of the Istio types that Trellis does not implement.
 	{
-		name: "http timeout",
+		name: "retries beyond what gRPC honours",
 		yaml: res("VirtualService", "reviews", `
   hosts: [reviews]
   http:
-  - timeout: 5s
-    route: [{destination: {host: reviews}}]
-`),
-		want: []string{`mesh.yaml:1: VirtualService default/reviews: spec.http[0].timeout: field not supported by Trellis (see docs/SUPPORT.md)`},
-	},
-	{
-		name: "http retries, and a null fault",
-		yaml: res("VirtualService", "reviews", `
-  hosts: [reviews]
-  http:
-  - retries: {attempts: 3}
-    fault: null
+  - retries: {attempts: 5, retryOn: "5xx,unavailable", backoff: 0s}
     route: [{destination: {host: reviews}}]
 `),
 		want: []string{
-			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].fault: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries: field not supported by Trellis (see docs/SUPPORT.md)`,
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.attempts: 5 is not between 0 and 4 (gRPC makes at most 5 attempts of a call)",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.backoff: must be positive, not 0s",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.retryOn: \"5xx\" is not supported (supported: unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure, refused-stream)",
+		},
+	},
+	{
+		name: "negative timeout and a bad duration",
+		yaml: res("VirtualService", "reviews", `
+  hosts: [reviews]
+  http:
+  - timeout: -1s
+    retries: {attempts: 1, backoff: 5 sec}
+    route: [{destination: {host: reviews}}]
+`),
+		want: []string{
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.backoff: \"5 sec\" is not a duration such as \"1.5s\", \"100ms\" or \"1m\"",
+		},
+	},
+	{
+		name: "negative timeout",
+		yaml: res("VirtualService", "reviews", `
+  hosts: [reviews]
+  http:
+  - timeout: -1s
+    route: [{destination: {host: reviews}}]
+`),
+		want: []string{
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].timeout: must not be negative, not -1s",
+		},
+	},
+	{
+		name: "empty fault",
+		yaml: res("VirtualService", "reviews", `
+  hosts: [reviews]
+  http:
+  - fault: {}
+    route: [{destination: {host: reviews}}]
+`),
+		want: []string{
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].fault: needs a delay or an abort",
+		},
+	},
+	{
+		name: "bad fault values",
+		yaml: res("VirtualService", "reviews", `
+  hosts: [reviews]
+  http:
+  - fault:
+      delay: {percentage: {value: 150}}
+      abort: {grpcStatus: NOPE}
+  - fault: {abort: {httpStatus: 700}}
+    route: [{destination: {host: reviews}}]
+  - fault: {abort: {percentage: {value: 10}}}
+    route: [{destination: {host: reviews}}]
+`),
+		want: []string{
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].fault.abort.grpcStatus: \"NOPE\" is not a gRPC error code name such as UNAVAILABLE",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].fault.delay.fixedDelay: required",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].fault.delay.percentage.value: 150 is not between 0 and 100",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].route: at least one destination is required",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[1].fault.abort.httpStatus: 700 is not an HTTP status between 200 and 599",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[2].fault.abort: httpStatus or grpcStatus is required",
+		},
+	},
+	{
+		name: "unsupported load balancers and conflicting policies",
+		yaml: res("DestinationRule", "reviews", `
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: PASSTHROUGH}
+    portLevelSettings:
+    - port: {number: 80}
+      loadBalancer: {consistentHash: {httpHeaderName: X-User, ringHash: {minimumRingSize: 9000000}}}
+      outlierDetection: {maxEjectionPercent: 150, minHealthPercent: -1, interval: 0s}
+    - port: {number: 80}
+      loadBalancer: {consistentHash: {ringHash: {}}}
+    - port: {}
+      connectionPool: {http: {http2MaxRequests: -1}}
+`),
+		want: []string{
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported (supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM)",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName: \"X-User\" is not a valid lower-case header name",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash.ringHash.minimumRingSize: 9000000 is larger than 8388608",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].outlierDetection: cannot be combined with consistentHash load balancing",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].outlierDetection.interval: must be positive, not 0s",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].outlierDetection.maxEjectionPercent: 150 is not between 0 and 100",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].outlierDetection.minHealthPercent: -1 is not between 0 and 100",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[1].loadBalancer.consistentHash: httpHeaderName or useSourceIp is required",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[1].port.number: port 80 has settings twice",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[2].connectionPool.http.http2MaxRequests: must not be negative",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[2].port.number: must be between 1 and 65535",
+		},
+	},
+	{
+		name: "a subset policy with useSourceIp false",
+		yaml: res("DestinationRule", "reviews", `
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: false}}, connectionPool: {http: {maxRequestsPerConnection: 1}}}
+`),
+		want: []string{
+			"mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.connectionPool.http.maxRequestsPerConnection: field not supported by Trellis (see docs/SUPPORT.md)",
+		},
+	},
+	{
+		name: "useSourceIp false",
+		yaml: res("DestinationRule", "reviews", `
+  host: reviews
+  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: false}}}
+`),
+		want: []string{
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.consistentHash.useSourceIp: must be true when set",
+		},
+	},
+	{
+		name: "http mirror",
+		yaml: res("VirtualService", "reviews", `
+  hosts: [reviews]
+  http:
+  - mirror: {host: shadow}
+    route: [{destination: {host: reviews}}]
+`),
+		want: []string{`mesh.yaml:1: VirtualService default/reviews: spec.http[0].mirror: field not supported by Trellis (see docs/SUPPORT.md)`},
+	},
+	{
+		name: "retries perTryTimeout, and a null redirect",
+		yaml: res("VirtualService", "reviews", `
+  hosts: [reviews]
+  http:
+  - retries: {attempts: 3, perTryTimeout: 1s}
+    redirect: null
+    route: [{destination: {host: reviews}}]
+`),
+		want: []string{
+			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].redirect: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.perTryTimeout: field not supported by Trellis (see docs/SUPPORT.md)`,
 		},
 	},
 	{
@@ -668,15 +949,15 @@ var rejections = []struct {
 		name: "DestinationRule trafficPolicy, on the rule and on a subset",
 		yaml: res("DestinationRule", "reviews", `
   host: reviews
-  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}}
   subsets:
   - name: v1
     labels: {version: v1}
     traffic_policy: {tls: {mode: ISTIO_MUTUAL}}
 `),
 		want: []string{
-			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].traffic_policy: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].traffic_policy.tls: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: field not supported by Trellis (see docs/SUPPORT.md)`,
 		},
 	},
 	{
@@ -1182,11 +1463,11 @@ spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
 		name: "problems in several files",
 		files: map[string]string{
 			"b.yaml": "kind: Gateway\n",
-			"a.yaml": "\n" + res("VirtualService", "reviews", "  hosts: [reviews]\n  http: [{timeout: 1s}]\n"),
+			"a.yaml": "\n" + res("VirtualService", "reviews", "  hosts: [reviews]\n  http: [{mirror: {host: x}}]\n"),
 			"c.yml":  ": :\n",
 		},
 		want: []string{
-			`a.yaml:2: VirtualService default/reviews: spec.http[0].timeout: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`a.yaml:2: VirtualService default/reviews: spec.http[0].mirror: field not supported by Trellis (see docs/SUPPORT.md)`,
 			`b.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)`,
 			`c.yml:1: invalid YAML: yaml: did not find expected key`,
 		},
@@ -1386,12 +1667,12 @@ func TestLoadDir(t *testing.T) {
 	}
 
 	// One bad file rejects the whole directory.
-	write("bad.yaml", res("DestinationRule", "ratings", "  host: ratings\n  trafficPolicy: {}\n"))
+	write("bad.yaml", res("DestinationRule", "ratings", "  host: ratings\n  trafficPolicy: {tls: {}}\n"))
 	set, err = config.LoadDir(dir)
 	if set != nil {
 		t.Errorf("LoadDir(%q) = %d resources, want a nil Set", dir, set.Len())
 	}
-	want := []string{filepath.Join(dir, "bad.yaml") + ":1: DestinationRule default/ratings: spec.trafficPolicy: field not supported by Trellis (see docs/SUPPORT.md)"}
+	want := []string{filepath.Join(dir, "bad.yaml") + ":1: DestinationRule default/ratings: spec.trafficPolicy.tls: field not supported by Trellis (see docs/SUPPORT.md)"}
 	if diff := cmp.Diff(errorTexts(t, err), want); diff != "" {
 		t.Errorf("LoadDir(%q) errors mismatch (-got +want):\n%s", dir, diff)
 	}

@@ -2,8 +2,11 @@ package config
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -26,11 +29,45 @@ var supported = map[string]map[string]bool{
 		"http.match", "http.match.name", "http.match.port", "http.match.ignore_uri_case",
 		"http.match.uri", "http.match.uri.exact", "http.match.uri.prefix", "http.match.uri.regex",
 		"http.match.headers", "http.match.headers.exact", "http.match.headers.prefix", "http.match.headers.regex",
+		"http.timeout",
+		"http.retries", "http.retries.attempts", "http.retries.retry_on", "http.retries.backoff",
+		"http.fault",
+		"http.fault.delay", "http.fault.delay.fixed_delay", "http.fault.delay.percentage", "http.fault.delay.percentage.value",
+		"http.fault.abort", "http.fault.abort.http_status", "http.fault.abort.grpc_status", "http.fault.abort.percentage", "http.fault.abort.percentage.value",
 		"http.route", "http.route.weight",
 		"http.route.destination", "http.route.destination.host", "http.route.destination.subset",
 		"http.route.destination.port", "http.route.destination.port.number",
 	),
-	KindDestinationRule: set("host", "subsets", "subsets.name", "subsets.labels"),
+	KindDestinationRule: destinationRuleFields(),
+}
+
+// trafficPolicyFields are the TrafficPolicy fields Trellis implements, at
+// every level a TrafficPolicy appears (service, subset, and the port-level
+// settings of each).
+var trafficPolicyFields = []string{
+	"load_balancer", "load_balancer.simple",
+	"load_balancer.consistent_hash", "load_balancer.consistent_hash.http_header_name",
+	"load_balancer.consistent_hash.use_source_ip", "load_balancer.consistent_hash.ring_hash",
+	"load_balancer.consistent_hash.ring_hash.minimum_ring_size",
+	"connection_pool", "connection_pool.http", "connection_pool.http.http2_max_requests",
+	"outlier_detection", "outlier_detection.consecutive_5xx_errors", "outlier_detection.consecutive_gateway_errors",
+	"outlier_detection.interval", "outlier_detection.base_ejection_time",
+	"outlier_detection.max_ejection_percent", "outlier_detection.min_health_percent",
+}
+
+func destinationRuleFields() map[string]bool {
+	m := set("host", "subsets", "subsets.name", "subsets.labels")
+	for _, level := range []string{"traffic_policy", "subsets.traffic_policy"} {
+		m[level] = true
+		m[level+".port_level_settings"] = true
+		m[level+".port_level_settings.port"] = true
+		m[level+".port_level_settings.port.number"] = true
+		for _, f := range trafficPolicyFields {
+			m[level+"."+f] = true
+			m[level+".port_level_settings."+f] = true
+		}
+	}
+	return m
 }
 
 func set(paths ...string) map[string]bool {
@@ -92,6 +129,18 @@ func walkFields(md protoreflect.MessageDescriptor, v any, path, schema string, a
 		if val == nil {
 			continue
 		}
+		if isDuration(fd) && !fd.IsList() && !fd.IsMap() {
+			// Istio accepts Go durations ("100ms", "1m"); protojson only
+			// decimal seconds ("0.1s").
+			str, ok := val.(string)
+			d, err := time.ParseDuration(str)
+			if !ok || err != nil {
+				add(fpath, "%v is not a duration such as \"1.5s\", \"100ms\" or \"1m\"", quoteValue(val))
+				continue
+			}
+			obj[key] = strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s"
+			continue
+		}
 		switch {
 		case fd.IsMap():
 			m, ok := val.(map[string]any)
@@ -139,6 +188,17 @@ func walkValue(fd protoreflect.FieldDescriptor, v any, path, schema string, allo
 			add(path, "%q is not one of %s", s, enumNames(fd.Enum()))
 		}
 	}
+}
+
+func isDuration(fd protoreflect.FieldDescriptor) bool {
+	return fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == "google.protobuf.Duration"
+}
+
+func quoteValue(v any) string {
+	if s, ok := v.(string); ok {
+		return strconv.Quote(s)
+	}
+	return fmt.Sprint(v)
 }
 
 func enumNames(ed protoreflect.EnumDescriptor) string {

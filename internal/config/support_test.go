@@ -17,7 +17,7 @@ func TestSupportMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	row := regexp.MustCompile("^\\| `([a-z_.]+)` \\| supported \\|")
+	row := regexp.MustCompile("^\\| `([a-z0-9_.]+)` \\| supported \\|")
 	documented := map[string][]string{}
 	kind := ""
 	for _, line := range strings.Split(string(data), "\n") {
@@ -27,6 +27,12 @@ func TestSupportMatrix(t *testing.T) {
 		}
 		if m := row.FindStringSubmatch(line); m != nil {
 			documented[kind] = append(documented[kind], m[1])
+		}
+	}
+	// The traffic policy table applies at every level a policy appears.
+	for _, f := range documented["DestinationRule traffic policy"] {
+		for _, level := range []string{"traffic_policy.", "traffic_policy.port_level_settings.", "subsets.traffic_policy.", "subsets.traffic_policy.port_level_settings."} {
+			documented[KindDestinationRule] = append(documented[KindDestinationRule], level+f)
 		}
 	}
 	for _, k := range []string{KindServiceEntry, KindWorkloadEntry, KindVirtualService, KindDestinationRule} {

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -213,6 +214,7 @@ func validateVirtualService(vs *VirtualService) []error {
 				p.add(mf+".port", "must be between 1 and 65535")
 			}
 		}
+		validateRouteBehaviour(p, f, r)
 		if len(r.Route) == 0 {
 			p.add(f+".route", "at least one destination is required")
 		}
@@ -265,7 +267,9 @@ func validateDestinationRule(dr *DestinationRule) []error {
 			p.add(f+".labels", "a subset must select workloads by at least one label")
 		}
 		p.labels(f+".labels", sub.Labels)
+		validateTrafficPolicy(p, f+".trafficPolicy", sub.TrafficPolicy)
 	}
+	validateTrafficPolicy(p, "spec.trafficPolicy", s.TrafficPolicy)
 	return p.errs
 }
 
@@ -366,4 +370,162 @@ func ValidateLabels(labels map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// MaxRetries is the largest retries.attempts accepted: grpc-go makes at most
+// five attempts of a call, so more retries could not be honoured.
+const MaxRetries = 4
+
+// RetryOnGRPC maps the retryOn conditions Trellis implements for gRPC to
+// their meaning. The gRPC status names are retried by grpc-go's retry
+// policy; connect-failure and refused-stream are covered by gRPC's
+// transparent retry of calls that never reached a server.
+var RetryOnGRPC = map[string]string{
+	"unavailable":        "UNAVAILABLE",
+	"cancelled":          "CANCELLED",
+	"deadline-exceeded":  "DEADLINE_EXCEEDED",
+	"resource-exhausted": "RESOURCE_EXHAUSTED",
+	"internal":           "INTERNAL",
+	"connect-failure":    "",
+	"refused-stream":     "",
+}
+
+// GRPCCodes maps gRPC status code names, as Istio writes them in
+// fault.abort.grpcStatus, to their numbers.
+var GRPCCodes = map[string]uint32{
+	"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
+	"NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
+	"FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12,
+	"INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}
+
+func (p *problems) positiveDuration(field string, d interface{ AsDuration() time.Duration }, set bool) {
+	if set && d.AsDuration() <= 0 {
+		p.add(field, "must be positive, not %v", d.AsDuration())
+	}
+}
+
+func (p *problems) percentage(field string, pct *networking.Percent) {
+	if pct != nil && (pct.Value < 0 || pct.Value > 100) {
+		p.add(field+".value", "%v is not between 0 and 100", pct.Value)
+	}
+}
+
+// validateRouteBehaviour checks an HTTP route's timeout, retries and fault.
+func validateRouteBehaviour(p *problems, f string, r *networking.HTTPRoute) {
+	if r.Timeout != nil && r.Timeout.AsDuration() < 0 {
+		p.add(f+".timeout", "must not be negative, not %v", r.Timeout.AsDuration())
+	}
+	if rt := r.Retries; rt != nil {
+		if rt.Attempts < 0 || rt.Attempts > MaxRetries {
+			p.add(f+".retries.attempts", "%d is not between 0 and %d (gRPC makes at most %d attempts of a call)", rt.Attempts, MaxRetries, MaxRetries+1)
+		}
+		for _, cond := range strings.Split(rt.RetryOn, ",") {
+			cond = strings.TrimSpace(cond)
+			if _, ok := RetryOnGRPC[cond]; !ok && cond != "" {
+				p.add(f+".retries.retryOn", "%q is not supported (supported: unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure, refused-stream)", cond)
+			}
+		}
+		p.positiveDuration(f+".retries.backoff", rt.Backoff, rt.Backoff != nil)
+	}
+	if ft := r.Fault; ft != nil {
+		if ft.Delay == nil && ft.Abort == nil {
+			p.add(f+".fault", "needs a delay or an abort")
+		}
+		if d := ft.Delay; d != nil {
+			fd := d.GetFixedDelay()
+			if fd == nil {
+				p.add(f+".fault.delay.fixedDelay", "required")
+			} else {
+				p.positiveDuration(f+".fault.delay.fixedDelay", fd, true)
+			}
+			p.percentage(f+".fault.delay.percentage", d.Percentage)
+		}
+		if a := ft.Abort; a != nil {
+			switch e := a.ErrorType.(type) {
+			case *networking.HTTPFaultInjection_Abort_HttpStatus:
+				if e.HttpStatus < 200 || e.HttpStatus > 599 {
+					p.add(f+".fault.abort.httpStatus", "%d is not an HTTP status between 200 and 599", e.HttpStatus)
+				}
+			case *networking.HTTPFaultInjection_Abort_GrpcStatus:
+				if c, ok := GRPCCodes[e.GrpcStatus]; !ok || c == 0 {
+					p.add(f+".fault.abort.grpcStatus", "%q is not a gRPC error code name such as UNAVAILABLE", e.GrpcStatus)
+				}
+			default:
+				p.add(f+".fault.abort", "httpStatus or grpcStatus is required")
+			}
+			p.percentage(f+".fault.abort.percentage", a.Percentage)
+		}
+	}
+}
+
+// MaxRingSize is the largest ring grpc-go builds for ring hash.
+const MaxRingSize = 8 * 1024 * 1024
+
+func validateTrafficPolicy(p *problems, f string, tp *networking.TrafficPolicy) {
+	if tp == nil {
+		return
+	}
+	validatePortPolicy(p, f, tp.LoadBalancer, tp.ConnectionPool, tp.OutlierDetection)
+	ports := map[uint32]bool{}
+	for i, pl := range tp.PortLevelSettings {
+		pf := fmt.Sprintf("%s.portLevelSettings[%d]", f, i)
+		n := pl.GetPort().GetNumber()
+		switch {
+		case n == 0 || n > 65535:
+			p.add(pf+".port.number", "must be between 1 and 65535")
+		case ports[n]:
+			p.add(pf+".port.number", "port %d has settings twice", n)
+		}
+		ports[n] = true
+		validatePortPolicy(p, pf, pl.LoadBalancer, pl.ConnectionPool, pl.OutlierDetection)
+	}
+}
+
+func validatePortPolicy(p *problems, f string, lb *networking.LoadBalancerSettings, cp *networking.ConnectionPoolSettings, od *networking.OutlierDetection) {
+	if lb != nil {
+		switch t := lb.LbPolicy.(type) {
+		case *networking.LoadBalancerSettings_Simple:
+			switch t.Simple {
+			case networking.LoadBalancerSettings_UNSPECIFIED, networking.LoadBalancerSettings_ROUND_ROBIN,
+				networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_LEAST_CONN,
+				networking.LoadBalancerSettings_RANDOM:
+			default:
+				p.add(f+".loadBalancer.simple", "%s is not supported (supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM)", t.Simple)
+			}
+		case *networking.LoadBalancerSettings_ConsistentHash:
+			ch := t.ConsistentHash
+			switch k := ch.HashKey.(type) {
+			case *networking.LoadBalancerSettings_ConsistentHashLB_HttpHeaderName:
+				if !headerName.MatchString(k.HttpHeaderName) {
+					p.add(f+".loadBalancer.consistentHash.httpHeaderName", "%q is not a valid lower-case header name", k.HttpHeaderName)
+				}
+			case *networking.LoadBalancerSettings_ConsistentHashLB_UseSourceIp:
+				if !k.UseSourceIp {
+					p.add(f+".loadBalancer.consistentHash.useSourceIp", "must be true when set")
+				}
+			default:
+				p.add(f+".loadBalancer.consistentHash", "httpHeaderName or useSourceIp is required")
+			}
+			if n := ch.GetRingHash().GetMinimumRingSize(); n > MaxRingSize {
+				p.add(f+".loadBalancer.consistentHash.ringHash.minimumRingSize", "%d is larger than %d", n, MaxRingSize)
+			}
+			if od != nil {
+				p.add(f+".outlierDetection", "cannot be combined with consistentHash load balancing")
+			}
+		}
+	}
+	if cp != nil && cp.Http != nil && cp.Http.Http2MaxRequests < 0 {
+		p.add(f+".connectionPool.http.http2MaxRequests", "must not be negative")
+	}
+	if od != nil {
+		if od.MaxEjectionPercent < 0 || od.MaxEjectionPercent > 100 {
+			p.add(f+".outlierDetection.maxEjectionPercent", "%d is not between 0 and 100", od.MaxEjectionPercent)
+		}
+		if od.MinHealthPercent < 0 || od.MinHealthPercent > 100 {
+			p.add(f+".outlierDetection.minHealthPercent", "%d is not between 0 and 100", od.MinHealthPercent)
+		}
+		p.positiveDuration(f+".outlierDetection.interval", od.Interval, od.Interval != nil)
+		p.positiveDuration(f+".outlierDetection.baseEjectionTime", od.BaseEjectionTime, od.BaseEjectionTime != nil)
+	}
 }
