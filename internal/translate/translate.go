@@ -30,6 +30,7 @@ import (
 	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	v3faultpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	v3routerpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	v3hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -95,6 +96,8 @@ type builder struct {
 	set      *config.Set
 	services map[string]*service // by canonical host
 	subsets  map[string]map[string]map[string]string
+	rules    map[string]*config.DestinationRule // by canonical host
+	seHosts  map[string]bool                    // canonical hosts a ServiceEntry defines
 	res      *Resources
 }
 
@@ -119,6 +122,8 @@ func Build(set *config.Set, registered []registry.Endpoint, known ...ServiceRef)
 		set:      set,
 		services: map[string]*service{},
 		subsets:  map[string]map[string]map[string]string{},
+		rules:    map[string]*config.DestinationRule{},
+		seHosts:  map[string]bool{},
 		res: &Resources{
 			Listeners: map[string]*v3listenerpb.Listener{},
 			Routes:    map[string]*v3routepb.RouteConfiguration{},
@@ -131,6 +136,7 @@ func Build(set *config.Set, registered []registry.Endpoint, known ...ServiceRef)
 	b.addKnown(known)
 	for _, dr := range set.DestinationRules {
 		host := config.CanonicalHost(dr.Spec.Host, dr.Namespace)
+		b.rules[host] = dr
 		b.subsets[host] = map[string]map[string]string{}
 		for _, s := range dr.Spec.Subsets {
 			b.subsets[host][s.Name] = s.Labels
@@ -173,6 +179,7 @@ func (b *builder) addServiceEntries() {
 			}
 		}
 		for _, h := range se.Spec.Hosts {
+			b.seHosts[config.CanonicalHost(h, se.Namespace)] = true
 			s := b.service(config.CanonicalHost(h, se.Namespace), se.Namespace)
 			for _, p := range se.Spec.Ports {
 				if _, dup := s.port(p.Number); !dup {
@@ -195,11 +202,9 @@ func (b *builder) addRegistered(registered []registry.Endpoint) {
 	for _, r := range registered {
 		ns := cmp.Or(r.Namespace, config.DefaultNamespace)
 		host := config.CanonicalHost(r.Service, ns)
-		s, fromConfig := b.services[host]
+		fromConfig := b.seHosts[host]
+		s := b.service(host, ns)
 		sp := cmp.Or(r.ServicePort, r.Port)
-		if !fromConfig {
-			s = b.service(host, ns)
-		}
 		if _, ok := s.port(sp); !ok {
 			switch {
 			case !fromConfig:
@@ -224,7 +229,7 @@ func (b *builder) addKnown(known []ServiceRef) {
 	for _, k := range known {
 		ns := cmp.Or(k.Namespace, config.DefaultNamespace)
 		host := config.CanonicalHost(k.Service, ns)
-		if b.fromConfig(host) {
+		if b.seHosts[host] {
 			continue // a ServiceEntry defines the service and its ports
 		}
 		s := b.service(host, ns)
@@ -232,18 +237,6 @@ func (b *builder) addKnown(known []ServiceRef) {
 			s.ports = append(s.ports, servicePort{number: k.Port})
 		}
 	}
-}
-
-// fromConfig reports whether a ServiceEntry defines host.
-func (b *builder) fromConfig(host string) bool {
-	for _, se := range b.set.ServiceEntries {
-		for _, h := range se.Spec.Hosts {
-			if config.CanonicalHost(h, se.Namespace) == host {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func selects(selector, labels map[string]string) bool {
@@ -310,17 +303,26 @@ func (b *builder) addListenersAndRoutes() {
 					domains = append(domains, n)
 				}
 			}
-			for _, d := range domains {
-				b.res.Listeners[d] = apiListener(d, routeName)
-			}
 			var routes []*v3routepb.Route
 			if vs, ok := vsByHost[s.host]; ok {
 				routes = b.virtualServiceRoutes(vs, s, p.number)
 			} else {
+				// Without a VirtualService, one route to the whole service,
+				// with Istio's default retries.
+				def := &networking.HTTPRoute{Route: []*networking.HTTPRouteDestination{{Destination: &networking.Destination{Host: s.host}}}}
+				action := b.routeAction(s.namespace, def, p.number)
+				routeBehaviour(action.Route, def)
 				routes = []*v3routepb.Route{{
 					Match:  &v3routepb.RouteMatch{PathSpecifier: &v3routepb.RouteMatch_Prefix{Prefix: "/"}},
-					Action: clusterAction(ClusterName(s.host, p.number, "")),
+					Action: action,
 				}}
+			}
+			faults := false
+			for _, r := range routes {
+				faults = faults || r.TypedPerFilterConfig[FaultFilterName] != nil
+			}
+			for _, d := range domains {
+				b.res.Listeners[d] = apiListener(d, routeName, faults)
 			}
 			b.res.Routes[routeName] = &v3routepb.RouteConfiguration{
 				Name: routeName,
@@ -346,7 +348,11 @@ func clusterAction(name string) *v3routepb.Route_Route {
 func (b *builder) virtualServiceRoutes(vs *config.VirtualService, s *service, port uint32) []*v3routepb.Route {
 	var routes []*v3routepb.Route
 	for i, hr := range vs.Spec.Http {
-		action := b.routeAction(vs, hr, port)
+		action := b.routeAction(vs.Namespace, hr, port)
+		var perFilter map[string]*anypb.Any
+		if f := routeBehaviour(action.Route, hr); f != nil {
+			perFilter = map[string]*anypb.Any{FaultFilterName: mustAny(f)}
+		}
 		name := cmp.Or(hr.Name, vs.Namespace+"/"+vs.Name+"#"+strconv.Itoa(i))
 		matches := hr.Match
 		if len(matches) == 0 {
@@ -356,20 +362,25 @@ func (b *builder) virtualServiceRoutes(vs *config.VirtualService, s *service, po
 			if m.Port != 0 && m.Port != port {
 				continue
 			}
-			routes = append(routes, &v3routepb.Route{Name: name, Match: routeMatch(m), Action: action})
+			routes = append(routes, &v3routepb.Route{Name: name, Match: routeMatch(m), Action: action, TypedPerFilterConfig: perFilter})
 		}
 	}
 	return routes
 }
 
-func (b *builder) routeAction(vs *config.VirtualService, hr *networking.HTTPRoute, port uint32) *v3routepb.Route_Route {
+// routeAction returns the action of an HTTP route written in namespace ns:
+// its destinations, and the hash policy of the first destination that
+// balances by consistent hashing. The caller adds timeouts, retries and
+// faults with routeBehaviour.
+func (b *builder) routeAction(ns string, hr *networking.HTTPRoute, port uint32) *v3routepb.Route_Route {
 	type dest struct {
 		cluster string
 		weight  uint32
 	}
 	var dests []dest
+	var hash []*v3routepb.RouteAction_HashPolicy
 	for _, d := range hr.Route {
-		host := config.CanonicalHost(d.Destination.Host, vs.Namespace)
+		host := config.CanonicalHost(d.Destination.Host, ns)
 		p := d.Destination.GetPort().GetNumber()
 		if p == 0 {
 			p = port
@@ -381,10 +392,13 @@ func (b *builder) routeAction(vs *config.VirtualService, hr *networking.HTTPRout
 		if _, ok := b.res.Clusters[name]; !ok {
 			s, known := b.services[host]
 			if !known {
-				b.warn("VirtualService %s/%s routes to %s, which has no endpoints yet", vs.Namespace, vs.Name, host)
-				s = &service{host: host, namespace: vs.Namespace}
+				b.warn("a route in namespace %s goes to %s, which has no endpoints yet", ns, host)
+				s = &service{host: host, namespace: ns}
 			}
 			b.addCluster(s, p, d.Destination.Subset)
+		}
+		if hash == nil {
+			hash = hashPolicy(b.policyFor(host, p, d.Destination.Subset))
 		}
 		w := uint32(d.Weight)
 		if len(hr.Route) == 1 {
@@ -395,7 +409,9 @@ func (b *builder) routeAction(vs *config.VirtualService, hr *networking.HTTPRout
 		}
 	}
 	if len(dests) == 1 {
-		return clusterAction(dests[0].cluster)
+		a := clusterAction(dests[0].cluster)
+		a.Route.HashPolicy = hash
+		return a
 	}
 	wc := &v3routepb.WeightedCluster{}
 	for _, d := range dests {
@@ -404,9 +420,11 @@ func (b *builder) routeAction(vs *config.VirtualService, hr *networking.HTTPRout
 			Weight: wrapperspb.UInt32(d.weight),
 		})
 	}
-	return &v3routepb.Route_Route{Route: &v3routepb.RouteAction{
+	a := &v3routepb.Route_Route{Route: &v3routepb.RouteAction{
 		ClusterSpecifier: &v3routepb.RouteAction_WeightedClusters{WeightedClusters: wc},
+		HashPolicy:       hash,
 	}}
+	return a
 }
 
 func routeMatch(m *networking.HTTPMatchRequest) *v3routepb.RouteMatch {
@@ -456,8 +474,8 @@ func (b *builder) addCluster(s *service, port uint32, subset string) {
 			EdsConfig:   &v3corepb.ConfigSource{ConfigSourceSpecifier: &v3corepb.ConfigSource_Ads{Ads: &v3corepb.AggregatedConfigSource{}}},
 			ServiceName: name,
 		},
-		LbPolicy: v3clusterpb.Cluster_ROUND_ROBIN,
 	}
+	applyPolicy(b.res.Clusters[name], b.policyFor(s.host, port, subset))
 	var selector map[string]string
 	if subset != "" {
 		selector = b.subsets[s.host][subset]
@@ -498,17 +516,26 @@ func (b *builder) addCluster(s *service, port uint32, subset string) {
 	b.res.Endpoints[name] = cla
 }
 
-func apiListener(name, routeName string) *v3listenerpb.Listener {
+// apiListener returns the API listener of a dialable name. The fault filter
+// is present only where a route injects faults, so that other calls pay
+// nothing for it.
+func apiListener(name, routeName string, faults bool) *v3listenerpb.Listener {
 	hcm := &v3hcmpb.HttpConnectionManager{
 		RouteSpecifier: &v3hcmpb.HttpConnectionManager_Rds{Rds: &v3hcmpb.Rds{
 			ConfigSource:    &v3corepb.ConfigSource{ConfigSourceSpecifier: &v3corepb.ConfigSource_Ads{Ads: &v3corepb.AggregatedConfigSource{}}},
 			RouteConfigName: routeName,
 		}},
-		HttpFilters: []*v3hcmpb.HttpFilter{{
-			Name:       "envoy.filters.http.router",
-			ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(&v3routerpb.Router{})},
-		}},
 	}
+	if faults {
+		hcm.HttpFilters = append(hcm.HttpFilters, &v3hcmpb.HttpFilter{
+			Name:       FaultFilterName,
+			ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(&v3faultpb.HTTPFault{})},
+		})
+	}
+	hcm.HttpFilters = append(hcm.HttpFilters, &v3hcmpb.HttpFilter{
+		Name:       "envoy.filters.http.router",
+		ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(&v3routerpb.Router{})},
+	})
 	return &v3listenerpb.Listener{
 		Name:        name,
 		ApiListener: &v3listenerpb.ApiListener{ApiListener: mustAny(hcm)},

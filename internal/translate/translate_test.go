@@ -44,6 +44,12 @@ func addrs(cla *v3endpointpb.ClusterLoadAssignment) []string {
 	return out
 }
 
+// retried adds Istio's default retry policy to a route action.
+func retried(a *v3routepb.Route_Route) *v3routepb.Route_Route {
+	a.Route.RetryPolicy = &v3routepb.RetryPolicy{RetryOn: "unavailable,cancelled", NumRetries: wrapperspb.UInt32(2)}
+	return a
+}
+
 func TestRegisteredService(t *testing.T) {
 	res := Build(nil, []registry.Endpoint{
 		reg("greeter", "default", "127.0.0.1", 4001, 9080, map[string]string{"version": "v1"}),
@@ -65,7 +71,7 @@ func TestRegisteredService(t *testing.T) {
 			Domains: []string{host + ":9080", host, "greeter.default:9080", "greeter.default", "greeter:9080", "greeter"},
 			Routes: []*v3routepb.Route{{
 				Match:  &v3routepb.RouteMatch{PathSpecifier: &v3routepb.RouteMatch_Prefix{Prefix: "/"}},
-				Action: clusterAction("outbound|9080||" + host),
+				Action: retried(clusterAction("outbound|9080||" + host)),
 			}},
 		}},
 	}
@@ -252,7 +258,7 @@ spec:
 		{
 			Name:   "by-method",
 			Match:  &v3routepb.RouteMatch{PathSpecifier: &v3routepb.RouteMatch_Path{Path: "/greeter.Greeter/SayHello"}, CaseSensitive: wrapperspb.Bool(false)},
-			Action: clusterAction(v2),
+			Action: retried(clusterAction(v2)),
 		},
 		{
 			Name: "by-method",
@@ -263,19 +269,19 @@ spec:
 					{Name: "x-user", HeaderMatchSpecifier: strMatch(&v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Prefix{Prefix: "test-"}})},
 				},
 			},
-			Action: clusterAction(v2),
+			Action: retried(clusterAction(v2)),
 		},
 		{
 			Name:  "default/greeter#2",
 			Match: &v3routepb.RouteMatch{PathSpecifier: &v3routepb.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &v3routepb.Route_Route{Route: &v3routepb.RouteAction{
+			Action: retried(&v3routepb.Route_Route{Route: &v3routepb.RouteAction{
 				ClusterSpecifier: &v3routepb.RouteAction_WeightedClusters{WeightedClusters: &v3routepb.WeightedCluster{
 					Clusters: []*v3routepb.WeightedCluster_ClusterWeight{
 						{Name: v1, Weight: wrapperspb.UInt32(70)},
 						{Name: v2, Weight: wrapperspb.UInt32(30)},
 					},
 				}},
-			}},
+			}}),
 		},
 	}
 	got := res.Routes[host+":9080"].GetVirtualHosts()[0].GetRoutes()
@@ -380,5 +386,20 @@ spec:
 	cla, ok := res.Endpoints["outbound|9080||greeter.default.svc.cluster.local"]
 	if !ok || len(cla.GetEndpoints()) != 0 {
 		t.Errorf("greeter EDS = %v, want an empty resource", cla)
+	}
+}
+
+func TestRegisteredServiceWithTwoPorts(t *testing.T) {
+	res := Build(nil, []registry.Endpoint{
+		reg("reviews", "", "127.0.0.1", 1001, 9080, nil),
+		reg("reviews", "", "127.0.0.1", 1002, 9090, nil),
+	})
+	for _, port := range []uint32{9080, 9090} {
+		if _, ok := res.Clusters[ClusterName("reviews.default.svc.cluster.local", port, "")]; !ok {
+			t.Errorf("no cluster for port %d; warnings %q", port, res.Warnings)
+		}
+	}
+	if _, ok := res.Listeners["reviews"]; ok {
+		t.Error("a two-port service has the port-less listener name")
 	}
 }

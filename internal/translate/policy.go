@@ -1,0 +1,279 @@
+package translate
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	v3xdstypepb "github.com/cncf/xds/go/xds/type/v3"
+	v3clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	v3faultcommonpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	v3faultpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	v3leastrequestpb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	v3randompb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
+	v3ringhashpb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
+	v3roundrobinpb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	v3wrrlocalitypb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/wrr_locality/v3"
+	v3typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/trellismesh/trellis/internal/config"
+)
+
+// Names of the Trellis LB policies (balancer/random, balancer/outlier),
+// selected through xDS custom LB (gRFC A52) with a TypedStruct. Clients that
+// lack them skip to the next policy in the list.
+const (
+	RandomPolicy  = "trellis_random"
+	OutlierPolicy = "trellis_outlier"
+)
+
+// FaultFilterName is the name of the HTTP fault filter in listeners, and the
+// key of its per-route configuration.
+const FaultFilterName = "envoy.filters.http.fault"
+
+// Istio's default retry policy, applied to routes that set none.
+var defaultRetry = &networking.HTTPRetry{Attempts: 2, RetryOn: "unavailable,cancelled"}
+
+// policy is the effective traffic policy of one cluster.
+type policy struct {
+	lb      *networking.LoadBalancerSettings
+	pool    *networking.ConnectionPoolSettings
+	outlier *networking.OutlierDetection
+}
+
+// override replaces the settings that o sets.
+func (p policy) override(lb *networking.LoadBalancerSettings, pool *networking.ConnectionPoolSettings, od *networking.OutlierDetection) policy {
+	if lb != nil {
+		p.lb = lb
+	}
+	if pool != nil {
+		p.pool = pool
+	}
+	if od != nil {
+		p.outlier = od
+	}
+	return p
+}
+
+func (p policy) apply(tp *networking.TrafficPolicy, port uint32) policy {
+	if tp == nil {
+		return p
+	}
+	p = p.override(tp.LoadBalancer, tp.ConnectionPool, tp.OutlierDetection)
+	for _, pl := range tp.PortLevelSettings {
+		if pl.GetPort().GetNumber() == port {
+			p = p.override(pl.LoadBalancer, pl.ConnectionPool, pl.OutlierDetection)
+		}
+	}
+	return p
+}
+
+// policyFor returns the effective policy of a host's port and subset, as
+// Istio merges it: the rule's policy, its port-level settings, then the
+// subset's policy and its port-level settings.
+func (b *builder) policyFor(host string, port uint32, subset string) policy {
+	dr, ok := b.rules[host]
+	if !ok {
+		return policy{}
+	}
+	p := policy{}.apply(dr.Spec.TrafficPolicy, port)
+	if subset != "" {
+		for _, s := range dr.Spec.Subsets {
+			if s.Name == subset {
+				p = p.apply(s.TrafficPolicy, port)
+			}
+		}
+	}
+	return p
+}
+
+// applyPolicy sets the load balancing, circuit breaking and outlier
+// detection of a cluster.
+func applyPolicy(c *v3clusterpb.Cluster, p policy) {
+	c.LbPolicy = v3clusterpb.Cluster_ROUND_ROBIN
+	if n := p.pool.GetHttp().GetHttp2MaxRequests(); n > 0 {
+		c.CircuitBreakers = &v3clusterpb.CircuitBreakers{Thresholds: []*v3clusterpb.CircuitBreakers_Thresholds{{
+			Priority:    v3corepb.RoutingPriority_DEFAULT,
+			MaxRequests: wrapperspb.UInt32(uint32(n)),
+		}}}
+	}
+	if ch := p.lb.GetConsistentHash(); ch != nil {
+		// Ring hash picks across localities itself, so it is the whole
+		// policy rather than the child of wrr_locality.
+		rh := &v3ringhashpb.RingHash{HashFunction: v3ringhashpb.RingHash_XX_HASH}
+		if n := ch.GetRingHash().GetMinimumRingSize(); n > 0 {
+			rh.MinimumRingSize = wrapperspb.UInt64(n)
+		}
+		c.LbPolicy = v3clusterpb.Cluster_RING_HASH
+		c.LoadBalancingPolicy = policies(typed("envoy.load_balancing_policies.ring_hash", rh))
+		return
+	}
+	var child *v3clusterpb.LoadBalancingPolicy_Policy
+	childJSON := map[string]any{"round_robin": map[string]any{}}
+	var extra []*v3clusterpb.LoadBalancingPolicy_Policy // preferred, when supported
+	switch p.lb.GetSimple() {
+	case networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_LEAST_CONN:
+		child = typed("envoy.load_balancing_policies.least_request", &v3leastrequestpb.LeastRequest{ChoiceCount: wrapperspb.UInt32(2)})
+		childJSON = map[string]any{"least_request_experimental": map[string]any{"choiceCount": 2}}
+	case networking.LoadBalancerSettings_RANDOM:
+		child = typed("envoy.load_balancing_policies.round_robin", &v3roundrobinpb.RoundRobin{})
+		childJSON = map[string]any{RandomPolicy: map[string]any{}}
+		// Envoy's own random policy first (grpc-go skips it), then ours.
+		extra = append(extra,
+			typed("envoy.load_balancing_policies.random", &v3randompb.Random{}),
+			typedStruct(RandomPolicy, map[string]any{}))
+	default:
+		child = typed("envoy.load_balancing_policies.round_robin", &v3roundrobinpb.RoundRobin{})
+	}
+	if od := p.outlier; od != nil {
+		cfg := map[string]any{
+			"childPolicy":        []any{childJSON},
+			"consecutiveErrors":  uint32(5),
+			"interval":           durationOr(od.Interval, 10*time.Second),
+			"baseEjectionTime":   durationOr(od.BaseEjectionTime, 30*time.Second),
+			"maxEjectionPercent": int32(10),
+			"minHealthPercent":   od.MinHealthPercent,
+		}
+		if od.Consecutive_5XxErrors != nil {
+			cfg["consecutiveErrors"] = od.Consecutive_5XxErrors.GetValue()
+		}
+		if od.ConsecutiveGatewayErrors != nil {
+			cfg["consecutiveGatewayErrors"] = od.ConsecutiveGatewayErrors.GetValue()
+		}
+		if od.MaxEjectionPercent != 0 {
+			cfg["maxEjectionPercent"] = od.MaxEjectionPercent
+		}
+		extra = []*v3clusterpb.LoadBalancingPolicy_Policy{typedStruct(OutlierPolicy, cfg)}
+	}
+	var list []*v3clusterpb.LoadBalancingPolicy_Policy
+	for _, e := range extra {
+		list = append(list, wrrLocality(e))
+	}
+	list = append(list, wrrLocality(child))
+	c.LoadBalancingPolicy = &v3clusterpb.LoadBalancingPolicy{Policies: list}
+}
+
+func durationOr(d *durationpb.Duration, def time.Duration) string {
+	if d != nil {
+		def = d.AsDuration()
+	}
+	return def.String()
+}
+
+func policies(ps ...*v3clusterpb.LoadBalancingPolicy_Policy) *v3clusterpb.LoadBalancingPolicy {
+	return &v3clusterpb.LoadBalancingPolicy{Policies: ps}
+}
+
+func typed(name string, m proto.Message) *v3clusterpb.LoadBalancingPolicy_Policy {
+	return &v3clusterpb.LoadBalancingPolicy_Policy{TypedExtensionConfig: &v3corepb.TypedExtensionConfig{Name: name, TypedConfig: mustAny(m)}}
+}
+
+// typedStruct selects a gRPC LB policy by name with a JSON config (gRFC A52).
+func typedStruct(name string, cfg map[string]any) *v3clusterpb.LoadBalancingPolicy_Policy {
+	// Round-trip through JSON so that numbers and nested values take the
+	// forms structpb accepts.
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		panic(fmt.Sprintf("translate: %s config: %v", name, err))
+	}
+	s := &structpb.Struct{}
+	if err := s.UnmarshalJSON(raw); err != nil {
+		panic(fmt.Sprintf("translate: %s config: %v", name, err))
+	}
+	return typed(name, &v3xdstypepb.TypedStruct{TypeUrl: "type.googleapis.com/" + name, Value: s})
+}
+
+func wrrLocality(child *v3clusterpb.LoadBalancingPolicy_Policy) *v3clusterpb.LoadBalancingPolicy_Policy {
+	return typed("envoy.load_balancing_policies.wrr_locality", &v3wrrlocalitypb.WrrLocality{
+		EndpointPickingPolicy: policies(child),
+	})
+}
+
+// hashPolicy returns the route hash policy for a cluster policy with
+// consistent hashing, or nil.
+func hashPolicy(p policy) []*v3routepb.RouteAction_HashPolicy {
+	ch := p.lb.GetConsistentHash()
+	switch {
+	case ch == nil:
+		return nil
+	case ch.GetHttpHeaderName() != "":
+		return []*v3routepb.RouteAction_HashPolicy{{PolicySpecifier: &v3routepb.RouteAction_HashPolicy_Header_{
+			Header: &v3routepb.RouteAction_HashPolicy_Header{HeaderName: ch.GetHttpHeaderName()}}}}
+	default: // useSourceIp: one client connection is one source
+		return []*v3routepb.RouteAction_HashPolicy{{PolicySpecifier: &v3routepb.RouteAction_HashPolicy_FilterState_{
+			FilterState: &v3routepb.RouteAction_HashPolicy_FilterState{Key: "io.grpc.channel_id"}}}}
+	}
+}
+
+// routeBehaviour sets a route's timeout and retry policy and returns its
+// fault filter configuration, if any.
+func routeBehaviour(action *v3routepb.RouteAction, hr *networking.HTTPRoute) *v3faultpb.HTTPFault {
+	if t := hr.GetTimeout(); t != nil && t.AsDuration() > 0 {
+		action.MaxStreamDuration = &v3routepb.RouteAction_MaxStreamDuration{MaxStreamDuration: durationpb.New(t.AsDuration())}
+	}
+	rt := hr.GetRetries()
+	if rt == nil {
+		rt = defaultRetry
+	}
+	if rt.Attempts > 0 {
+		var on []string
+		for _, c := range strings.Split(cmpOr(rt.RetryOn, defaultRetry.RetryOn), ",") {
+			if code := config.RetryOnGRPC[strings.TrimSpace(c)]; code != "" {
+				on = append(on, strings.TrimSpace(c))
+			}
+		}
+		if len(on) > 0 {
+			action.RetryPolicy = &v3routepb.RetryPolicy{
+				RetryOn:    strings.Join(on, ","),
+				NumRetries: wrapperspb.UInt32(uint32(rt.Attempts)),
+			}
+			if b := rt.GetBackoff(); b != nil {
+				action.RetryPolicy.RetryBackOff = &v3routepb.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(b.AsDuration())}
+			}
+		}
+	}
+	ft := hr.GetFault()
+	if ft == nil {
+		return nil
+	}
+	f := &v3faultpb.HTTPFault{}
+	if d := ft.GetDelay(); d != nil {
+		f.Delay = &v3faultcommonpb.FaultDelay{
+			FaultDelaySecifier: &v3faultcommonpb.FaultDelay_FixedDelay{FixedDelay: durationpb.New(d.GetFixedDelay().AsDuration())},
+			Percentage:         fraction(d.GetPercentage()),
+		}
+	}
+	if a := ft.GetAbort(); a != nil {
+		f.Abort = &v3faultpb.FaultAbort{Percentage: fraction(a.GetPercentage())}
+		if code, ok := config.GRPCCodes[a.GetGrpcStatus()]; ok {
+			f.Abort.ErrorType = &v3faultpb.FaultAbort_GrpcStatus{GrpcStatus: code}
+		} else {
+			f.Abort.ErrorType = &v3faultpb.FaultAbort_HttpStatus{HttpStatus: uint32(a.GetHttpStatus())}
+		}
+	}
+	return f
+}
+
+// fraction converts an Istio percentage (unset: all) to parts per million.
+func fraction(p *networking.Percent) *v3typepb.FractionalPercent {
+	v := 100.0
+	if p != nil {
+		v = p.Value
+	}
+	return &v3typepb.FractionalPercent{Numerator: uint32(v*10000 + 0.5), Denominator: v3typepb.FractionalPercent_MILLION}
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
