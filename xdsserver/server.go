@@ -39,6 +39,7 @@ type Server struct {
 	log     *slog.Logger
 	reg     *registry.Registry
 	caches  map[string]*cache.LinearCache
+	eds     *localityEDS // serves s.caches[EDS] per client locality
 	xds     v3server.Server
 	grpc    *grpc.Server
 	metrics *metrics
@@ -97,6 +98,8 @@ func New(opts ...Option) (*Server, error) {
 		s.caches[t] = c
 		mux.Caches[t] = c
 	}
+	s.eds = newLocalityEDS(s.caches[resource.EndpointType])
+	mux.Caches[resource.EndpointType] = s.eds
 	var watcher *fsnotify.Watcher
 	if o.configDir != "" {
 		set, err := config.LoadDir(o.configDir)

@@ -98,6 +98,11 @@ func (s *Server) rebuild() {
 			}
 			changed += len(upd)
 		}
+		if t == resource.EndpointType {
+			if err := s.eds.sync(res.Locality); err != nil {
+				s.log.Error("updating per-locality endpoints", "error", err)
+			}
+		}
 		s.metrics.resources.WithLabelValues(shortType(t)).Set(float64(len(next[t])))
 	}
 	// Removals go the other way round: listeners before the routes,
@@ -109,6 +114,11 @@ func (s *Server) rebuild() {
 				s.log.Error("updating xDS cache", "type", t, "error", err)
 			}
 			changed += len(deletes[t])
+		}
+	}
+	if len(deletes[resource.EndpointType]) > 0 {
+		if err := s.eds.sync(res.Locality); err != nil {
+			s.log.Error("updating per-locality endpoints", "error", err)
 		}
 	}
 	for _, w := range res.Warnings {

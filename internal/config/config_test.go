@@ -587,9 +587,9 @@ func populated(m protoreflect.Message, prefix string, paths map[string]bool) {
 // TrafficPolicy field (consistent hashing and outlier detection exclude each
 // other, and so do the two hash keys).
 var policyBodies = []string{
-	`{loadBalancer: {simple: RANDOM}, connectionPool: {http: {http2MaxRequests: 5}}, outlierDetection: {consecutive5xxErrors: 2, consecutiveGatewayErrors: 1, interval: 1m, baseEjectionTime: 90s, maxEjectionPercent: 30, minHealthPercent: 10}}`,
+	`{loadBalancer: {simple: RANDOM, localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}}, connectionPool: {http: {http2MaxRequests: 5}}, outlierDetection: {consecutive5xxErrors: 2, consecutiveGatewayErrors: 1, interval: 1m, baseEjectionTime: 90s, maxEjectionPercent: 30, minHealthPercent: 10}}`,
 	`{loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}}}`,
-	`{loadBalancer: {consistentHash: {useSourceIp: true}}}`,
+	`{loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {distribute: [{from: "us-east/*", to: {"us-east/zone-a/*": 80, "us-west": 20}}]}}}`,
 }
 
 // trafficPolicyCases place each of policyBodies at each level a
@@ -949,7 +949,7 @@ var rejections = []struct {
 		name: "DestinationRule trafficPolicy, on the rule and on a subset",
 		yaml: res("DestinationRule", "reviews", `
   host: reviews
-  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}}
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 10s}}
   subsets:
   - name: v1
     labels: {version: v1}
@@ -957,7 +957,7 @@ var rejections = []struct {
 `),
 		want: []string{
 			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].traffic_policy.tls: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.warmupDurationSecs: field not supported by Trellis (see docs/SUPPORT.md)`,
 		},
 	},
 	{
@@ -1791,5 +1791,27 @@ func TestValidateLabels(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("ValidateLabels(%q) = %q, want %q", tt.labels, got, tt.want)
 		}
+	}
+}
+
+func TestLocalityLbSettingRejections(t *testing.T) {
+	_, err := load(map[string]string{"mesh.yaml": res("DestinationRule", "reviews", `
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute: [{from: "us-east//x", to: {"a/b": 60, "": 10}}]
+        failover: [{from: us-east/z, to: us-east}, {from: eu, to: eu}]
+`)})
+	want := []string{
+		`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: distribute and failover cannot both be set`,
+		`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from: "us-east//x" is not a locality pattern such as "region/zone/*"`,
+		`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: weights sum to 70, want 100`,
+		`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to[""]: "" is not a locality pattern such as "region/zone/*"`,
+		`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].from: "us-east/z" is not a region`,
+		`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting.failover[1]: a region cannot fail over to itself`,
+	}
+	if diff := cmp.Diff(sorted(errorTexts(t, err)), sorted(want)); diff != "" {
+		t.Errorf("Load(...) errors (-got +want):\n%s", diff)
 	}
 }

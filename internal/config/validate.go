@@ -515,6 +515,40 @@ func validatePortPolicy(p *problems, f string, lb *networking.LoadBalancerSettin
 			}
 		}
 	}
+	if ls := lb.GetLocalityLbSetting(); ls != nil {
+		lf := f + ".loadBalancer.localityLbSetting"
+		if len(ls.Distribute) > 0 && len(ls.Failover) > 0 {
+			p.add(lf, "distribute and failover cannot both be set")
+		}
+		for i, d := range ls.Distribute {
+			df := fmt.Sprintf("%s.distribute[%d]", lf, i)
+			if !validLocalityPattern(d.From) {
+				p.add(df+".from", "%q is not a locality pattern such as \"region/zone/*\"", d.From)
+			}
+			sum := uint32(0)
+			for to, w := range d.To {
+				if !validLocalityPattern(to) {
+					p.add(df+".to["+quote(to)+"]", "%q is not a locality pattern such as \"region/zone/*\"", to)
+				}
+				sum += w
+			}
+			if sum != 100 {
+				p.add(df+".to", "weights sum to %d, want 100", sum)
+			}
+		}
+		for i, fo := range ls.Failover {
+			ff := fmt.Sprintf("%s.failover[%d]", lf, i)
+			if fo.From == "" || strings.Contains(fo.From, "/") {
+				p.add(ff+".from", "%q is not a region", fo.From)
+			}
+			if fo.To == "" || strings.Contains(fo.To, "/") {
+				p.add(ff+".to", "%q is not a region", fo.To)
+			}
+			if fo.From == fo.To {
+				p.add(ff, "a region cannot fail over to itself")
+			}
+		}
+	}
 	if cp != nil && cp.Http != nil && cp.Http.Http2MaxRequests < 0 {
 		p.add(f+".connectionPool.http.http2MaxRequests", "must not be negative")
 	}
@@ -528,4 +562,19 @@ func validatePortPolicy(p *problems, f string, lb *networking.LoadBalancerSettin
 		p.positiveDuration(f+".outlierDetection.interval", od.Interval, od.Interval != nil)
 		p.positiveDuration(f+".outlierDetection.baseEjectionTime", od.BaseEjectionTime, od.BaseEjectionTime != nil)
 	}
+}
+
+// validLocalityPattern reports whether s is "region", "region/zone" or
+// "region/zone/subzone", where a part may be "*".
+func validLocalityPattern(s string) bool {
+	parts := strings.Split(s, "/")
+	if s == "" || len(parts) > 3 {
+		return false
+	}
+	for _, p := range parts {
+		if p == "" {
+			return false
+		}
+	}
+	return true
 }

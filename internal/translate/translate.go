@@ -50,6 +50,10 @@ type Resources struct {
 	Routes    map[string]*v3routepb.RouteConfiguration
 	Clusters  map[string]*v3clusterpb.Cluster
 	Endpoints map[string]*v3endpointpb.ClusterLoadAssignment
+	// Locality holds, for clusters whose DestinationRule sets a
+	// localityLbSetting, that setting: their endpoints are served to each
+	// client through Localize.
+	Locality map[string]*networking.LocalityLoadBalancerSetting
 	// Warnings are problems that did not stop the build: registrations that
 	// fit no port of their service, ambiguous short names.
 	Warnings []string
@@ -129,6 +133,7 @@ func Build(set *config.Set, registered []registry.Endpoint, known ...ServiceRef)
 			Routes:    map[string]*v3routepb.RouteConfiguration{},
 			Clusters:  map[string]*v3clusterpb.Cluster{},
 			Endpoints: map[string]*v3endpointpb.ClusterLoadAssignment{},
+			Locality:  map[string]*networking.LocalityLoadBalancerSetting{},
 		},
 	}
 	b.addServiceEntries()
@@ -475,7 +480,11 @@ func (b *builder) addCluster(s *service, port uint32, subset string) {
 			ServiceName: name,
 		},
 	}
-	applyPolicy(b.res.Clusters[name], b.policyFor(s.host, port, subset))
+	pol := b.policyFor(s.host, port, subset)
+	applyPolicy(b.res.Clusters[name], pol)
+	if ls := pol.lb.GetLocalityLbSetting(); ls != nil && (ls.Enabled == nil || ls.Enabled.Value) {
+		b.res.Locality[name] = ls
+	}
 	var selector map[string]string
 	if subset != "" {
 		selector = b.subsets[s.host][subset]
