@@ -84,13 +84,24 @@ func (o *options) resolverBuilder() (resolver.Builder, error) {
 	return b, nil
 }
 
+// node describes the client to the control plane. LABELS are the client
+// workload's labels, which VirtualService sourceLabels match: those given by
+// WithLabels, version from WithService, and app, the service name, as
+// Kubernetes workloads in an Istio mesh carry them.
 func (o *options) node() xdsbootstrap.Node {
-	md := map[string]string{"NAMESPACE": o.namespace}
+	md := map[string]any{"NAMESPACE": o.namespace}
+	labels := o.endpointLabels()
 	if o.service != "" {
 		md["SERVICE"] = o.service
+		if _, ok := labels["app"]; !ok {
+			labels["app"] = o.service
+		}
 	}
 	if o.version != "" {
 		md["VERSION"] = o.version
+	}
+	if len(labels) > 0 {
+		md["LABELS"] = labels
 	}
 	return xdsbootstrap.Node{Cluster: o.service, Metadata: md, Locality: o.locality}
 }

@@ -70,8 +70,9 @@ func WithControlPlane(addr string) Option {
 // WithService names the service this process serves and its version. A
 // Server registers its endpoint under this name with the label
 // version=<version> (omitted if version is empty); DestinationRule subsets
-// select endpoints by such labels. For NewServer (and, as client identity
-// sent to the control plane, Dial).
+// select endpoints by such labels. For NewServer, and for Dial, where the
+// client declares the labels app=<name> and version=<version> to the
+// control plane for VirtualService sourceLabels.
 func WithService(name, version string) Option {
 	return optionFunc(func(o *options) { o.service, o.version = name, version })
 }
@@ -83,7 +84,9 @@ func WithNamespace(ns string) Option {
 	return optionFunc(func(o *options) { o.namespace = ns })
 }
 
-// WithLabels adds labels to the registered endpoint. For NewServer.
+// WithLabels adds labels to the registered endpoint, and to the labels a
+// client declares to the control plane (which VirtualService sourceLabels
+// match). For NewServer and Dial.
 func WithLabels(labels map[string]string) Option {
 	return optionFunc(func(o *options) {
 		if o.labels == nil {

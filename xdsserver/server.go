@@ -39,7 +39,8 @@ type Server struct {
 	log     *slog.Logger
 	reg     *registry.Registry
 	caches  map[string]*cache.LinearCache
-	eds     *localityEDS // serves s.caches[EDS] per client locality
+	eds     *viewCache // EDS per client locality (localityLbSetting)
+	rds     *viewCache // RDS per client labels (sourceLabels)
 	xds     v3server.Server
 	grpc    *grpc.Server
 	metrics *metrics
@@ -98,8 +99,10 @@ func New(opts ...Option) (*Server, error) {
 		s.caches[t] = c
 		mux.Caches[t] = c
 	}
-	s.eds = newLocalityEDS(s.caches[resource.EndpointType])
+	s.eds = newViewCache(resource.EndpointType, s.caches[resource.EndpointType], localityKey)
+	s.rds = newViewCache(resource.RouteType, s.caches[resource.RouteType], labelsKey)
 	mux.Caches[resource.EndpointType] = s.eds
+	mux.Caches[resource.RouteType] = s.rds
 	var watcher *fsnotify.Watcher
 	if o.configDir != "" {
 		set, err := config.LoadDir(o.configDir)

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/fsnotify/fsnotify"
@@ -70,9 +71,13 @@ func (s *Server) rebuild() {
 	known := slices.Collect(maps.Keys(s.known))
 	s.mu.Unlock()
 	res := translate.Build(set, registered, known...)
+	baseRoutes := map[string]types.Resource{}
+	for name, rc := range res.Routes {
+		baseRoutes[name] = translate.ViewRoutes(rc, res.RouteConditions[name], nil)
+	}
 	next := map[string]map[string]types.Resource{
 		resource.ListenerType: toResources(res.Listeners),
-		resource.RouteType:    toResources(res.Routes),
+		resource.RouteType:    baseRoutes,
 		resource.ClusterType:  toResources(res.Clusters),
 		resource.EndpointType: toResources(res.Endpoints),
 	}
@@ -98,11 +103,7 @@ func (s *Server) rebuild() {
 			}
 			changed += len(upd)
 		}
-		if t == resource.EndpointType {
-			if err := s.eds.sync(res.Locality); err != nil {
-				s.log.Error("updating per-locality endpoints", "error", err)
-			}
-		}
+		s.syncViews(t, res)
 		s.metrics.resources.WithLabelValues(shortType(t)).Set(float64(len(next[t])))
 	}
 	// Removals go the other way round: listeners before the routes,
@@ -116,9 +117,9 @@ func (s *Server) rebuild() {
 			changed += len(deletes[t])
 		}
 	}
-	if len(deletes[resource.EndpointType]) > 0 {
-		if err := s.eds.sync(res.Locality); err != nil {
-			s.log.Error("updating per-locality endpoints", "error", err)
+	for _, t := range []string{resource.EndpointType, resource.RouteType} {
+		if len(deletes[t]) > 0 {
+			s.syncViews(t, res)
 		}
 	}
 	for _, w := range res.Warnings {
@@ -132,6 +133,37 @@ func (s *Server) rebuild() {
 	if changed > 0 {
 		s.metrics.builds.Inc()
 		s.log.Debug("xDS resources updated", "changed", changed)
+	}
+}
+
+// syncViews updates the per-client views of a type after its base cache
+// changed.
+func (s *Server) syncViews(typeURL string, res *translate.Resources) {
+	var err error
+	switch typeURL {
+	case resource.EndpointType:
+		base := s.caches[resource.EndpointType]
+		err = s.eds.sync(func(locality string) map[string]types.Resource {
+			out := base.GetResources()
+			for name, setting := range res.Locality {
+				if cla, ok := out[name].(*v3endpointpb.ClusterLoadAssignment); ok {
+					out[name] = translate.Localize(cla, locality, setting)
+				}
+			}
+			return out
+		})
+	case resource.RouteType:
+		err = s.rds.sync(func(key string) map[string]types.Resource {
+			labels := parseLabelsKey(key)
+			out := make(map[string]types.Resource, len(res.Routes))
+			for name, rc := range res.Routes {
+				out[name] = translate.ViewRoutes(rc, res.RouteConditions[name], labels)
+			}
+			return out
+		})
+	}
+	if err != nil {
+		s.log.Error("updating per-client views", "type", shortType(typeURL), "error", err)
 	}
 }
 

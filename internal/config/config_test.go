@@ -248,6 +248,7 @@ var validCases = []validCase{
     - name: api
       port: 8080
       ignoreUriCase: true
+      sourceLabels: {app: web}
       uri: {prefix: /api}
       headers:
         x-user: {exact: jason}
@@ -276,6 +277,7 @@ var validCases = []validCase{
 								Name:          "api",
 								Port:          8080,
 								IgnoreUriCase: true,
+								SourceLabels:  map[string]string{"app": "web"},
 								Uri:           prefix("/api"),
 								Headers: map[string]*networking.StringMatch{
 									"x-user":  exact("jason"),

@@ -26,7 +26,7 @@ var supported = map[string]map[string]bool{
 	KindVirtualService: set(
 		"hosts",
 		"http", "http.name",
-		"http.match", "http.match.name", "http.match.port", "http.match.ignore_uri_case",
+		"http.match", "http.match.name", "http.match.port", "http.match.ignore_uri_case", "http.match.source_labels",
 		"http.match.uri", "http.match.uri.exact", "http.match.uri.prefix", "http.match.uri.regex",
 		"http.match.headers", "http.match.headers.exact", "http.match.headers.prefix", "http.match.headers.regex",
 		"http.timeout",

@@ -210,6 +210,7 @@ func validateVirtualService(vs *VirtualService) []error {
 				}
 				p.stringMatch(hf, hm, true)
 			}
+			p.labels(mf+".sourceLabels", m.SourceLabels)
 			if m.Port > 65535 {
 				p.add(mf+".port", "must be between 1 and 65535")
 			}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 
+	"google.golang.org/grpc"
+
 	"github.com/trellismesh/trellis/mesh"
 )
 
@@ -80,4 +82,53 @@ spec:
 		t.Fatal(err)
 	}
 	waitFor(ctx, t, "failover to the remote region", only(remote))
+}
+
+// TestSourceLabelsRouteByClient: a route with sourceLabels applies to the
+// clients that carry those labels and to no other.
+func TestSourceLabelsRouteByClient(t *testing.T) {
+	ctx := testContext(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "mesh.yaml", subsetsYAML+`---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  http:
+  - match: [{sourceLabels: {app: frontend, track: canary}}]
+    route: [{destination: {host: greeter, subset: v2}}]
+  - route: [{destination: {host: greeter, subset: v1}}]
+`)
+	cp := startControlPlane(t, dir)
+	startGreeter(t, cp.addr, "v1")
+	startGreeter(t, cp.addr, "v2")
+	canary, err := mesh.Dial("greeter:9080", mesh.WithControlPlane(cp.addr),
+		mesh.WithService("frontend", "v7"), mesh.WithLabels(map[string]string{"track": "canary"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer canary.Close()
+	stable, err := mesh.Dial("greeter:9080", mesh.WithControlPlane(cp.addr), mesh.WithService("frontend", "v7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stable.Close()
+	anonymous, err := mesh.Dial("greeter:9080", mesh.WithControlPlane(cp.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anonymous.Close()
+	for _, c := range []struct {
+		name    string
+		cc      grpc.ClientConnInterface
+		version string
+	}{{"frontend on the canary track", canary, "v2"}, {"frontend", stable, "v1"}, {"a client without labels", anonymous, "v1"}} {
+		waitFor(ctx, t, c.name+" routed to "+c.version, func() error {
+			if tl := send(ctx, c.cc, 40); tl.versions[c.version] != 40 {
+				return fmt.Errorf("versions %v (errors %d, %v)", tl.versions, tl.errors, tl.lastErr)
+			}
+			return nil
+		})
+	}
 }

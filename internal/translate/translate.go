@@ -54,6 +54,11 @@ type Resources struct {
 	// localityLbSetting, that setting: their endpoints are served to each
 	// client through Localize.
 	Locality map[string]*networking.LocalityLoadBalancerSetting
+	// RouteConditions holds, for route configurations with VirtualService
+	// sourceLabels matches, the labels each route (by index in the only
+	// virtual host) requires of the client, nil for none. Clients read the
+	// configuration through ViewRoutes.
+	RouteConditions map[string][]map[string]string
 	// Warnings are problems that did not stop the build: registrations that
 	// fit no port of their service, ambiguous short names.
 	Warnings []string
@@ -102,7 +107,9 @@ type builder struct {
 	subsets  map[string]map[string]map[string]string
 	rules    map[string]*config.DestinationRule // by canonical host
 	seHosts  map[string]bool                    // canonical hosts a ServiceEntry defines
-	res      *Resources
+	// conditions are the sourceLabels of routes that have them.
+	conditions map[*v3routepb.Route]map[string]string
+	res        *Resources
 }
 
 // ServiceRef names a service port known from registrations that may have no
@@ -128,12 +135,16 @@ func Build(set *config.Set, registered []registry.Endpoint, known ...ServiceRef)
 		subsets:  map[string]map[string]map[string]string{},
 		rules:    map[string]*config.DestinationRule{},
 		seHosts:  map[string]bool{},
+
+		conditions: map[*v3routepb.Route]map[string]string{},
 		res: &Resources{
 			Listeners: map[string]*v3listenerpb.Listener{},
 			Routes:    map[string]*v3routepb.RouteConfiguration{},
 			Clusters:  map[string]*v3clusterpb.Cluster{},
 			Endpoints: map[string]*v3endpointpb.ClusterLoadAssignment{},
 			Locality:  map[string]*networking.LocalityLoadBalancerSetting{},
+
+			RouteConditions: map[string][]map[string]string{},
 		},
 	}
 	b.addServiceEntries()
@@ -322,9 +333,16 @@ func (b *builder) addListenersAndRoutes() {
 					Action: action,
 				}}
 			}
-			faults := false
+			faults, conditional := false, false
+			var conds []map[string]string
 			for _, r := range routes {
 				faults = faults || r.TypedPerFilterConfig[FaultFilterName] != nil
+				c := b.conditions[r]
+				conds = append(conds, c)
+				conditional = conditional || c != nil
+			}
+			if conditional {
+				b.res.RouteConditions[routeName] = conds
 			}
 			for _, d := range domains {
 				b.res.Listeners[d] = apiListener(d, routeName, faults)
@@ -367,7 +385,11 @@ func (b *builder) virtualServiceRoutes(vs *config.VirtualService, s *service, po
 			if m.Port != 0 && m.Port != port {
 				continue
 			}
-			routes = append(routes, &v3routepb.Route{Name: name, Match: routeMatch(m), Action: action, TypedPerFilterConfig: perFilter})
+			r := &v3routepb.Route{Name: name, Match: routeMatch(m), Action: action, TypedPerFilterConfig: perFilter}
+			if len(m.SourceLabels) > 0 {
+				b.conditions[r] = m.SourceLabels
+			}
+			routes = append(routes, r)
 		}
 	}
 	return routes
@@ -557,4 +579,25 @@ func mustAny(m proto.Message) *anypb.Any {
 		panic(fmt.Sprintf("translate: marshal %T: %v", m, err))
 	}
 	return a
+}
+
+// ViewRoutes returns a route configuration as a client with the given
+// labels sees it: routes whose sourceLabels the client does not carry are
+// left out. conds is the configuration's entry in Resources.RouteConditions;
+// with none, rc itself is returned. rc is not modified.
+func ViewRoutes(rc *v3routepb.RouteConfiguration, conds []map[string]string, labels map[string]string) *v3routepb.RouteConfiguration {
+	if conds == nil || len(rc.GetVirtualHosts()) != 1 {
+		return rc
+	}
+	out := proto.Clone(rc).(*v3routepb.RouteConfiguration)
+	vh := out.VirtualHosts[0]
+	kept := vh.Routes[:0]
+	for i, r := range vh.Routes {
+		if i < len(conds) && !selects(conds[i], labels) {
+			continue
+		}
+		kept = append(kept, r)
+	}
+	vh.Routes = kept
+	return out
 }

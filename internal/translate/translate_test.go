@@ -403,3 +403,42 @@ func TestRegisteredServiceWithTwoPorts(t *testing.T) {
 		t.Error("a two-port service has the port-less listener name")
 	}
 }
+
+func TestViewRoutes(t *testing.T) {
+	set := load(t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  http:
+  - name: canary
+    match: [{sourceLabels: {app: web}}, {headers: {x-canary: {exact: "1"}}}]
+    route: [{destination: {host: greeter}}]
+  - name: rest
+    route: [{destination: {host: greeter}}]
+`)
+	res := Build(set, []registry.Endpoint{reg("greeter", "", "127.0.0.1", 1, 9080, nil)})
+	name := "greeter.default.svc.cluster.local:9080"
+	rc, conds := res.Routes[name], res.RouteConditions[name]
+	names := func(labels map[string]string) []string {
+		var out []string
+		for _, r := range ViewRoutes(rc, conds, labels).GetVirtualHosts()[0].GetRoutes() {
+			out = append(out, r.GetName())
+		}
+		return out
+	}
+	if diff := cmp.Diff(names(map[string]string{"app": "web", "v": "1"}), []string{"canary", "canary", "rest"}); diff != "" {
+		t.Errorf("a web client's routes (-got +want):\n%s", diff)
+	}
+	// The header match of the same HTTPRoute has no source condition.
+	if diff := cmp.Diff(names(nil), []string{"canary", "rest"}); diff != "" {
+		t.Errorf("an unlabelled client's routes (-got +want):\n%s", diff)
+	}
+	if len(rc.GetVirtualHosts()[0].GetRoutes()) != 3 {
+		t.Error("ViewRoutes modified its input")
+	}
+	if _, ok := res.RouteConditions["greeter.default.svc.cluster.local:9080"]; !ok {
+		t.Error("no route conditions recorded")
+	}
+}

@@ -38,8 +38,8 @@ type Node struct {
 	ID string
 	// Cluster is the service name, if the process serves one.
 	Cluster string
-	// Metadata is sent as the node's metadata (string values).
-	Metadata map[string]string
+	// Metadata is sent as the node's metadata; values must marshal to JSON.
+	Metadata map[string]any
 	// Locality is "region/zone/subzone".
 	Locality string
 }
@@ -74,10 +74,10 @@ type locality struct {
 }
 
 type nodeConfig struct {
-	ID       string            `json:"id"`
-	Cluster  string            `json:"cluster,omitempty"`
-	Metadata map[string]string `json:"metadata,omitempty"`
-	Locality *locality         `json:"locality,omitempty"`
+	ID       string         `json:"id"`
+	Cluster  string         `json:"cluster,omitempty"`
+	Metadata map[string]any `json:"metadata,omitempty"`
+	Locality *locality      `json:"locality,omitempty"`
 }
 
 type bootstrap struct {
