@@ -1,9 +1,15 @@
-// Package balancer will hold load-balancing policies (latency-aware EWMA,
-// least request, ring hash) for gRPC, registered with grpc's balancer
-// registry and selected through xDS custom LB, and the same pickers for the
-// HTTP client.
+// Package balancer is the home of Trellis's gRPC load-balancing policies.
+// Each lives in a subpackage named for what it does, registers itself with
+// grpc's balancer registry in init under an exported Name, and can be used
+// on its own with plain grpc-go through a service config, or selected by
+// the Trellis control plane through xDS custom LB (gRFC A52):
 //
-// Status: not implemented yet; the package holds no code. Until it does,
-// grpc-go's xDS round robin, configured by the control plane, balances every
-// mesh.Dial connection.
+//   - balancer/random: picks a ready endpoint uniformly at random
+//     (DestinationRule loadBalancer.simple RANDOM);
+//   - balancer/outlier: consecutive-error outlier ejection around any child
+//     policy (DestinationRule outlierDetection consecutive5xxErrors and
+//     consecutiveGatewayErrors, which grpc-go's own outlier detection lacks).
+//
+// mesh imports both, so every mesh.Dial connection has them. Planned: a
+// latency-aware (peak EWMA) policy.
 package balancer

@@ -9,6 +9,10 @@ import (
 	"google.golang.org/grpc/resolver"
 
 	"github.com/trellismesh/trellis/internal/xdsbootstrap"
+
+	// The LB policies the control plane selects through xDS custom LB.
+	_ "github.com/trellismesh/trellis/balancer/outlier"
+	_ "github.com/trellismesh/trellis/balancer/random"
 )
 
 // Dial returns a client connection to a mesh service. target is "NAME:PORT"

@@ -356,3 +356,75 @@ spec:
 	}
 	t.Logf("slow backend share %.1f%% of %d calls", 100*slow, total)
 }
+
+// TestOutlierEjectsFailingBackend: a backend failing every call with
+// UNAVAILABLE is ejected by consecutive-error outlier detection, its share
+// falling to nothing well within one interval, and returns after the
+// ejection time once it recovers.
+func TestOutlierEjectsFailingBackend(t *testing.T) {
+	ctx := testContext(t)
+	_, cc, gs, bs := meshWith(ctx, t, `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: greeter}
+spec:
+  host: greeter
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 3
+      interval: 100ms
+      baseEjectionTime: 1s
+      maxEjectionPercent: 34
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  http:
+  - retries: {attempts: 0}
+    route: [{destination: {host: greeter}}]
+`, 3)
+	bad := gs[0].addr
+	bs[0].failCode.Store(uint32(codes.Unavailable))
+	before := bs[0].calls.Load()
+	start := time.Now()
+	tl := send(ctx, cc, 300)
+	if n := bs[0].calls.Load() - before; n > 3 {
+		t.Errorf("the failing backend got %d of 300 calls, want at most the 3 that eject it", n)
+	}
+	if tl.errors > 3 {
+		t.Errorf("%d calls failed, want at most 3 (%v)", tl.errors, tl.lastErr)
+	}
+	ejectedFor := time.Since(start)
+	bs[0].failCode.Store(0)
+	waitFor(ctx, t, "the recovered backend to return", func() error {
+		if tl := send(ctx, cc, 30); tl.instances[bad] == 0 {
+			return fmt.Errorf("instances %v", tl.instances)
+		}
+		return nil
+	})
+	if back := time.Since(start); back < time.Second {
+		t.Errorf("the backend returned %v after its ejection, before the 1s ejection time", back)
+	}
+	t.Logf("300 calls in %v while ejected", ejectedFor)
+}
+
+// TestRandomSpreadsLoad: RANDOM spreads calls over every backend.
+func TestRandomSpreadsLoad(t *testing.T) {
+	ctx := testContext(t)
+	_, cc, gs, _ := meshWith(ctx, t, `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: greeter}
+spec:
+  host: greeter
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+`, 3)
+	tl := send(ctx, cc, 1500)
+	for _, g := range gs {
+		if n := tl.instances[g.addr]; n < 350 || n > 650 {
+			t.Errorf("backend %s got %d of 1500 calls, want about 500 (%v)", g.addr, n, tl.instances)
+		}
+	}
+}

@@ -12,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/trellismesh/trellis/mesh"
 )
 
@@ -213,13 +210,36 @@ func TestRouting(t *testing.T) {
 }
 
 // TestStandardGRPCClient dials through the control plane with plain grpc-go
-// and a hand-written bootstrap file: no Trellis code on the client. grpc-go
-// reads GRPC_XDS_BOOTSTRAP when it initialises, so the client runs in a
-// process of its own: this test binary, re-executed to run the helper test
-// below.
+// and a hand-written bootstrap file: a separate program with no Trellis code
+// (testdata/plainclient), since grpc-go reads GRPC_XDS_BOOTSTRAP when it
+// initialises. The service balances with Trellis's own LB policies, which
+// that client lacks: it must fall back to round robin, not reject the
+// cluster.
 func TestStandardGRPCClient(t *testing.T) {
 	ctx := testContext(t)
-	cp := startControlPlane(t, "")
+	bin := filepath.Join(t.TempDir(), "plainclient")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./testdata/plainclient").CombinedOutput(); err != nil {
+		t.Fatalf("go build plainclient: %v\n%s", err, out)
+	}
+	deps, err := exec.CommandContext(ctx, "go", "list", "-deps", "./testdata/plainclient").CombinedOutput()
+	if err != nil || !strings.Contains(string(deps), "google.golang.org/grpc/xds\n") {
+		t.Fatalf("go list -deps plainclient: %v\n%s", err, deps)
+	}
+	if strings.Contains(string(deps), "trellis/mesh") || strings.Contains(string(deps), "trellis/balancer") {
+		t.Fatalf("plainclient links Trellis client code:\n%s", grep(string(deps), "trellis"))
+	}
+	dir := t.TempDir()
+	writeFile(t, dir, "dr.yaml", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: greeter}
+spec:
+  host: greeter
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    outlierDetection: {consecutive5xxErrors: 3}
+`)
+	cp := startControlPlane(t, dir)
 	startGreeter(t, cp.addr, "v1")
 	waitFor(ctx, t, "the endpoint in EDS", func() error {
 		if eps := endpoints(t, cp, "outbound|9080||greeter.default.svc.cluster.local"); len(eps) != 1 {
@@ -235,8 +255,8 @@ func TestStandardGRPCClient(t *testing.T) {
 	if err := os.WriteFile(path, []byte(bootstrap), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperPlainClient$", "-test.v")
-	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+path, "TRELLIS_E2E_PLAIN_CLIENT=greeter:9080")
+	cmd := exec.CommandContext(ctx, bin, "-target", "greeter:9080", "-n", "20")
+	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+path)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("plain grpc-go client: %v\n%s", err, out)
@@ -248,7 +268,7 @@ func TestStandardGRPCClient(t *testing.T) {
 	rec := httptest.NewRecorder()
 	cp.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	metrics := rec.Body.String()
-	for _, want := range []string{`trellis_xds_acks_total{type="LDS"}`, `trellis_xds_acks_total{type="EDS"}`} {
+	for _, want := range []string{`trellis_xds_acks_total{type="LDS"}`, `trellis_xds_acks_total{type="CDS"}`, `trellis_xds_acks_total{type="EDS"}`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics has no %s:\n%s", want, grep(metrics, "trellis_xds"))
 		}
@@ -256,26 +276,6 @@ func TestStandardGRPCClient(t *testing.T) {
 	if strings.Contains(metrics, "trellis_xds_nacks_total{") {
 		t.Errorf("/metrics counts NACKs from a standard client:\n%s", grep(metrics, "trellis_xds"))
 	}
-}
-
-// TestHelperPlainClient is the client process of TestStandardGRPCClient; it
-// does nothing when run on its own.
-func TestHelperPlainClient(t *testing.T) {
-	target := os.Getenv("TRELLIS_E2E_PLAIN_CLIENT")
-	if target == "" {
-		t.Skip("runs only as TestStandardGRPCClient's client process")
-	}
-	ctx := testContext(t)
-	cc, err := grpc.NewClient("xds:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("grpc.NewClient() = %v", err)
-	}
-	defer cc.Close()
-	tl := send(ctx, cc, 20)
-	if tl.errors > 0 || tl.versions["v1"] != 20 {
-		t.Fatalf("versions %v, errors %d (%v); want 20 replies from v1", tl.versions, tl.errors, tl.lastErr)
-	}
-	fmt.Printf("plain client: %d replies from v1\n", tl.versions["v1"])
 }
 
 func grep(s, substr string) string {

@@ -153,12 +153,11 @@ func applyPolicy(c *v3clusterpb.Cluster, p policy) {
 		}
 		extra = []*v3clusterpb.LoadBalancingPolicy_Policy{typedStruct(OutlierPolicy, cfg)}
 	}
-	var list []*v3clusterpb.LoadBalancingPolicy_Policy
-	for _, e := range extra {
-		list = append(list, wrrLocality(e))
-	}
-	list = append(list, wrrLocality(child))
-	c.LoadBalancingPolicy = &v3clusterpb.LoadBalancingPolicy{Policies: list}
+	// One wrr_locality whose child list is tried in order: grpc-go skips
+	// child policies it does not know (Envoy's random, or a Trellis policy
+	// on a client without it), but fails the whole cluster if wrr_locality
+	// itself ends up with none, so the plain policy always comes last.
+	c.LoadBalancingPolicy = policies(wrrLocality(append(extra, child)...))
 }
 
 func durationOr(d *durationpb.Duration, def time.Duration) string {
@@ -191,9 +190,9 @@ func typedStruct(name string, cfg map[string]any) *v3clusterpb.LoadBalancingPoli
 	return typed(name, &v3xdstypepb.TypedStruct{TypeUrl: "type.googleapis.com/" + name, Value: s})
 }
 
-func wrrLocality(child *v3clusterpb.LoadBalancingPolicy_Policy) *v3clusterpb.LoadBalancingPolicy_Policy {
+func wrrLocality(children ...*v3clusterpb.LoadBalancingPolicy_Policy) *v3clusterpb.LoadBalancingPolicy_Policy {
 	return typed("envoy.load_balancing_policies.wrr_locality", &v3wrrlocalitypb.WrrLocality{
-		EndpointPickingPolicy: policies(child),
+		EndpointPickingPolicy: policies(children...),
 	})
 }
 

@@ -124,7 +124,7 @@ func TestNoFaultNoFaultFilter(t *testing.T) {
 }
 
 // lbPolicies describes a cluster's load balancing policy list: each entry is
-// the policy name, with the wrr_locality child's name after a slash, and a
+// the policy name, then for wrr_locality each child's name after a slash, a
 // TypedStruct's type URL and JSON in brackets.
 func lbPolicies(t *testing.T, c *v3clusterpb.Cluster) []string {
 	t.Helper()
@@ -136,12 +136,14 @@ func lbPolicies(t *testing.T, c *v3clusterpb.Cluster) []string {
 			if err := tc.GetTypedConfig().UnmarshalTo(w); err != nil {
 				t.Fatal(err)
 			}
-			child := w.GetEndpointPickingPolicy().GetPolicies()[0].GetTypedExtensionConfig()
-			desc += "/" + child.GetName()
-			if ts := (&v3xdstypepb.TypedStruct{}); child.GetTypedConfig().MessageIs(ts) {
-				child.GetTypedConfig().UnmarshalTo(ts)
-				js, _ := json.Marshal(ts.GetValue().AsMap()) // protojson spaces at random
-				desc += "[" + ts.GetTypeUrl() + " " + string(js) + "]"
+			for _, cp := range w.GetEndpointPickingPolicy().GetPolicies() {
+				child := cp.GetTypedExtensionConfig()
+				desc += "/" + child.GetName()
+				if ts := (&v3xdstypepb.TypedStruct{}); child.GetTypedConfig().MessageIs(ts) {
+					child.GetTypedConfig().UnmarshalTo(ts)
+					js, _ := json.Marshal(ts.GetValue().AsMap()) // protojson spaces at random
+					desc += "[" + ts.GetTypeUrl() + " " + string(js) + "]"
+				}
 			}
 		}
 		out = append(out, desc)
@@ -186,8 +188,8 @@ spec:
 		{ClusterName(reviews, 9080, ""), []string{wrr + "/envoy.load_balancing_policies.least_request"}, 100, 0},
 		{ClusterName(reviews, 9090, ""), []string{"envoy.load_balancing_policies.ring_hash"}, 100, 64},
 		{ClusterName(reviews, 9080, "v1"), []string{
-			wrr + `/trellis_outlier[type.googleapis.com/trellis_outlier {"baseEjectionTime":"30s","childPolicy":[{"trellis_random":{}}],"consecutiveErrors":5,"consecutiveGatewayErrors":2,"interval":"1s","maxEjectionPercent":10,"minHealthPercent":0}]`,
-			wrr + "/envoy.load_balancing_policies.round_robin",
+			wrr + `/trellis_outlier[type.googleapis.com/trellis_outlier {"baseEjectionTime":"30s","childPolicy":[{"trellis_random":{}}],"consecutiveErrors":5,"consecutiveGatewayErrors":2,"interval":"1s","maxEjectionPercent":10,"minHealthPercent":0}]` +
+				"/envoy.load_balancing_policies.round_robin",
 		}, 100, 0},
 		{ClusterName(reviews, 9080, "v2"), []string{wrr + "/envoy.load_balancing_policies.least_request"}, 7, 0},
 		{ClusterName(reviews, 9090, "v2"), []string{"envoy.load_balancing_policies.ring_hash"}, 7, 1024},
@@ -229,9 +231,10 @@ spec:
 `)
 	got := lbPolicies(t, res.Clusters[ClusterName(reviews, 9080, "")])
 	want := []string{
-		"envoy.load_balancing_policies.wrr_locality/envoy.load_balancing_policies.random",
-		`envoy.load_balancing_policies.wrr_locality/trellis_random[type.googleapis.com/trellis_random {}]`,
-		"envoy.load_balancing_policies.wrr_locality/envoy.load_balancing_policies.round_robin",
+		"envoy.load_balancing_policies.wrr_locality" +
+			"/envoy.load_balancing_policies.random" +
+			"/trellis_random[type.googleapis.com/trellis_random {}]" +
+			"/envoy.load_balancing_policies.round_robin",
 	}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("RANDOM policies (-got +want):\n%s", diff)
