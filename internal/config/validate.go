@@ -489,8 +489,9 @@ func validatePortPolicy(p *problems, f string, lb *networking.LoadBalancerSettin
 		case *networking.LoadBalancerSettings_Simple:
 			switch t.Simple {
 			case networking.LoadBalancerSettings_UNSPECIFIED, networking.LoadBalancerSettings_ROUND_ROBIN,
-				networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_LEAST_CONN,
-				networking.LoadBalancerSettings_RANDOM:
+				networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_RANDOM,
+				//lint:ignore SA1019 LEAST_CONN is the old name of LEAST_REQUEST, still written by users.
+				networking.LoadBalancerSettings_LEAST_CONN:
 			default:
 				p.add(f+".loadBalancer.simple", "%s is not supported (supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM)", t.Simple)
 			}

@@ -120,6 +120,7 @@ func applyPolicy(c *v3clusterpb.Cluster, p policy) {
 	childJSON := map[string]any{"round_robin": map[string]any{}}
 	var extra []*v3clusterpb.LoadBalancingPolicy_Policy // preferred, when supported
 	switch p.lb.GetSimple() {
+	//lint:ignore SA1019 LEAST_CONN is the old name of LEAST_REQUEST, still written by users.
 	case networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_LEAST_CONN:
 		child = typed("envoy.load_balancing_policies.least_request", &v3leastrequestpb.LeastRequest{ChoiceCount: wrapperspb.UInt32(2)})
 		childJSON = map[string]any{"least_request_experimental": map[string]any{"choiceCount": 2}}
