@@ -32,13 +32,15 @@ func TestCommand(t *testing.T) {
 	bin := build(t)
 
 	t.Run("bad config exits with the error", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
 		dir := t.TempDir()
-		os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r, trafficPolicy: {}}\n"), 0o644)
+		os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r, trafficPolicy: {tls: {mode: SIMPLE}}}\n"), 0o644)
 		out, err := exec.CommandContext(ctx, bin, "-config", dir, "-xds-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-data-dir", t.TempDir()).CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 			t.Fatalf("exit = %v, want status 1\n%s", err, out)
 		}
-		want := "bad.yaml:1: DestinationRule default/r: spec.trafficPolicy: field not supported by Trellis"
+		want := "bad.yaml:1: DestinationRule default/r: spec.trafficPolicy.tls: field not supported by Trellis"
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output:\n%s\nwant it to contain %q", out, want)
 		}
