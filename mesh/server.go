@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/grpcstop"
 	"github.com/trellismesh/trellis/internal/register"
 	"github.com/trellismesh/trellis/internal/registrationpb"
 )
@@ -168,19 +169,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, r := range regs {
 		r.Stop(ctx)
 	}
-	done := make(chan struct{})
-	go func() {
-		s.grpc.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.grpc.Stop()
-		<-done
-		return ctx.Err()
-	}
+	return grpcstop.Graceful(ctx, s.grpc)
 }
 
 // Close deregisters without waiting for the control plane and stops the

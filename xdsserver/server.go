@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/grpcstop"
 	"github.com/trellismesh/trellis/internal/registrationpb"
 	"github.com/trellismesh/trellis/internal/registry"
 	"github.com/trellismesh/trellis/internal/translate"
@@ -169,19 +170,7 @@ func (s *Server) Serve(lis net.Listener) error {
 // is done, for registration streams and background work to end.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopBackground()
-	done := make(chan struct{})
-	go func() {
-		s.grpc.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.grpc.Stop()
-		<-done
-		return ctx.Err()
-	}
+	return grpcstop.Graceful(ctx, s.grpc)
 }
 
 // Close stops the Server at once. It is idempotent.
