@@ -18,6 +18,7 @@ type options struct {
 	configDir string
 	logger    *slog.Logger
 	grace     time.Duration
+	warmup    time.Duration
 	debounce  time.Duration
 }
 
@@ -41,4 +42,18 @@ func WithLogger(l *slog.Logger) Option {
 // workload to register again. If zero or not given, it is 5 seconds.
 func WithRegistrationGrace(d time.Duration) Option {
 	return optionFunc(func(o *options) { o.grace = d })
+}
+
+// WithWarmup sets how long after start the Server withholds endpoint (EDS)
+// resources that have never had an endpoint. A restarted control plane
+// knows its configuration at once but learns registrations only as
+// workloads reconnect; publishing the empty endpoint lists meanwhile would
+// make every client drop the endpoints it has cached. During warm-up such a
+// list is simply not sent (clients keep what they have; new clients wait),
+// and it is sent, empty or not, once warm-up ends. An endpoint list that
+// has had endpoints is always published, including when it empties. If not
+// given, warm-up lasts the registration grace period; a negative duration
+// turns it off.
+func WithWarmup(d time.Duration) Option {
+	return optionFunc(func(o *options) { o.warmup = d })
 }

@@ -1,6 +1,7 @@
 package xdsserver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,6 +59,8 @@ type Server struct {
 	cfgLoaded time.Time   // time of the last successful load
 	built     *translate.Resources
 	known     map[translate.ServiceRef]bool // registered service ports, kept when their endpoints leave
+	warmUntil time.Time                     // before it, never-populated EDS resources are withheld
+	populated map[string]bool               // EDS resources that have had an endpoint
 	attempted time.Time                     // time of the last load, good or bad
 	version   uint64                        // number of builds
 	closed    bool
@@ -84,6 +87,7 @@ func New(opts ...Option) (*Server, error) {
 		log:       o.logger,
 		caches:    map[string]*cache.LinearCache{},
 		known:     map[translate.ServiceRef]bool{},
+		populated: map[string]bool{},
 		metrics:   newMetrics(),
 		rebuildCh: make(chan struct{}, 1),
 	}
@@ -135,9 +139,27 @@ func New(opts ...Option) (*Server, error) {
 	v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, s.xds)
 	registrationpb.RegisterRegistrationServer(s.grpc, &registrationService{s: s})
 
+	warmup := o.warmup
+	if warmup == 0 {
+		warmup = cmp.Or(o.grace, registry.DefaultGrace)
+	}
+	if warmup > 0 {
+		s.warmUntil = time.Now().Add(warmup)
+	}
 	s.rebuild() // the initial state is in the caches before anyone connects
 	s.wg.Add(1)
 	go s.rebuildLoop()
+	if warmup > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			select {
+			case <-time.After(warmup):
+				s.triggerRebuild() // publish what warm-up withheld
+			case <-s.ctx.Done():
+			}
+		}()
+	}
 	if watcher != nil {
 		s.wg.Add(1)
 		go s.watchConfig(watcher)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"go.uber.org/goleak"
@@ -292,4 +293,57 @@ func TestRegistrationStreamEOFDeregisters(t *testing.T) {
 	if n := len(s.ConfigDump().Registrations); n != 0 {
 		t.Errorf("after a clean close, registrations = %d, want 0 at once (grace is an hour)", n)
 	}
+}
+
+const greeterEntry = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  resolution: STATIC
+  ports: [{number: 9080, name: grpc}]
+`
+
+// TestWarmupWithholdsColdEmptyEndpoints: a control plane that has just
+// started does not publish an endpoint list that has never had an
+// endpoint (clients would drop their cached endpoints), but does publish
+// one that has just emptied, and publishes everything once warm.
+func TestWarmupWithholdsColdEmptyEndpoints(t *testing.T) {
+	ctx := testContext(t)
+	cluster := "outbound|9080||greeter.default.svc.cluster.local"
+	published := func(s *Server) bool {
+		_, ok := s.caches[resource.EndpointType].GetResources()[cluster]
+		return ok
+	}
+	dir := t.TempDir()
+	if err := writeTestFile(dir, "se.yaml", greeterEntry); err != nil {
+		t.Fatal(err)
+	}
+
+	warm, _ := start(t, WithConfigDir(dir), WithWarmup(-1))
+	if !published(warm) {
+		t.Error("without warm-up, the empty endpoint list is not published")
+	}
+
+	cold, cc := start(t, WithConfigDir(dir), WithWarmup(time.Hour))
+	if published(cold) {
+		t.Fatal("during warm-up, a never-populated endpoint list is published")
+	}
+	if _, ok := cold.caches[resource.ClusterType].GetResources()[cluster]; !ok {
+		t.Error("during warm-up, the cluster itself is withheld too; want only its endpoints")
+	}
+	stream, err := register(ctx, t, cc, &registrationpb.Endpoint{Service: "greeter", Address: "127.0.0.1", Port: 9080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, func() bool { return published(cold) })
+	stream.CloseSend()
+	stream.Recv()
+	waitFor(ctx, t, func() bool {
+		cla, ok := cold.caches[resource.EndpointType].GetResources()[cluster]
+		return ok && len(cla.(*v3endpointpb.ClusterLoadAssignment).GetEndpoints()) == 0
+	})
+
+	short, _ := start(t, WithConfigDir(dir), WithWarmup(100*time.Millisecond))
+	waitFor(ctx, t, func() bool { return published(short) })
 }

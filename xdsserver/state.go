@@ -71,6 +71,21 @@ func (s *Server) rebuild() {
 	known := slices.Collect(maps.Keys(s.known))
 	s.mu.Unlock()
 	res := translate.Build(set, registered, known...)
+	// Cold start: withhold endpoint lists that have never had an endpoint
+	// until warm-up ends (see WithWarmup).
+	warming := time.Now().Before(s.warmUntil)
+	withheld := 0
+	for name, cla := range res.Endpoints {
+		if len(cla.GetEndpoints()) > 0 {
+			s.populated[name] = true // only this goroutine touches populated
+		} else if warming && !s.populated[name] {
+			delete(res.Endpoints, name)
+			withheld++
+		}
+	}
+	if withheld > 0 {
+		s.log.Debug("warming up: empty endpoint lists withheld", "count", withheld)
+	}
 	baseRoutes := map[string]types.Resource{}
 	for name, rc := range res.Routes {
 		baseRoutes[name] = translate.ViewRoutes(rc, res.RouteConditions[name], nil)

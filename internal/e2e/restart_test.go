@@ -15,9 +15,9 @@ import (
 
 // serveOn starts a control plane on a fixed address and returns a stop
 // function that closes it and waits for Serve to return.
-func serveOn(t *testing.T, addr string) (*xdsserver.Server, func()) {
+func serveOn(t *testing.T, addr, dir string) (*xdsserver.Server, func()) {
 	t.Helper()
-	srv, err := xdsserver.New(xdsserver.WithRegistrationGrace(testTimeout))
+	srv, err := xdsserver.New(xdsserver.WithRegistrationGrace(testTimeout), xdsserver.WithConfigDir(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,8 +43,12 @@ func serveOn(t *testing.T, addr string) (*xdsserver.Server, func()) {
 }
 
 // TestControlPlaneRestart kills the control plane under a serving mesh and
-// starts an empty one in its place: clients keep routing on their cached
-// configuration meanwhile, and servers register again with the new one.
+// starts a new one, with the same configuration and no registrations, in
+// its place: clients keep routing on their cached configuration meanwhile
+// and right after the restart, and servers register again with it.
+// (Servers usually re-register before grpc-go's ADS stream reconnects; the
+// rule that a restarted control plane withholds the empty endpoint lists
+// it starts with is proven in xdsserver's TestWarmupWithholdsColdEmptyEndpoints.)
 func TestControlPlaneRestart(t *testing.T) {
 	ctx := testContext(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -54,7 +58,19 @@ func TestControlPlaneRestart(t *testing.T) {
 	addr := lis.Addr().String()
 	lis.Close()
 
-	first, stopFirst := serveOn(t, addr)
+	// The service is defined by a ServiceEntry, so a restarted control
+	// plane knows it at once, without endpoints until servers return.
+	dir := t.TempDir()
+	writeFile(t, dir, "se.yaml", `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  resolution: STATIC
+  ports: [{number: 9080, name: grpc}]
+`)
+	first, stopFirst := serveOn(t, addr, dir)
 	cp := &controlPlane{Server: first, addr: addr}
 	g := startGreeter(t, addr, "v1")
 	cluster := "outbound|9080||greeter.default.svc.cluster.local"
@@ -78,8 +94,11 @@ func TestControlPlaneRestart(t *testing.T) {
 		t.Errorf("with the control plane down: instances %v, %d errors (%v); want all 100 served from cache", tl.instances, tl.errors, tl.lastErr)
 	}
 
-	second, _ := serveOn(t, addr)
+	second, _ := serveOn(t, addr, dir)
 	cp = &controlPlane{Server: second, addr: addr}
+	if tl := send(ctx, cc, 200); tl.errors > 0 {
+		t.Errorf("right after the restart: %d of 200 calls failed (%v)", tl.errors, tl.lastErr)
+	}
 	waitFor(ctx, t, "the server to register with the new control plane", func() error {
 		if eps := endpoints(t, cp, cluster); len(eps) != 1 || eps[0] != g.addr {
 			return fmt.Errorf("endpoints %v, want [%s]", eps, g.addr)
