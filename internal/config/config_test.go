@@ -894,6 +894,22 @@ var rejections = []struct {
 		},
 	},
 	{
+		name: "scalars of the wrong type name their field",
+		yaml: res("VirtualService", "reviews", `
+  hosts: [reviews, 5]
+  http:
+  - match: [{ignoreUriCase: "yes", port: 1.5}]
+    route: [{destination: {host: reviews, port: {number: 99999999999}}, weight: 2147483648}]
+`),
+		want: []string{
+			`mesh.yaml:1: VirtualService default/reviews: spec.hosts[1]: 5 must be a string`,
+			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].match[0].ignoreUriCase: "yes" must be true or false`,
+			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].match[0].port: 1.5 must be a non-negative whole number`,
+			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].route[0].destination.port.number: 99999999999 must be a non-negative whole number`,
+			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].route[0].weight: 2147483648 must be a whole number`,
+		},
+	},
+	{
 		name: "http mirror",
 		yaml: res("VirtualService", "reviews", `
   hosts: [reviews]
@@ -1013,7 +1029,7 @@ var rejections = []struct {
   http:
   - route: [{destination: {host: reviews}, weight: abc}]
 `),
-		want: []string{`mesh.yaml:1: VirtualService default/reviews: spec: invalid value for int32 field weight: "abc"`},
+		want: []string{`mesh.yaml:1: VirtualService default/reviews: spec.http[0].route[0].weight: "abc" must be a whole number`},
 	},
 	{
 		name: "two kinds of string match",
@@ -1132,7 +1148,7 @@ var rejections = []struct {
   resolution: STATIC
   ports: [{number: -1}]
 `),
-		want: []string{`mesh.yaml:1: ServiceEntry default/reviews: spec: invalid value for uint32 field number: -1`},
+		want: []string{`mesh.yaml:1: ServiceEntry default/reviews: spec.ports[0].number: -1 must be a non-negative whole number`},
 	},
 	{
 		name: "bad endpoints",

@@ -181,6 +181,27 @@ func walkValue(fd protoreflect.FieldDescriptor, v any, path, schema string, allo
 			return // well-known types have their own JSON forms; protojson checks them
 		}
 		walkFields(md, v, path, schema, allowed, add)
+	case protoreflect.StringKind, protoreflect.BytesKind:
+		if _, ok := v.(string); !ok {
+			add(path, "%s must be a string", quoteValue(v))
+		}
+	case protoreflect.BoolKind:
+		if _, ok := v.(bool); !ok {
+			add(path, "%s must be true or false", quoteValue(v))
+		}
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind,
+		protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		if _, err := strconv.ParseInt(numberText(v), 10, bitSize(fd.Kind())); err != nil {
+			add(path, "%s must be a whole number", quoteValue(v))
+		}
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind, protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		if _, err := strconv.ParseUint(numberText(v), 10, bitSize(fd.Kind())); err != nil {
+			add(path, "%s must be a non-negative whole number", quoteValue(v))
+		}
+	case protoreflect.FloatKind, protoreflect.DoubleKind:
+		if _, err := strconv.ParseFloat(numberText(v), 64); err != nil {
+			add(path, "%s must be a number", quoteValue(v))
+		}
 	case protoreflect.EnumKind:
 		s, ok := v.(string)
 		if !ok {
@@ -193,6 +214,26 @@ func walkValue(fd protoreflect.FieldDescriptor, v any, path, schema string, allo
 			add(path, "%q is not one of %s", s, enumNames(fd.Enum()))
 		}
 	}
+}
+
+// numberText returns the text of a JSON number, or of a string (protojson
+// accepts quoted numbers), and "" for anything else.
+func numberText(v any) string {
+	switch n := v.(type) {
+	case json.Number:
+		return string(n)
+	case string:
+		return n
+	}
+	return ""
+}
+
+func bitSize(k protoreflect.Kind) int {
+	switch k {
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind, protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return 64
+	}
+	return 32
 }
 
 func isDuration(fd protoreflect.FieldDescriptor) bool {
