@@ -20,17 +20,18 @@ const module = "github.com/trellismesh/trellis"
 // import each other; the policy packages import neither; internal engines
 // import no public shell; examples use only the public API.
 var allowedImports = map[string][]string{
-	".":             {},
-	"mesh":          {"internal/...", "balancer/...", "resolver/...", "retry/...", "authz/...", "telemetry/..."},
-	"xdsserver":     {"internal/..."},
-	"balancer/...":  {"internal/..."},
-	"resolver/...":  {"internal/..."},
-	"retry/...":     {"internal/..."},
-	"authz/...":     {"internal/..."},
-	"telemetry/...": {"internal/..."},
-	"internal/...":  {"internal/..."},
-	"cmd/xdsserver": {"xdsserver"},
-	"examples/...":  {"mesh", "xdsserver", "examples/..."},
+	".":              {},
+	"mesh":           {"internal/...", "balancer/...", "resolver/...", "retry/...", "authz/...", "telemetry/..."},
+	"xdsserver":      {"internal/..."},
+	"balancer/...":   {"internal/..."},
+	"resolver/...":   {"internal/..."},
+	"retry/...":      {"internal/..."},
+	"authz/...":      {"internal/..."},
+	"telemetry/...":  {"internal/..."},
+	"internal/...":   {"internal/..."},
+	"cmd/xdsserver":  {"xdsserver"},
+	"cmd/trellisctl": {"internal/..."},
+	"examples/...":   {"mesh", "xdsserver", "examples/..."},
 }
 
 func matches(pattern, pkg string) bool {
