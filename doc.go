@@ -24,10 +24,12 @@
 //	mesh/            entry points: Dial, NewServer, options
 //	xdsserver/       the control plane (go-control-plane ADS, Istio config, registration API)
 //	cmd/xdsserver/   the control-plane command
+//	cmd/trellisctl/  validate configuration before it ships
 //	examples/        quickstart, canary and the greeter service they run
 //	balancer/ resolver/ retry/ authz/ telemetry/
 //	                 mesh policies usable on their own (see each package's status)
-//	internal/        engines: config (Istio YAML), translate (to xDS), registry,
+//	internal/        engines: config (Istio YAML), analyze (probable mistakes),
+//	                 translate (to xDS), registry,
 //	                 register (client side of registration), xdsbootstrap
 //	                 (grpc-go's bootstrap seam), e2e (end-to-end tests)
 //
