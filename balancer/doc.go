@@ -8,8 +8,11 @@
 //     (DestinationRule loadBalancer.simple RANDOM);
 //   - balancer/outlier: consecutive-error outlier ejection around any child
 //     policy (DestinationRule outlierDetection consecutive5xxErrors and
-//     consecutiveGatewayErrors, which grpc-go's own outlier detection lacks).
+//     consecutiveGatewayErrors, which grpc-go's own outlier detection lacks);
+//   - balancer/recycle: replaces a connection by a new one after it has
+//     carried a number of calls, draining the old one (DestinationRule
+//     connectionPool.http.maxRequestsPerConnection).
 //
-// mesh imports both, so every mesh.Dial connection has them. Planned: a
+// mesh imports all three, so every mesh.Dial connection has them. Planned: a
 // latency-aware (peak EWMA) policy.
 package balancer

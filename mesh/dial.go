@@ -13,6 +13,7 @@ import (
 	// The LB policies the control plane selects through xDS custom LB.
 	_ "github.com/trellismesh/trellis/balancer/outlier"
 	_ "github.com/trellismesh/trellis/balancer/random"
+	_ "github.com/trellismesh/trellis/balancer/recycle"
 )
 
 // Dial returns a client connection to a mesh service. target is "NAME:PORT"

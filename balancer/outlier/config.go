@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"strings"
 	"time"
 
-	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/serviceconfig"
+
+	"github.com/trellismesh/trellis/internal/childlb"
 )
 
 // Defaults ParseConfig applies to fields absent from the JSON config.
@@ -100,30 +100,7 @@ type Config struct {
 }
 
 // ChildPolicy is a child load-balancing policy with its parsed config.
-type ChildPolicy struct {
-	// Name is the name the policy is registered under in grpc-go's
-	// balancer registry ("round_robin", "trellis_random").
-	Name string
-	// Config is the policy's parsed config; nil for a policy whose builder
-	// does not implement balancer.ConfigParser.
-	Config serviceconfig.LoadBalancingConfig
-}
-
-// MarshalJSON encodes the child policy as a one-entry service config list,
-// [{"name": config}], with a nil Config as {}. It is for inspection and
-// round trips; a Config that does not encode to its own JSON form does not
-// survive them.
-func (c ChildPolicy) MarshalJSON() ([]byte, error) {
-	cfg := json.RawMessage("{}")
-	if c.Config != nil {
-		js, err := json.Marshal(c.Config)
-		if err != nil {
-			return nil, fmt.Errorf("outlier: childPolicy %q: %w", c.Name, err)
-		}
-		cfg = js
-	}
-	return json.Marshal([]map[string]json.RawMessage{{c.Name: cfg}})
-}
+type ChildPolicy = childlb.Policy
 
 // MarshalJSON encodes the config in the JSON form ParseConfig reads, with
 // durations as strings.
@@ -235,43 +212,13 @@ func parseConfig(js json.RawMessage) (*Config, error) {
 	return cfg, nil
 }
 
-// parseChildPolicy picks the first registered policy of a service config
-// style list, [{"name": config}, ...], and parses its config with the
-// policy's own builder.
+// parseChildPolicy parses the childPolicy list (see childlb.Parse).
 func parseChildPolicy(js json.RawMessage) (ChildPolicy, error) {
-	if len(js) == 0 || string(js) == "null" {
-		return ChildPolicy{}, errors.New(`outlier: childPolicy is required, for example [{"round_robin":{}}]`)
+	p, err := childlb.Parse(js)
+	if err != nil {
+		return ChildPolicy{}, fmt.Errorf("outlier: %w", err)
 	}
-	var list []map[string]json.RawMessage
-	if err := json.Unmarshal(js, &list); err != nil {
-		return ChildPolicy{}, fmt.Errorf("outlier: childPolicy %s: must be a list of {\"policy name\": config} objects: %w", js, err)
-	}
-	if len(list) == 0 {
-		return ChildPolicy{}, errors.New(`outlier: childPolicy is empty, want for example [{"round_robin":{}}]`)
-	}
-	var unknown []string
-	for i, entry := range list {
-		if len(entry) != 1 {
-			return ChildPolicy{}, fmt.Errorf("outlier: childPolicy[%d] has %d entries, must name exactly one policy", i, len(entry))
-		}
-		for name, cfgJSON := range entry {
-			b := balancer.Get(name)
-			if b == nil {
-				unknown = append(unknown, fmt.Sprintf("%q", name))
-				continue
-			}
-			child := ChildPolicy{Name: b.Name()}
-			if p, ok := b.(balancer.ConfigParser); ok {
-				cfg, err := p.ParseConfig(cfgJSON)
-				if err != nil {
-					return ChildPolicy{}, fmt.Errorf("outlier: childPolicy %q: %w", name, err)
-				}
-				child.Config = cfg
-			}
-			return child, nil
-		}
-	}
-	return ChildPolicy{}, fmt.Errorf("outlier: childPolicy: no registered policy among %s", strings.Join(unknown, ", "))
+	return p, nil
 }
 
 // interval returns the effective evaluation interval.

@@ -589,7 +589,7 @@ func populated(m protoreflect.Message, prefix string, paths map[string]bool) {
 // TrafficPolicy field (consistent hashing and outlier detection exclude each
 // other, and so do the two hash keys).
 var policyBodies = []string{
-	`{loadBalancer: {simple: RANDOM, localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}}, connectionPool: {http: {http2MaxRequests: 5}}, outlierDetection: {consecutive5xxErrors: 2, consecutiveGatewayErrors: 1, interval: 1m, baseEjectionTime: 90s, maxEjectionPercent: 30, minHealthPercent: 10}}`,
+	`{loadBalancer: {simple: RANDOM, localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}}, connectionPool: {http: {http2MaxRequests: 5, maxRequestsPerConnection: 100}}, outlierDetection: {consecutive5xxErrors: 2, consecutiveGatewayErrors: 1, interval: 1m, baseEjectionTime: 90s, maxEjectionPercent: 30, minHealthPercent: 10}}`,
 	`{loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}}}`,
 	`{loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {distribute: [{from: "us-east/*", to: {"us-east/zone-a/*": 80, "us-west": 20}}]}}}`,
 }
@@ -854,7 +854,10 @@ var rejections = []struct {
     - port: {number: 80}
       loadBalancer: {consistentHash: {ringHash: {}}}
     - port: {}
-      connectionPool: {http: {http2MaxRequests: -1}}
+      connectionPool: {http: {http2MaxRequests: -1, maxRequestsPerConnection: -1}}
+    - port: {number: 81}
+      loadBalancer: {consistentHash: {useSourceIp: true}}
+      connectionPool: {http: {maxRequestsPerConnection: 10}}
 `),
 		want: []string{
 			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported (supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM)",
@@ -867,6 +870,8 @@ var rejections = []struct {
 			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[1].loadBalancer.consistentHash: httpHeaderName or useSourceIp is required",
 			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[1].port.number: port 80 has settings twice",
 			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[2].connectionPool.http.http2MaxRequests: must not be negative",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[2].connectionPool.http.maxRequestsPerConnection: must not be negative",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[3].connectionPool.http.maxRequestsPerConnection: cannot be combined with consistentHash load balancing",
 			"mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[2].port.number: must be between 1 and 65535",
 		},
 	},
@@ -877,10 +882,10 @@ var rejections = []struct {
   subsets:
   - name: v1
     labels: {version: v1}
-    trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: false}}, connectionPool: {http: {maxRequestsPerConnection: 1}}}
+    trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: false}}, connectionPool: {http: {http1MaxPendingRequests: 1}}}
 `),
 		want: []string{
-			"mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.connectionPool.http.maxRequestsPerConnection: field not supported by Trellis (see docs/SUPPORT.md)",
+			"mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.connectionPool.http.http1MaxPendingRequests: field not supported by Trellis (see docs/SUPPORT.md)",
 		},
 	},
 	{

@@ -55,6 +55,7 @@ var trafficPolicyFields = []string{
 	"load_balancer.locality_lb_setting.failover", "load_balancer.locality_lb_setting.failover.from",
 	"load_balancer.locality_lb_setting.failover.to",
 	"connection_pool", "connection_pool.http", "connection_pool.http.http2_max_requests",
+	"connection_pool.http.max_requests_per_connection",
 	"outlier_detection", "outlier_detection.consecutive_5xx_errors", "outlier_detection.consecutive_gateway_errors",
 	"outlier_detection.interval", "outlier_detection.base_ejection_time",
 	"outlier_detection.max_ejection_percent", "outlier_detection.min_health_percent",

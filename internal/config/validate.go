@@ -554,6 +554,11 @@ func validatePortPolicy(p *problems, f string, lb *networking.LoadBalancerSettin
 	if cp != nil && cp.Http != nil && cp.Http.Http2MaxRequests < 0 {
 		p.add(f+".connectionPool.http.http2MaxRequests", "must not be negative")
 	}
+	if n := cp.GetHttp().GetMaxRequestsPerConnection(); n < 0 {
+		p.add(f+".connectionPool.http.maxRequestsPerConnection", "must not be negative")
+	} else if n > 0 && lb.GetConsistentHash() != nil {
+		p.add(f+".connectionPool.http.maxRequestsPerConnection", "cannot be combined with consistentHash load balancing")
+	}
 	if od != nil {
 		if od.MaxEjectionPercent < 0 || od.MaxEjectionPercent > 100 {
 			p.add(f+".outlierDetection.maxEjectionPercent", "%d is not between 0 and 100", od.MaxEjectionPercent)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/trellismesh/trellis/examples/greeter/greeterpb"
@@ -426,5 +427,60 @@ spec:
 		if n := tl.instances[g.addr]; n < 350 || n > 650 {
 			t.Errorf("backend %s got %d of 1500 calls, want about 500 (%v)", g.addr, n, tl.instances)
 		}
+	}
+}
+
+// connCounter counts the connections a server accepts.
+type connCounter struct{ conns atomic.Int64 }
+
+func (c *connCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (c *connCounter) HandleRPC(context.Context, stats.RPCStats)                       {}
+func (c *connCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (c *connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
+	if _, ok := s.(*stats.ConnBegin); ok {
+		c.conns.Add(1)
+	}
+}
+
+// TestMaxRequestsPerConnectionRecycles: with maxRequestsPerConnection, a
+// client moves to a new connection after that many calls, draining the old
+// one, and no call fails.
+func TestMaxRequestsPerConnectionRecycles(t *testing.T) {
+	ctx := testContext(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "dr.yaml", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: greeter}
+spec:
+  host: greeter
+  trafficPolicy:
+    connectionPool: {http: {maxRequestsPerConnection: 10}}
+`)
+	cp := startControlPlane(t, dir)
+	counter := &connCounter{}
+	b := &behaviour{}
+	b.delay.Store(int64(time.Millisecond))
+	startGreeter(t, cp.addr, "v1", mesh.WithServerOptions(grpc.StatsHandler(counter), grpc.UnaryInterceptor(b.intercept)))
+	cc, err := mesh.Dial("greeter:9080", mesh.WithControlPlane(cp.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	waitFor(ctx, t, "the greeter to answer", func() error {
+		if tl := send(ctx, cc, 1); tl.errors > 0 {
+			return tl.lastErr
+		}
+		return nil
+	})
+	before := counter.conns.Load()
+	tl := send(ctx, cc, 100)
+	if tl.errors > 0 {
+		t.Errorf("%d of 100 calls failed while recycling connections: %v", tl.errors, tl.lastErr)
+	}
+	if n := counter.conns.Load() - before; n < 5 {
+		t.Errorf("100 calls opened %d new connections, want about 10 (one per 10 calls)", n)
 	}
 }

@@ -27,12 +27,14 @@ import (
 	"github.com/trellismesh/trellis/internal/config"
 )
 
-// Names of the Trellis LB policies (balancer/random, balancer/outlier),
+// Names of the Trellis LB policies (balancer/random, balancer/outlier,
+// balancer/recycle),
 // selected through xDS custom LB (gRFC A52) with a TypedStruct. Clients that
 // lack them skip to the next policy in the list.
 const (
 	RandomPolicy  = "trellis_random"
 	OutlierPolicy = "trellis_outlier"
+	RecyclePolicy = "trellis_recycle"
 )
 
 // FaultFilterName is the name of the HTTP fault filter in listeners, and the
@@ -116,27 +118,31 @@ func applyPolicy(c *v3clusterpb.Cluster, p policy) {
 		c.LoadBalancingPolicy = policies(typed("envoy.load_balancing_policies.ring_hash", rh))
 		return
 	}
-	var child *v3clusterpb.LoadBalancingPolicy_Policy
-	childJSON := map[string]any{"round_robin": map[string]any{}}
-	var extra []*v3clusterpb.LoadBalancingPolicy_Policy // preferred, when supported
+	// child is the picking policy any xDS client knows; trellis is the
+	// gRPC JSON config of the Trellis policies wrapped around the picking
+	// policy (outlier ejection outside, connection recycling inside it),
+	// preferred by clients that have them.
+	child := typed("envoy.load_balancing_policies.round_robin", &v3roundrobinpb.RoundRobin{})
+	trellis := map[string]any{"round_robin": map[string]any{}}
+	var extra []*v3clusterpb.LoadBalancingPolicy_Policy // preferred by other clients
+	useTrellis := false
 	switch p.lb.GetSimple() {
 	//lint:ignore SA1019 LEAST_CONN is the old name of LEAST_REQUEST, still written by users.
 	case networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_LEAST_CONN:
 		child = typed("envoy.load_balancing_policies.least_request", &v3leastrequestpb.LeastRequest{ChoiceCount: wrapperspb.UInt32(2)})
-		childJSON = map[string]any{"least_request_experimental": map[string]any{"choiceCount": 2}}
+		trellis = map[string]any{"least_request_experimental": map[string]any{"choiceCount": 2}}
 	case networking.LoadBalancerSettings_RANDOM:
-		child = typed("envoy.load_balancing_policies.round_robin", &v3roundrobinpb.RoundRobin{})
-		childJSON = map[string]any{RandomPolicy: map[string]any{}}
-		// Envoy's own random policy first (grpc-go skips it), then ours.
-		extra = append(extra,
-			typed("envoy.load_balancing_policies.random", &v3randompb.Random{}),
-			typedStruct(RandomPolicy, map[string]any{}))
-	default:
-		child = typed("envoy.load_balancing_policies.round_robin", &v3roundrobinpb.RoundRobin{})
+		trellis = map[string]any{RandomPolicy: map[string]any{}}
+		extra = append(extra, typed("envoy.load_balancing_policies.random", &v3randompb.Random{}))
+		useTrellis = true
+	}
+	if n := p.pool.GetHttp().GetMaxRequestsPerConnection(); n > 0 {
+		trellis = map[string]any{RecyclePolicy: map[string]any{"maxRequestsPerConnection": n, "childPolicy": []any{trellis}}}
+		useTrellis = true
 	}
 	if od := p.outlier; od != nil {
 		cfg := map[string]any{
-			"childPolicy":        []any{childJSON},
+			"childPolicy":        []any{trellis},
 			"consecutiveErrors":  uint32(5),
 			"interval":           durationOr(od.Interval, 10*time.Second),
 			"baseEjectionTime":   durationOr(od.BaseEjectionTime, 30*time.Second),
@@ -152,13 +158,21 @@ func applyPolicy(c *v3clusterpb.Cluster, p policy) {
 		if od.MaxEjectionPercent != 0 {
 			cfg["maxEjectionPercent"] = od.MaxEjectionPercent
 		}
-		extra = []*v3clusterpb.LoadBalancingPolicy_Policy{typedStruct(OutlierPolicy, cfg)}
+		trellis = map[string]any{OutlierPolicy: cfg}
+		useTrellis = true
+	}
+	var list []*v3clusterpb.LoadBalancingPolicy_Policy
+	if useTrellis {
+		for name, cfg := range trellis { // exactly one
+			list = append(list, typedStruct(name, cfg.(map[string]any)))
+		}
 	}
 	// One wrr_locality whose child list is tried in order: grpc-go skips
 	// child policies it does not know (Envoy's random, or a Trellis policy
 	// on a client without it), but fails the whole cluster if wrr_locality
 	// itself ends up with none, so the plain policy always comes last.
-	c.LoadBalancingPolicy = policies(wrrLocality(append(extra, child)...))
+	list = append(append(list, extra...), child)
+	c.LoadBalancingPolicy = policies(wrrLocality(list...))
 }
 
 func durationOr(d *durationpb.Duration, def time.Duration) string {

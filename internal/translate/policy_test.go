@@ -189,7 +189,7 @@ spec:
 		{ClusterName(reviews, 9090, ""), []string{"envoy.load_balancing_policies.ring_hash"}, 100, 64},
 		{ClusterName(reviews, 9080, "v1"), []string{
 			wrr + `/trellis_outlier[type.googleapis.com/trellis_outlier {"baseEjectionTime":"30s","childPolicy":[{"trellis_random":{}}],"consecutiveErrors":5,"consecutiveGatewayErrors":2,"interval":"1s","maxEjectionPercent":10,"minHealthPercent":0}]` +
-				"/envoy.load_balancing_policies.round_robin",
+				"/envoy.load_balancing_policies.random/envoy.load_balancing_policies.round_robin",
 		}, 100, 0},
 		{ClusterName(reviews, 9080, "v2"), []string{wrr + "/envoy.load_balancing_policies.least_request"}, 7, 0},
 		{ClusterName(reviews, 9090, "v2"), []string{"envoy.load_balancing_policies.ring_hash"}, 7, 1024},
@@ -232,8 +232,8 @@ spec:
 	got := lbPolicies(t, res.Clusters[ClusterName(reviews, 9080, "")])
 	want := []string{
 		"envoy.load_balancing_policies.wrr_locality" +
-			"/envoy.load_balancing_policies.random" +
 			"/trellis_random[type.googleapis.com/trellis_random {}]" +
+			"/envoy.load_balancing_policies.random" +
 			"/envoy.load_balancing_policies.round_robin",
 	}
 	if diff := cmp.Diff(got, want); diff != "" {
@@ -278,5 +278,40 @@ spec:
 		if _, err := proto.Marshal(c); err != nil {
 			t.Errorf("cluster %s: %v", name, err)
 		}
+	}
+}
+
+func TestTrellisPoliciesNest(t *testing.T) {
+	res := buildReviews(t, `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool: {http: {maxRequestsPerConnection: 50}}
+    outlierDetection: {consecutive5xxErrors: 2}
+    portLevelSettings:
+    - port: {number: 9090}
+      outlierDetection: {consecutive5xxErrors: 7}
+      connectionPool: {http: {http2MaxRequests: 9}}
+`)
+	const wrr = "envoy.load_balancing_policies.wrr_locality"
+	got := lbPolicies(t, res.Clusters[ClusterName(reviews, 9080, "")])
+	want := []string{wrr +
+		`/trellis_outlier[type.googleapis.com/trellis_outlier {"baseEjectionTime":"30s","childPolicy":[{"trellis_recycle":{"childPolicy":[{"least_request_experimental":{"choiceCount":2}}],"maxRequestsPerConnection":50}}],"consecutiveErrors":2,"interval":"10s","maxEjectionPercent":10,"minHealthPercent":0}]` +
+		"/envoy.load_balancing_policies.least_request"}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("policies (-got +want):\n%s", diff)
+	}
+	// The port-level connection pool replaces the rule's whole: no
+	// recycling on port 9090, only its circuit breaker.
+	got = lbPolicies(t, res.Clusters[ClusterName(reviews, 9090, "")])
+	want = []string{wrr +
+		`/trellis_outlier[type.googleapis.com/trellis_outlier {"baseEjectionTime":"30s","childPolicy":[{"least_request_experimental":{"choiceCount":2}}],"consecutiveErrors":7,"interval":"10s","maxEjectionPercent":10,"minHealthPercent":0}]` +
+		"/envoy.load_balancing_policies.least_request"}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("port 9090 policies (-got +want):\n%s", diff)
 	}
 }
