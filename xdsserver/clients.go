@@ -30,6 +30,31 @@ type TypeStatus struct {
 	Nacks        int       `json:"nacks"`
 	LastNack     string    `json:"lastNack,omitempty"`
 	LastNackTime time.Time `json:"lastNackTime,omitzero"`
+	// ConsecutiveNacks counts NACKs since the last ACK; the server slows
+	// its answers to a client that keeps rejecting them.
+	ConsecutiveNacks int `json:"consecutiveNacks,omitempty"`
+}
+
+// NACK backoff: a client that rejects a response is sent the same
+// resources again at once (go-control-plane answers a request whose
+// version is behind), and would reject them again, in a tight loop. From
+// the second consecutive NACK of a type on a stream, the server waits
+// before processing the request: nackBackoffBase, doubling, at most
+// nackBackoffMax.
+var (
+	nackBackoffBase = 100 * time.Millisecond
+	nackBackoffMax  = 5 * time.Second
+)
+
+func nackBackoff(consecutive int) time.Duration {
+	if consecutive < 2 {
+		return 0
+	}
+	d := nackBackoffBase
+	for i := 2; i < consecutive && d < nackBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, nackBackoffMax)
 }
 
 // clientTracker follows xDS streams through go-control-plane's callbacks:
@@ -38,12 +63,14 @@ type clientTracker struct {
 	log     *slog.Logger
 	metrics *metrics
 
+	stop <-chan struct{} // closed when the server stops
+
 	mu      sync.Mutex
 	streams map[int64]*ClientStatus
 }
 
-func newClientTracker(log *slog.Logger, m *metrics) *clientTracker {
-	return &clientTracker{log: log, metrics: m, streams: map[int64]*ClientStatus{}}
+func newClientTracker(log *slog.Logger, m *metrics, stop <-chan struct{}) *clientTracker {
+	return &clientTracker{log: log, metrics: m, stop: stop, streams: map[int64]*ClientStatus{}}
 }
 
 func (c *clientTracker) callbacks() v3server.Callbacks {
@@ -110,12 +137,15 @@ func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, v
 		ts.Subscribed = slices.Clone(names)
 	}
 	nodeID := st.Node
+	consecutive := ts.ConsecutiveNacks
 	switch {
 	case nack:
 		ts.Nacks++
+		ts.ConsecutiveNacks++
 		ts.LastNack, ts.LastNackTime = nackMsg, time.Now()
 	case nonce != "":
 		ts.Acks++
+		ts.ConsecutiveNacks = 0
 		if version != "" {
 			ts.AckedVersion = version
 		}
@@ -125,6 +155,14 @@ func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, v
 	case nack:
 		c.metrics.nacks.WithLabelValues(t).Inc()
 		c.log.Warn("xDS client rejected a response (NACK)", "node", nodeID, "type", t, "nonce", nonce, "error", nackMsg)
+		if d := nackBackoff(consecutive + 1); d > 0 {
+			// Blocks only this stream's request processing; ends at once
+			// when the server stops.
+			select {
+			case <-time.After(d):
+			case <-c.stop:
+			}
+		}
 	case nonce != "":
 		c.metrics.acks.WithLabelValues(t).Inc()
 		c.log.Debug("xDS client accepted a response (ACK)", "node", nodeID, "type", t, "version", version)

@@ -92,7 +92,7 @@ func New(opts ...Option) (*Server, error) {
 		rebuildCh: make(chan struct{}, 1),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.clients = newClientTracker(s.log, s.metrics)
+	s.clients = newClientTracker(s.log, s.metrics, s.ctx.Done())
 	s.reg = registry.New(o.grace, s.triggerRebuild)
 	mux := &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },

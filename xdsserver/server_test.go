@@ -347,3 +347,54 @@ func TestWarmupWithholdsColdEmptyEndpoints(t *testing.T) {
 	short, _ := start(t, WithConfigDir(dir), WithWarmup(100*time.Millisecond))
 	waitFor(ctx, t, func() bool { return published(short) })
 }
+
+// TestNACKLoopIsSlowed: a client that rejects every response is not sent
+// the same resources again in a tight loop: from the second consecutive
+// NACK the server backs off, and an ACK resets it.
+func TestNACKLoopIsSlowed(t *testing.T) {
+	ctx := testContext(t)
+	s, cc := start(t)
+	if _, err := register(ctx, t, cc, &registrationpb.Endpoint{Service: "reviews", Address: "127.0.0.1", Port: 9080}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, func() bool { return s.caches[resource.ListenerType].GetResources()["reviews:9080"] != nil })
+	stream, err := v3discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &ads{t: t, stream: stream}
+	a.send(&v3discoverypb.DiscoveryRequest{TypeUrl: resource.ListenerType, ResourceNames: []string{"reviews:9080"}})
+	resp := a.recv()
+	start := time.Now()
+	responses := 0
+	for time.Since(start) < 1500*time.Millisecond {
+		a.send(&v3discoverypb.DiscoveryRequest{
+			TypeUrl: resource.ListenerType, ResourceNames: []string{"reviews:9080"}, ResponseNonce: resp.GetNonce(),
+			ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: "rejected by the test"},
+		})
+		resp = a.recv()
+		responses++
+	}
+	// Without backoff this loop turns thousands of times; with it, the
+	// waits (0, 100ms, 200ms, 400ms, 800ms, ...) allow a handful.
+	if responses > 10 {
+		t.Errorf("%d responses to NACKs in 1.5s, want the server to back off", responses)
+	}
+	t.Logf("%d responses to NACKs in 1.5s", responses)
+	for _, c := range s.ConfigDump().Clients {
+		if ts := c.Types["LDS"]; c.Node == "raw-client" && ts.ConsecutiveNacks < 3 {
+			t.Errorf("consecutive NACKs = %d, want the whole run counted", ts.ConsecutiveNacks)
+		}
+	}
+}
+
+func TestNACKBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want time.Duration
+	}{{0, 0}, {1, 0}, {2, 100 * time.Millisecond}, {3, 200 * time.Millisecond}, {4, 400 * time.Millisecond}, {10, 5 * time.Second}, {1000, 5 * time.Second}} {
+		if got := nackBackoff(tc.n); got != tc.want {
+			t.Errorf("nackBackoff(%d) = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+}
