@@ -34,6 +34,9 @@ func (e Endpoint) Key() string {
 	return fmt.Sprintf("%s/%s/%s:%d", e.Namespace, e.Service, e.Address, e.Port)
 }
 
+// afterFunc schedules grace expiries; tests replace it.
+var afterFunc = func(d time.Duration, f func()) interface{ Stop() bool } { return time.AfterFunc(d, f) }
+
 // DefaultGrace is how long an endpoint whose registration broke stays in the
 // registry, if the Registry is given no grace.
 const DefaultGrace = 5 * time.Second
@@ -41,7 +44,7 @@ const DefaultGrace = 5 * time.Second
 type entry struct {
 	ep     Endpoint
 	leases int
-	timer  *time.Timer
+	timer  interface{ Stop() bool }
 	gen    uint64 // bumped on every change, so a stale timer does nothing
 }
 
@@ -141,7 +144,7 @@ func (r *Registry) release(key string, clean bool) {
 		return
 	}
 	gen := e.gen
-	e.timer = time.AfterFunc(r.grace, func() {
+	e.timer = afterFunc(r.grace, func() {
 		r.mu.Lock()
 		cur, ok := r.entries[key]
 		expired := ok && cur.gen == gen && cur.leases == 0
