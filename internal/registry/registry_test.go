@@ -71,7 +71,9 @@ func TestReRegistrationWithinGraceKeepsEndpoint(t *testing.T) {
 		expire = f
 		return stopper{}
 	}
-	t.Cleanup(func() { afterFunc = func(d time.Duration, f func()) interface{ Stop() bool } { return time.AfterFunc(d, f) } })
+	t.Cleanup(func() {
+		afterFunc = func(d time.Duration, f func()) interface{ Stop() bool } { return time.AfterFunc(d, f) }
+	})
 	r := New(time.Hour, nil)
 	defer r.Close()
 	l := r.Add(ep("10.0.0.1", map[string]string{"version": "v1"}))
