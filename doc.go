@@ -26,8 +26,10 @@
 //	cmd/xdsserver/   the control-plane command
 //	cmd/trellisctl/  validate configuration before it ships
 //	examples/        quickstart, canary and the greeter service they run
-//	balancer/ resolver/ retry/ authz/ telemetry/
-//	                 mesh policies usable on their own (see each package's status)
+//	balancer/        LB policies grpc-go selects through xDS custom LB
+//	resolver/xdsroute/ a target's routes from xDS, matched as grpc-go matches them
+//	retry/           the retry engine: attempts, per-try timeouts, backoff
+//	authz/ telemetry/ mesh policies to come (see each package's status)
 //	internal/        engines: config (Istio YAML), analyze (probable mistakes),
 //	                 translate (to xDS), registry,
 //	                 register (client side of registration), xdsbootstrap

@@ -27,6 +27,12 @@ import (
 // endpoint updates follow the control plane as for any proxyless gRPC
 // client.
 //
+// Calls are retried by the mesh's retry engine (package retry) with the
+// retry policy and timeout of the route each call takes, per-try timeouts
+// included; grpc-go's own retry is off so the two never compound. With a
+// standard GRPC_XDS_BOOTSTRAP file and no WithControlPlane, grpc-go's retry
+// is used instead.
+//
 // Traffic is plaintext: mutual TLS is not implemented yet.
 func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 	o := newOptions(opts)
@@ -40,18 +46,31 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("mesh: target %q: want NAME:PORT, NAME or xds:///NAME:PORT", target)
 	}
 	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	builder, err := o.resolverBuilder()
+	addr, standard, err := o.controlPlane()
 	if err != nil {
 		return nil, err
 	}
-	if builder != nil {
+	onConn, release := func(*grpc.ClientConn) {}, func() {}
+	if !standard {
+		builder, err := o.resolverBuilder(addr)
+		if err != nil {
+			return nil, err
+		}
 		dialOpts = append(dialOpts, grpc.WithResolvers(builder))
+		retryOpts, watch, rel, err := o.routeRetries(addr, strings.TrimPrefix(uri, "xds:///"))
+		if err != nil {
+			return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+		}
+		dialOpts = append(dialOpts, retryOpts...)
+		onConn, release = watch, rel
 	}
 	dialOpts = append(dialOpts, o.dialOptions...)
 	cc, err := grpc.NewClient(uri, dialOpts...)
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
+	onConn(cc)
 	return cc, nil
 }
 
@@ -71,13 +90,9 @@ func (o *options) controlPlane() (addr string, standard bool, err error) {
 	return DefaultControlPlane, false, nil
 }
 
-// resolverBuilder returns the xDS resolver builder for the options, or nil
-// to use grpc's registered "xds" resolver (standard bootstrap).
-func (o *options) resolverBuilder() (resolver.Builder, error) {
-	addr, standard, err := o.controlPlane()
-	if err != nil || standard {
-		return nil, err
-	}
+// resolverBuilder returns the xDS resolver builder for the options and the
+// control plane at addr.
+func (o *options) resolverBuilder(addr string) (resolver.Builder, error) {
 	contents, err := xdsbootstrap.Contents(addr, o.node())
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)

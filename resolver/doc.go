@@ -1,6 +1,10 @@
-// Package resolver will hold the HTTP client's service resolution (service →
-// routes → clusters → endpoints) from the control plane's xDS resources.
+// Package resolver holds the mesh's resolution of targets from the control
+// plane's xDS resources, for the parts of the client path Trellis runs
+// itself rather than grpc-go. Its subpackages are named for what they do:
 //
-// Status: not implemented yet; the package holds no code. Until it does,
-// mesh.Dial resolves through grpc-go's own xDS resolver.
+//   - xdsroute: a target's routes (listener → route configuration → virtual
+//     host → routes), matched against calls as grpc-go matches them; the
+//     gRPC retry engine takes each call's retry policy from it.
+//
+// Cluster and endpoint resolution for the HTTP client is not built yet.
 package resolver

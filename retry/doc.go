@@ -1,9 +1,35 @@
-// Package retry will hold the mesh's own retry engine for gRPC and HTTP
-// clients: attempts with per-try timeouts and retry budgets.
+// Package retry is the mesh's retry engine for gRPC clients: each call is
+// made by a Policy (attempts, retriable codes, per-try timeout, a timeout
+// over all attempts, jittered exponential backoff), chosen per call by a
+// Selector.
 //
-// Status: the package holds no code yet. Today gRPC calls are retried by
-// grpc-go's own retry, which the control plane configures from
-// VirtualService retries (attempts, retryOn, backoff; see docs/SUPPORT.md);
-// per-try timeouts and retry budgets need this engine and are not
-// implemented.
+// grpc-go's own retry cannot bound each attempt, so mesh.Dial turns it off
+// and installs these interceptors, with a Selector that reads each call's
+// route retry policy from the control plane. They work with any
+// grpc.ClientConn:
+//
+//	sel := retry.SelectorFunc(func(ctx context.Context, method string) retry.Policy {
+//		return retry.Policy{
+//			Attempts:      3,
+//			Codes:         retry.CodesOf(codes.Unavailable),
+//			PerTryTimeout: 200 * time.Millisecond,
+//			Timeout:       time.Second,
+//		}
+//	})
+//	conn, err := grpc.NewClient(target,
+//		grpc.WithTransportCredentials(insecure.NewCredentials()),
+//		grpc.WithDisableRetry(), // or grpc-go's retries multiply these
+//		grpc.WithUnaryInterceptor(retry.UnaryClientInterceptor(sel)),
+//		grpc.WithStreamInterceptor(retry.StreamClientInterceptor(sel)))
+//
+// A unary attempt that fails with a code in Policy.Codes, or runs out of its
+// per-try timeout while the call has time left, is retried after a random
+// delay in [0, min(BaseBackoff·2^(n-1), MaxBackoff)), until Attempts are
+// spent or the call's deadline passes. Attempts after the first carry the
+// grpc-previous-rpc-attempts header of gRFC A6. A stream is retried only
+// until it commits: until a header, a message or its end has reached the
+// application and while what it sent fits in a 256 KiB replay buffer.
+//
+// Retry budgets (a cap on retries as a share of calls) are not implemented
+// yet.
 package retry

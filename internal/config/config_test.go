@@ -315,7 +315,7 @@ var validCases = []validCase{
   hosts: [reviews]
   http:
   - timeout: 2s
-    retries: {attempts: 3, retryOn: "unavailable,deadline-exceeded", backoff: 50ms}
+    retries: {attempts: 3, retryOn: "unavailable,deadline-exceeded", backoff: 50ms, perTryTimeout: 200ms}
     fault:
       delay: {fixedDelay: 100ms, percentage: {value: 12.5}}
       abort: {httpStatus: 503, percentage: {value: 50}}
@@ -329,7 +329,7 @@ var validCases = []validCase{
 			Http: []*networking.HTTPRoute{
 				{
 					Timeout: durationpb.New(2 * time.Second),
-					Retries: &networking.HTTPRetry{Attempts: 3, RetryOn: "unavailable,deadline-exceeded", Backoff: durationpb.New(50 * time.Millisecond)},
+					Retries: &networking.HTTPRetry{Attempts: 3, RetryOn: "unavailable,deadline-exceeded", Backoff: durationpb.New(50 * time.Millisecond), PerTryTimeout: durationpb.New(200 * time.Millisecond)},
 					Fault: &networking.HTTPFaultInjection{
 						Delay: &networking.HTTPFaultInjection_Delay{
 							HttpDelayType: &networking.HTTPFaultInjection_Delay_FixedDelay{FixedDelay: durationpb.New(100 * time.Millisecond)},
@@ -773,12 +773,13 @@ var rejections = []struct {
 		yaml: res("VirtualService", "reviews", `
   hosts: [reviews]
   http:
-  - retries: {attempts: 5, retryOn: "5xx,unavailable", backoff: 0s}
+  - retries: {attempts: 5, retryOn: "5xx,unavailable", backoff: 0s, perTryTimeout: -1s}
     route: [{destination: {host: reviews}}]
 `),
 		want: []string{
 			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.attempts: 5 is not between 0 and 4 (gRPC makes at most 5 attempts of a call)",
 			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.backoff: must be positive, not 0s",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.perTryTimeout: must be positive, not -1s",
 			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.retryOn: \"5xx\" is not supported (supported: unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure, refused-stream)",
 		},
 	},
@@ -925,7 +926,7 @@ var rejections = []struct {
 		want: []string{`mesh.yaml:1: VirtualService default/reviews: spec.http[0].mirror: field not supported by Trellis (see docs/SUPPORT.md)`},
 	},
 	{
-		name: "retries perTryTimeout, and a null redirect",
+		name: "a null redirect",
 		yaml: res("VirtualService", "reviews", `
   hosts: [reviews]
   http:
@@ -935,7 +936,6 @@ var rejections = []struct {
 `),
 		want: []string{
 			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].redirect: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.perTryTimeout: field not supported by Trellis (see docs/SUPPORT.md)`,
 		},
 	},
 	{

@@ -30,7 +30,7 @@ var supported = map[string]map[string]bool{
 		"http.match.uri", "http.match.uri.exact", "http.match.uri.prefix", "http.match.uri.regex",
 		"http.match.headers", "http.match.headers.exact", "http.match.headers.prefix", "http.match.headers.regex",
 		"http.timeout",
-		"http.retries", "http.retries.attempts", "http.retries.retry_on", "http.retries.backoff",
+		"http.retries", "http.retries.attempts", "http.retries.retry_on", "http.retries.backoff", "http.retries.per_try_timeout",
 		"http.fault",
 		"http.fault.delay", "http.fault.delay.fixed_delay", "http.fault.delay.percentage", "http.fault.delay.percentage.value",
 		"http.fault.abort", "http.fault.abort.http_status", "http.fault.abort.grpc_status", "http.fault.abort.percentage", "http.fault.abort.percentage.value",

@@ -428,6 +428,7 @@ func validateRouteBehaviour(p *problems, f string, r *networking.HTTPRoute) {
 			}
 		}
 		p.positiveDuration(f+".retries.backoff", rt.Backoff, rt.Backoff != nil)
+		p.positiveDuration(f+".retries.perTryTimeout", rt.PerTryTimeout, rt.PerTryTimeout != nil)
 	}
 	if ft := r.Fault; ft != nil {
 		if ft.Delay == nil && ft.Abort == nil {

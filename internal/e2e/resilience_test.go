@@ -484,3 +484,69 @@ spec:
 		t.Errorf("100 calls opened %d new connections, want about 10 (one per 10 calls)", n)
 	}
 }
+
+// TestPerTryTimeoutRetriesStuckBackend: with a per-try timeout, a call whose
+// attempt lands on a backend that never answers is retried on another one
+// within the route's timeout, instead of failing when the timeout ends.
+// grpc-go has no per-try timeout: the mesh's retry engine provides it.
+func TestPerTryTimeoutRetriesStuckBackend(t *testing.T) {
+	ctx := testContext(t)
+	_, cc, _, bs := meshWith(ctx, t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  http:
+  - timeout: 3s
+    retries: {attempts: 3, retryOn: unavailable, perTryTimeout: 200ms}
+    route: [{destination: {host: greeter}}]
+`, 2)
+	stuck := make(chan struct{}) // never closed: calls wait for their context
+	bs[0].gate.Store(&stuck)
+	t.Cleanup(func() { bs[0].gate.Store(nil) })
+	client := greeterpb.NewGreeterClient(cc)
+	const n = 20
+	failed := 0
+	for range n {
+		if _, err := client.SayHello(ctx, &greeterpb.HelloRequest{Name: "x"}); err != nil {
+			failed++
+			t.Logf("SayHello() = %v", err)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d calls failed with one stuck backend and a per-try timeout, want 0", failed, n)
+	}
+	// Round robin sends about half the first attempts to the stuck backend,
+	// and every one of them is retried on the other.
+	if got := bs[0].calls.Load(); got == 0 {
+		t.Errorf("the stuck backend saw %d attempts, want some (the test proves nothing otherwise)", got)
+	}
+	t.Logf("%d calls, stuck backend saw %d attempts, healthy one %d", n, bs[0].calls.Load(), bs[1].calls.Load())
+}
+
+// TestRetriesDoNotMultiply: a call that fails on every attempt is attempted
+// exactly attempts+1 times: grpc-go's own retry is off under the mesh's
+// engine, so the two never compound.
+func TestRetriesDoNotMultiply(t *testing.T) {
+	ctx := testContext(t)
+	_, cc, _, bs := meshWith(ctx, t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  http:
+  - retries: {attempts: 2, retryOn: unavailable, perTryTimeout: 1s}
+    route: [{destination: {host: greeter}}]
+`, 1)
+	before := bs[0].calls.Load()
+	bs[0].failCode.Store(uint32(codes.Unavailable))
+	_, err := greeterpb.NewGreeterClient(cc).SayHello(ctx, &greeterpb.HelloRequest{})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("SayHello() = %v, want UNAVAILABLE", err)
+	}
+	if got := bs[0].calls.Load() - before; got != 3 {
+		t.Errorf("a failing call was attempted %d times, want 3 (1 + 2 retries)", got)
+	}
+}

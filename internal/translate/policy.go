@@ -244,13 +244,18 @@ func routeBehaviour(action *v3routepb.RouteAction, hr *networking.HTTPRoute) *v3
 				on = append(on, strings.TrimSpace(c))
 			}
 		}
-		if len(on) > 0 {
+		// per_try_timeout is standard xDS that grpc-go ignores; the mesh's
+		// own retry engine (package retry) honours it.
+		if len(on) > 0 || rt.GetPerTryTimeout() != nil {
 			action.RetryPolicy = &v3routepb.RetryPolicy{
 				RetryOn:    strings.Join(on, ","),
 				NumRetries: wrapperspb.UInt32(uint32(rt.Attempts)),
 			}
 			if b := rt.GetBackoff(); b != nil {
 				action.RetryPolicy.RetryBackOff = &v3routepb.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(b.AsDuration())}
+			}
+			if t := rt.GetPerTryTimeout(); t != nil {
+				action.RetryPolicy.PerTryTimeout = durationpb.New(t.AsDuration())
 			}
 		}
 	}

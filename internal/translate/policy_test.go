@@ -52,7 +52,7 @@ spec:
   http:
   - match: [{uri: {prefix: /a}}]
     timeout: 1.5s
-    retries: {attempts: 3, retryOn: "deadline-exceeded,connect-failure,internal", backoff: 10ms}
+    retries: {attempts: 3, retryOn: "deadline-exceeded,connect-failure,internal", backoff: 10ms, perTryTimeout: 300ms}
     fault:
       delay: {fixedDelay: 200ms, percentage: {value: 12.5}}
       abort: {grpcStatus: RESOURCE_EXHAUSTED}
@@ -70,9 +70,10 @@ spec:
 		t.Errorf("route /a max stream duration = %v, want 1.5s", got)
 	}
 	wantRetry := &v3routepb.RetryPolicy{
-		RetryOn:      "deadline-exceeded,internal",
-		NumRetries:   wrapperspb.UInt32(3),
-		RetryBackOff: &v3routepb.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(10 * time.Millisecond)},
+		RetryOn:       "deadline-exceeded,internal",
+		NumRetries:    wrapperspb.UInt32(3),
+		RetryBackOff:  &v3routepb.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(10 * time.Millisecond)},
+		PerTryTimeout: durationpb.New(300 * time.Millisecond),
 	}
 	if diff := cmp.Diff(a.GetRetryPolicy(), wantRetry, protocmp.Transform()); diff != "" {
 		t.Errorf("route /a retry policy (-got +want):\n%s", diff)

@@ -19,8 +19,11 @@ import (
 	"os"
 	"sync"
 
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // Environment variables grpc-go reads its bootstrap from.
@@ -170,4 +173,30 @@ func FromEnv() (addr string, ok bool, err error) {
 		return "", true, fmt.Errorf("xdsbootstrap: bootstrap names no xds_servers")
 	}
 	return b.XDSServers[0].ServerURI, true, nil
+}
+
+// Proto returns the node as sent on an xDS stream, identical to what
+// grpc-go's client sends for a bootstrap made by Contents, so that a second
+// xDS client of the process (Trellis's own) gets the same per-client view
+// from the control plane.
+func (n Node) Proto() (*v3corepb.Node, error) {
+	if n.ID == "" {
+		n.ID = NodeID()
+	}
+	node := &v3corepb.Node{Id: n.ID, Cluster: n.Cluster}
+	if len(n.Metadata) > 0 {
+		raw, err := json.Marshal(n.Metadata)
+		if err != nil {
+			return nil, fmt.Errorf("xdsbootstrap: node metadata: %w", err)
+		}
+		node.Metadata = &structpb.Struct{}
+		if err := protojson.Unmarshal(raw, node.Metadata); err != nil {
+			return nil, fmt.Errorf("xdsbootstrap: node metadata: %w", err)
+		}
+	}
+	if n.Locality != "" {
+		parts := append(splitN(n.Locality), "", "", "")
+		node.Locality = &v3corepb.Locality{Region: parts[0], Zone: parts[1], SubZone: parts[2]}
+	}
+	return node, nil
 }

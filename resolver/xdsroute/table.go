@@ -1,0 +1,398 @@
+package xdsroute
+
+import (
+	"context"
+	"math/rand/v2"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	v3hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	v3typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/trellismesh/trellis/internal/xdsclient"
+)
+
+// Table follows the routes of one mesh target and matches calls against
+// them. T is what the Table's convert function derives from each route when
+// a route configuration arrives, so that per-call work is matching only.
+// It is safe for concurrent use.
+type Table[T any] struct {
+	client    *xdsclient.Client
+	authority string
+	convert   func(*v3routepb.Route) T
+
+	ready     chan struct{} // closed when the first outcome is known
+	readyOnce sync.Once
+	current   atomic.Pointer[compiled[T]]
+
+	mu        sync.Mutex // guards the watches
+	closed    bool
+	cancelLDS func()
+	rdsName   string
+	cancelRDS func()
+}
+
+// Watch starts following the listener named target ("reviews:9080", the
+// authority grpc-go's xDS resolver uses) and its route configuration. It
+// does not block. Call Close to stop.
+func Watch[T any](c *xdsclient.Client, target string, convert func(*v3routepb.Route) T) *Table[T] {
+	t := &Table[T]{client: c, authority: target, convert: convert, ready: make(chan struct{})}
+	cancel := c.Watch(resourcev3.ListenerType, target, xdsclient.WatcherFuncs{
+		UpdateFunc:   t.onListener,
+		NotFoundFunc: t.onNotFound,
+	})
+	t.mu.Lock()
+	t.cancelLDS = cancel
+	t.mu.Unlock()
+	return t
+}
+
+// Close stops following the target. It is idempotent.
+func (t *Table[T]) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	t.closed = true
+	if t.cancelLDS != nil {
+		t.cancelLDS()
+	}
+	if t.cancelRDS != nil {
+		t.cancelRDS()
+	}
+	t.markReady()
+}
+
+func (t *Table[T]) markReady() { t.readyOnce.Do(func() { close(t.ready) }) }
+
+func (t *Table[T]) onListener(m proto.Message) {
+	hcm := new(v3hcmpb.HttpConnectionManager)
+	if err := m.(*v3listenerpb.Listener).GetApiListener().GetApiListener().UnmarshalTo(hcm); err != nil {
+		return // the xDS client validated it; cannot happen
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	if rc := hcm.GetRouteConfig(); rc != nil {
+		t.stopRDS()
+		t.install(rc)
+		return
+	}
+	name := hcm.GetRds().GetRouteConfigName()
+	if name == t.rdsName {
+		return
+	}
+	t.stopRDS()
+	t.rdsName = name
+	t.cancelRDS = t.client.Watch(resourcev3.RouteType, name, xdsclient.WatcherFuncs{
+		UpdateFunc: func(m proto.Message) {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			if !t.closed && t.rdsName == name {
+				t.install(m.(*v3routepb.RouteConfiguration))
+			}
+		},
+		NotFoundFunc: t.onNotFound,
+	})
+}
+
+func (t *Table[T]) stopRDS() {
+	if t.cancelRDS != nil {
+		t.cancelRDS()
+	}
+	t.cancelRDS, t.rdsName = nil, ""
+}
+
+// onNotFound forgets the routes: calls then match nothing, as grpc-go fails
+// them when the resource is gone.
+func (t *Table[T]) onNotFound() {
+	t.current.Store(nil)
+	t.markReady()
+}
+
+func (t *Table[T]) install(rc *v3routepb.RouteConfiguration) {
+	t.current.Store(compile(rc, t.authority, t.convert))
+	t.markReady()
+}
+
+// Lookup returns the route a call to method ("/pkg.Service/Method") with
+// outgoing metadata md takes, and what convert made of it. Until the first
+// route configuration (or the news that there is none) has arrived, it
+// waits for it or for ctx to be done. ok is false when no route matches.
+func (t *Table[T]) Lookup(ctx context.Context, method string, md metadata.MD) (route *v3routepb.Route, v T, ok bool) {
+	select {
+	case <-t.ready:
+	default:
+		select {
+		case <-t.ready:
+		case <-ctx.Done():
+			return nil, v, false
+		}
+	}
+	c := t.current.Load()
+	if c == nil {
+		return nil, v, false
+	}
+	for i := range c.routes {
+		r := &c.routes[i]
+		if r.matches(method, md) {
+			return r.route, r.value, true
+		}
+	}
+	return nil, v, false
+}
+
+type compiled[T any] struct {
+	routes []compiledRoute[T]
+}
+
+type compiledRoute[T any] struct {
+	route *v3routepb.Route
+	value T
+
+	path          func(string) bool
+	headers       []headerMatcher
+	fraction      uint32 // parts per million; 1e6 matches all
+	caseSensitive bool
+}
+
+// compile selects the virtual host for authority, as gRFC A28 and Envoy
+// choose it (exact domain, then the longest suffix wildcard, then the
+// longest prefix wildcard, then "*"), and prepares its routes.
+func compile[T any](rc *v3routepb.RouteConfiguration, authority string, convert func(*v3routepb.Route) T) *compiled[T] {
+	vh := pickVirtualHost(rc.GetVirtualHosts(), authority)
+	c := &compiled[T]{}
+	for _, r := range vh.GetRoutes() {
+		cr, ok := compileRoute[T](r)
+		if !ok {
+			continue // a matcher this client cannot evaluate never matches
+		}
+		cr.value = convert(r)
+		c.routes = append(c.routes, cr)
+	}
+	return c
+}
+
+func pickVirtualHost(vhs []*v3routepb.VirtualHost, authority string) *v3routepb.VirtualHost {
+	host := strings.ToLower(authority)
+	var best *v3routepb.VirtualHost
+	bestRank, bestLen := 0, -1
+	for _, vh := range vhs {
+		for _, d := range vh.GetDomains() {
+			d = strings.ToLower(d)
+			rank, l := 0, len(d)
+			switch {
+			case d == host:
+				rank = 4
+			case d == "*":
+				rank = 1
+			case strings.HasPrefix(d, "*") && strings.HasSuffix(host, d[1:]):
+				rank = 3
+			case strings.HasSuffix(d, "*") && strings.HasPrefix(host, d[:len(d)-1]):
+				rank = 2
+			}
+			if rank > bestRank || (rank == bestRank && rank > 0 && l > bestLen) {
+				best, bestRank, bestLen = vh, rank, l
+			}
+		}
+	}
+	return best
+}
+
+func compileRoute[T any](r *v3routepb.Route) (compiledRoute[T], bool) {
+	m := r.GetMatch()
+	cr := compiledRoute[T]{route: r, fraction: 1_000_000, caseSensitive: m.GetCaseSensitive() == nil || m.GetCaseSensitive().GetValue()}
+	switch ps := m.GetPathSpecifier().(type) {
+	case *v3routepb.RouteMatch_Prefix:
+		p := ps.Prefix
+		if !cr.caseSensitive {
+			p = strings.ToLower(p)
+			cr.path = func(s string) bool { return strings.HasPrefix(strings.ToLower(s), p) }
+		} else {
+			cr.path = func(s string) bool { return strings.HasPrefix(s, p) }
+		}
+	case *v3routepb.RouteMatch_Path:
+		p := ps.Path
+		if !cr.caseSensitive {
+			cr.path = func(s string) bool { return strings.EqualFold(s, p) }
+		} else {
+			cr.path = func(s string) bool { return s == p }
+		}
+	case *v3routepb.RouteMatch_SafeRegex:
+		re, err := regexp.Compile("^(?:" + ps.SafeRegex.GetRegex() + ")$")
+		if err != nil {
+			return cr, false
+		}
+		cr.path = re.MatchString
+	default:
+		return cr, false
+	}
+	for _, h := range m.GetHeaders() {
+		hm, ok := compileHeader(h)
+		if !ok {
+			return cr, false
+		}
+		cr.headers = append(cr.headers, hm)
+	}
+	if rf := m.GetRuntimeFraction().GetDefaultValue(); rf != nil {
+		cr.fraction = perMillion(rf)
+	}
+	return cr, true
+}
+
+func perMillion(f *v3typepb.FractionalPercent) uint32 {
+	n := uint64(f.GetNumerator())
+	switch f.GetDenominator() {
+	case v3typepb.FractionalPercent_HUNDRED:
+		n *= 10_000
+	case v3typepb.FractionalPercent_TEN_THOUSAND:
+		n *= 100
+	}
+	return uint32(min(n, 1_000_000))
+}
+
+func (r *compiledRoute[T]) matches(method string, md metadata.MD) bool {
+	if !r.path(method) {
+		return false
+	}
+	for _, h := range r.headers {
+		if !h.matches(md) {
+			return false
+		}
+	}
+	return r.fraction >= 1_000_000 || rand.Uint32N(1_000_000) < r.fraction
+}
+
+// headerMatcher evaluates one Envoy HeaderMatcher over gRPC metadata as
+// grpc-go does: values of a repeated header are joined with ",", binary
+// ("-bin") headers never match, and content-type is "application/grpc".
+type headerMatcher struct {
+	name    string
+	match   func(value string, present bool) bool
+	invert  bool
+	binary  bool
+	content bool
+}
+
+func compileHeader(h *v3routepb.HeaderMatcher) (headerMatcher, bool) {
+	hm := headerMatcher{
+		name:    strings.ToLower(h.GetName()),
+		invert:  h.GetInvertMatch(),
+		binary:  strings.HasSuffix(strings.ToLower(h.GetName()), "-bin"),
+		content: strings.EqualFold(h.GetName(), "content-type"),
+	}
+	present := func(f func(string) bool) func(string, bool) bool {
+		return func(v string, ok bool) bool { return ok && f(v) }
+	}
+	switch s := h.GetHeaderMatchSpecifier().(type) {
+	case *v3routepb.HeaderMatcher_ExactMatch:
+		hm.match = present(func(v string) bool { return v == s.ExactMatch })
+	case *v3routepb.HeaderMatcher_PrefixMatch:
+		hm.match = present(func(v string) bool { return strings.HasPrefix(v, s.PrefixMatch) })
+	case *v3routepb.HeaderMatcher_SuffixMatch:
+		hm.match = present(func(v string) bool { return strings.HasSuffix(v, s.SuffixMatch) })
+	case *v3routepb.HeaderMatcher_ContainsMatch:
+		hm.match = present(func(v string) bool { return strings.Contains(v, s.ContainsMatch) })
+	case *v3routepb.HeaderMatcher_SafeRegexMatch:
+		re, err := regexp.Compile("^(?:" + s.SafeRegexMatch.GetRegex() + ")$")
+		if err != nil {
+			return hm, false
+		}
+		hm.match = present(re.MatchString)
+	case *v3routepb.HeaderMatcher_PresentMatch:
+		want := s.PresentMatch
+		hm.match = func(_ string, ok bool) bool { return ok == want }
+	case *v3routepb.HeaderMatcher_RangeMatch:
+		lo, hi := s.RangeMatch.GetStart(), s.RangeMatch.GetEnd()
+		hm.match = present(func(v string) bool {
+			n, ok := parseInt(v)
+			return ok && n >= lo && n < hi
+		})
+	case *v3routepb.HeaderMatcher_StringMatch:
+		f, ok := stringMatcher(s.StringMatch)
+		if !ok {
+			return hm, false
+		}
+		hm.match = present(f)
+	default:
+		return hm, false
+	}
+	return hm, true
+}
+
+func stringMatcher(sm *v3matcherpb.StringMatcher) (func(string) bool, bool) {
+	fold := sm.GetIgnoreCase()
+	norm := func(s string) string {
+		if fold {
+			return strings.ToLower(s)
+		}
+		return s
+	}
+	switch p := sm.GetMatchPattern().(type) {
+	case *v3matcherpb.StringMatcher_Exact:
+		want := norm(p.Exact)
+		return func(v string) bool { return norm(v) == want }, true
+	case *v3matcherpb.StringMatcher_Prefix:
+		want := norm(p.Prefix)
+		return func(v string) bool { return strings.HasPrefix(norm(v), want) }, true
+	case *v3matcherpb.StringMatcher_Suffix:
+		want := norm(p.Suffix)
+		return func(v string) bool { return strings.HasSuffix(norm(v), want) }, true
+	case *v3matcherpb.StringMatcher_Contains:
+		want := norm(p.Contains)
+		return func(v string) bool { return strings.Contains(norm(v), want) }, true
+	case *v3matcherpb.StringMatcher_SafeRegex:
+		re, err := regexp.Compile("^(?:" + p.SafeRegex.GetRegex() + ")$")
+		if err != nil {
+			return nil, false
+		}
+		return re.MatchString, true
+	}
+	return nil, false
+}
+
+func parseInt(s string) (int64, bool) {
+	var n int64
+	neg := strings.HasPrefix(s, "-")
+	if neg {
+		s = s[1:]
+	}
+	if s == "" || len(s) > 18 {
+		return 0, false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+func (h headerMatcher) matches(md metadata.MD) bool {
+	if h.binary {
+		return false // grpc-go never matches binary headers, inverted or not
+	}
+	var value string
+	var ok bool
+	if h.content {
+		value, ok = "application/grpc", true
+	} else if vs := md.Get(h.name); len(vs) > 0 {
+		value, ok = strings.Join(vs, ","), true
+	}
+	return h.match(value, ok) != h.invert
+}
