@@ -1,7 +1,48 @@
-// Package authz will hold the server-side authorization engine (Istio
-// AuthorizationPolicy on mTLS identities and JWT claims) shared by gRPC and
-// HTTP servers.
+// Package authz is the server-side authorization engine shared by the
+// library's gRPC and HTTP servers. It evaluates Envoy RBAC configs (the
+// standard protos the control plane translates Istio AuthorizationPolicy
+// into) against the mTLS identity, the connection, the request and the
+// verified JWT of each request, with Istio's semantics:
 //
-// Status: not implemented yet; the package holds no code. Until it does,
-// mesh servers do not authorize requests.
+//  1. a request that matches any DENY policy is denied;
+//  2. otherwise, if any ALLOW config exists, the request is allowed only if
+//     it matches an ALLOW policy (an ALLOW config without policies allows
+//     nothing);
+//  3. otherwise it is allowed.
+//
+// LOG policies (Istio's AUDIT) never change the decision; the ones that
+// matched are listed in [Decision.Audit].
+//
+//	engine, err := authz.New(rbacs, authz.WithLogger(logger))
+//	if err != nil {
+//		// A matcher the engine does not implement, or a bad regex: the whole
+//		// set is refused (errors.Is(err, authz.ErrUnsupported)).
+//	}
+//	d := engine.Authorize(&authz.Request{
+//		Principal:       "spiffe://cluster.local/ns/default/sa/productpage",
+//		SourceIP:        netip.MustParseAddr("10.0.0.7"),
+//		DestinationPort: 9080,
+//		Method:          "POST",
+//		Path:            "/reviews.Reviews/Get", // raw; the engine canonicalises it
+//		Headers:         map[string][]string{"x-team": {"blue"}},
+//	})
+//	if !d.Allowed {
+//		logger.Info("denied", "policy", d.Policy, "reason", d.Reason)
+//		// reply PermissionDenied / 403 "unauthorized": never d.Reason
+//	}
+//
+// The request path is canonicalised with [secpolicy.CanonicalPath] ("//a",
+// "/x/../a", "/%61" all become "/a"); a path with no canonical form
+// ("%2F", backslash, NUL, no leading '/') is denied whatever the policies
+// say, as is a request with NUL, CR or LF in a header value. Paths are
+// case-sensitive.
+//
+// Supported permissions: any, and_rules, or_rules, not_rule, header,
+// url_path, destination_port, destination_port_range. Supported principals:
+// any, and_ids, or_ids, not_id, authenticated, source_ip, direct_remote_ip,
+// remote_ip (all three match the peer address: forwarding headers are never
+// trusted), header, url_path, and metadata of filter "istio_authn" with the
+// keys request.auth.principal, request.auth.audiences,
+// request.auth.presenter and request.auth.claims. Anything else makes [New]
+// fail.
 package authz

@@ -1,0 +1,36 @@
+// Package secpolicy translates Istio security resources into the standard
+// Envoy protos that travel on a server's listener, and holds the request
+// path canonicalisation that every path match (authorization and routing)
+// shares.
+//
+// Authorization: the caller picks the AuthorizationPolicy resources that
+// apply to a workload with [Selects], then translates them:
+//
+//	var applied []secpolicy.NamedAuthorizationPolicy
+//	for _, p := range all {
+//		if secpolicy.Selects(p, "istio-system", "default", map[string]string{"app": "reviews"}) {
+//			applied = append(applied, p)
+//		}
+//	}
+//	rbacs, err := secpolicy.AuthorizationPolicies(applied, "cluster.local")
+//	if err != nil {
+//		// A field Trellis does not implement, or a bad value: the error names
+//		// the policy and the field. Keep the last good config.
+//	}
+//	// rbacs: at most one DENY, one ALLOW and one LOG config, one policy
+//	// per rule, named "<namespace>/<name>[<rule index>]".
+//
+// Request authentication: [RequestAuthentications] turns RequestAuthentication
+// resources into one Envoy jwt_authn config.
+//
+// Paths: [CanonicalPath] gives the form in which paths are matched, and
+// rejects the encodings used to slip past a path rule:
+//
+//	p, err := secpolicy.CanonicalPath("//api/./v1/../%61dmin?x=1") // "/api/admin"
+//	_, err = secpolicy.CanonicalPath("/%2Fadmin")                // ErrInvalidPath: deny
+//
+// Paths are case-sensitive, as in Istio: "/ADMIN" is not "/admin".
+//
+// Everything here is a pure function of its arguments, safe for concurrent
+// use.
+package secpolicy
