@@ -29,9 +29,11 @@
 //	balancer/        LB policies grpc-go selects through xDS custom LB
 //	resolver/xdsroute/ a target's routes from xDS, matched as grpc-go matches them
 //	retry/           the retry engine: attempts, per-try timeouts, backoff
-//	authz/ telemetry/ mesh policies to come (see each package's status)
+//	authz/           authorization engine (Envoy RBAC with Istio's semantics); authz/jwt: JWT
+//	telemetry/       to come (see its status)
 //	internal/        engines: config (Istio YAML), analyze (probable mistakes),
-//	                 translate (to xDS), registry,
+//	                 translate (to xDS), registry, ca and identity (SPIFFE
+//	                 certificates), secpolicy (Istio security policy to xDS),
 //	                 register (client side of registration), xdsbootstrap
 //	                 (grpc-go's bootstrap seam), e2e (end-to-end tests)
 //

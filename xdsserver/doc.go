@@ -20,5 +20,24 @@
 // each naming file, resource and field, are logged, counted in metrics and
 // shown at /debug/config_dump.
 //
+// With WithDataDir (or WithCAFiles) the Server also runs the mesh CA: a
+// root generated once and kept in the directory, signing SPIFFE X.509
+// SVIDs (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>) over
+// Istio's certificate API on the secure port, where xDS and registration
+// are served over TLS as well:
+//
+//	srv, err := xdsserver.New(
+//		xdsserver.WithDataDir("/var/lib/trellis"),
+//		xdsserver.WithJoinTokens(map[string]xdsserver.WorkloadIdentity{
+//			token: {Namespace: "default", ServiceAccount: "reviews"},
+//		}))
+//	secure, _ := net.Listen("tcp", "127.0.0.1:15012")
+//	go srv.ServeSecure(secure)
+//
+// The CA decides each identity from who asks — the identity a join token
+// is bound to, or the one in the caller's current certificate when it
+// renews — never from the request; /debug/ca lists what it issued.
+// (Workloads do not use it yet: mTLS between them is not wired.)
+//
 // cmd/xdsserver runs a Server with flags.
 package xdsserver

@@ -20,6 +20,13 @@ type options struct {
 	grace     time.Duration
 	warmup    time.Duration
 	debounce  time.Duration
+
+	dataDir      string
+	caCert       string
+	caKey        string
+	trustDomain  string
+	joinTokens   map[string]WorkloadIdentity
+	servingNames []string
 }
 
 // WithConfigDir loads the Istio resources in dir (every *.yaml, *.yml and

@@ -16,9 +16,11 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	v3server "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/fsnotify/fsnotify"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/trellismesh/trellis/internal/ca"
 	"github.com/trellismesh/trellis/internal/config"
 	"github.com/trellismesh/trellis/internal/grpcstop"
 	"github.com/trellismesh/trellis/internal/registrationpb"
@@ -47,6 +49,11 @@ type Server struct {
 	grpc    *grpc.Server
 	metrics *metrics
 	clients *clientTracker
+
+	ca        *ca.CA       // nil without WithDataDir or WithCAFiles
+	caService *ca.Service  // the CA's certificate API
+	servingID spiffeid.ID  // the control plane's identity on its secure port
+	secure    *grpc.Server // the secure port's server, made by the first ServeSecure
 
 	rebuildCh chan struct{}
 	ctx       context.Context // cancelled by Close/Shutdown; ends background work
@@ -90,6 +97,9 @@ func New(opts ...Option) (*Server, error) {
 		populated: map[string]bool{},
 		metrics:   newMetrics(),
 		rebuildCh: make(chan struct{}, 1),
+	}
+	if err := s.newCA(); err != nil {
+		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.clients = newClientTracker(s.log, s.metrics, s.ctx.Done())
@@ -192,13 +202,30 @@ func (s *Server) Serve(lis net.Listener) error {
 // is done, for registration streams and background work to end.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopBackground()
-	return grpcstop.Graceful(ctx, s.grpc)
+	return errors.Join(grpcstop.Graceful(ctx, s.grpc), s.stopSecure(ctx))
+}
+
+// stopSecure stops the secure port's server, gracefully while ctx lasts
+// (or at once with a nil ctx).
+func (s *Server) stopSecure(ctx context.Context) error {
+	s.mu.Lock()
+	srv := s.secure
+	s.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	if ctx == nil {
+		srv.Stop()
+		return nil
+	}
+	return grpcstop.Graceful(ctx, srv)
 }
 
 // Close stops the Server at once. It is idempotent.
 func (s *Server) Close() error {
 	s.stopBackground()
 	s.grpc.Stop()
+	s.stopSecure(nil)
 	return nil
 }
 

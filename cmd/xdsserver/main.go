@@ -1,9 +1,11 @@
 // Command xdsserver runs the Trellis control plane.
 //
-// With no flags it serves xDS and the registration API on 127.0.0.1:15010
-// and the admin endpoints (/healthz, /readyz, /metrics, /debug/config_dump) on
-// 127.0.0.1:15014, with an in-memory registry and no configuration beyond
-// what workloads register:
+// With no flags it serves xDS and the registration API on 127.0.0.1:15010,
+// the same over TLS plus the mesh CA's certificate API on 127.0.0.1:15012,
+// and the admin endpoints (/healthz, /readyz, /metrics, /debug/config_dump,
+// /debug/ca) on 127.0.0.1:15014, with an in-memory registry, a CA root
+// generated once and kept in -data-dir, and no configuration beyond what
+// workloads register:
 //
 //	go run ./cmd/xdsserver
 //	go run ./cmd/xdsserver -config ./mesh/
@@ -12,10 +14,17 @@
 // a change that fails to load is logged and shown at /debug/config_dump, and
 // the last good configuration stays in force. SIGHUP reloads it too.
 // SIGINT or SIGTERM shut down cleanly.
+//
+// -join-tokens names a JSON file mapping each join token to the identity
+// the CA issues for it, {"<token>": {"namespace": "default",
+// "serviceAccount": "reviews"}}; -ca-cert and -ca-key use a given root
+// instead of the generated one.
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -39,13 +48,18 @@ func main() {
 
 func run() error {
 	var (
-		configDir = flag.String("config", "", "directory of Istio YAML to load and watch (optional)")
-		xdsAddr   = flag.String("xds-addr", "127.0.0.1:15010", "address for xDS and the registration API")
-		adminAddr = flag.String("admin-addr", "127.0.0.1:15014", "address for /healthz, /readyz, /metrics and /debug/config_dump")
-		dataDir   = flag.String("data-dir", defaultDataDir(), "directory for state the control plane keeps across restarts")
-		grace     = flag.Duration("registration-grace", 5*time.Second, "how long an endpoint whose registration stream broke stays in EDS")
-		logFormat = flag.String("log-format", "text", "log format: text or json")
-		logLevel  = flag.String("log-level", "info", "log level: debug, info, warn or error")
+		configDir   = flag.String("config", "", "directory of Istio YAML to load and watch (optional)")
+		xdsAddr     = flag.String("xds-addr", "127.0.0.1:15010", "address for xDS and the registration API")
+		adminAddr   = flag.String("admin-addr", "127.0.0.1:15014", "address for /healthz, /readyz, /metrics and /debug/config_dump")
+		dataDir     = flag.String("data-dir", defaultDataDir(), "directory for state the control plane keeps across restarts")
+		secureAddr  = flag.String("secure-addr", "127.0.0.1:15012", "address for xDS, registration and the CA API over TLS (empty: off)")
+		caCert      = flag.String("ca-cert", "", "PEM file of the CA root certificate (default: generated in -data-dir)")
+		caKey       = flag.String("ca-key", "", "PEM file of the CA root key, with -ca-cert")
+		trustDomain = flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
+		joinTokens  = flag.String("join-tokens", "", "JSON file mapping join tokens to the identity each grants")
+		grace       = flag.Duration("registration-grace", 5*time.Second, "how long an endpoint whose registration stream broke stays in EDS")
+		logFormat   = flag.String("log-format", "text", "log format: text or json")
+		logLevel    = flag.String("log-level", "info", "log level: debug, info, warn or error")
 	)
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -69,7 +83,25 @@ func run() error {
 		return fmt.Errorf("-data-dir: %w", err)
 	}
 
-	opts := []xdsserver.Option{xdsserver.WithLogger(logger), xdsserver.WithRegistrationGrace(*grace)}
+	if (*caCert == "") != (*caKey == "") {
+		return fmt.Errorf("-ca-cert and -ca-key go together")
+	}
+	opts := []xdsserver.Option{
+		xdsserver.WithLogger(logger),
+		xdsserver.WithRegistrationGrace(*grace),
+		xdsserver.WithDataDir(*dataDir),
+		xdsserver.WithTrustDomain(*trustDomain),
+	}
+	if *caCert != "" {
+		opts = append(opts, xdsserver.WithCAFiles(*caCert, *caKey))
+	}
+	if *joinTokens != "" {
+		tokens, err := readJoinTokens(*joinTokens)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, xdsserver.WithJoinTokens(tokens))
+	}
 	if *configDir != "" {
 		opts = append(opts, xdsserver.WithConfigDir(*configDir))
 	}
@@ -88,11 +120,23 @@ func run() error {
 		xdsLis.Close()
 		return err
 	}
+	var secureLis net.Listener
+	if *secureAddr != "" {
+		if secureLis, err = net.Listen("tcp", *secureAddr); err != nil {
+			srv.Close()
+			xdsLis.Close()
+			adminLis.Close()
+			return err
+		}
+	}
 	admin := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(xdsLis) }()
+	if secureLis != nil {
+		go func() { errc <- srv.ServeSecure(secureLis) }()
+	}
 	go func() { errc <- admin.Serve(adminLis) }()
-	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "config", *configDir, "dataDir", *dataDir)
+	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "secure", *secureAddr, "admin", adminLis.Addr().String(), "config", *configDir, "dataDir", *dataDir)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -114,6 +158,21 @@ func run() error {
 			return err
 		}
 	}
+}
+
+// readJoinTokens reads the -join-tokens file.
+func readJoinTokens(path string) (map[string]xdsserver.WorkloadIdentity, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("-join-tokens: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var tokens map[string]xdsserver.WorkloadIdentity
+	if err := dec.Decode(&tokens); err != nil {
+		return nil, fmt.Errorf("-join-tokens: %s: %w", path, err)
+	}
+	return tokens, nil
 }
 
 func defaultDataDir() string {

@@ -1,0 +1,238 @@
+package xdsserver
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	v3discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/trellismesh/trellis/internal/ca"
+	"github.com/trellismesh/trellis/internal/registrationpb"
+)
+
+// DefaultTrustDomain is the trust domain of a generated CA when
+// WithTrustDomain is not given: Istio's default.
+const DefaultTrustDomain = "cluster.local"
+
+// ControlPlaneServiceAccount and ControlPlaneNamespace make the control
+// plane's own SPIFFE ID on its secure port:
+// spiffe://<trust-domain>/ns/trellis-system/sa/xdsserver.
+const (
+	ControlPlaneNamespace      = "trellis-system"
+	ControlPlaneServiceAccount = "xdsserver"
+)
+
+// WorkloadIdentity is the identity a join token grants: the CA issues the
+// holder spiffe://<trust-domain>/ns/<Namespace>/sa/<ServiceAccount>.
+type WorkloadIdentity struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
+}
+
+// WithDataDir keeps the control plane's state in dir: the CA root
+// (root-cert.pem, root-key.pem), generated on first start and reused after,
+// so a restart keeps the same trust. With it (or WithCAFiles) the Server
+// runs the mesh CA.
+func WithDataDir(dir string) Option {
+	return optionFunc(func(o *options) { o.dataDir = dir })
+}
+
+// WithCAFiles runs the mesh CA with the root certificate and key in the
+// given PEM files instead of a generated root.
+func WithCAFiles(certFile, keyFile string) Option {
+	return optionFunc(func(o *options) { o.caCert, o.caKey = certFile, keyFile })
+}
+
+// WithTrustDomain sets the trust domain of a generated CA root. If not
+// given, DefaultTrustDomain. A root loaded from files or the data
+// directory must agree with it.
+func WithTrustDomain(td string) Option {
+	return optionFunc(func(o *options) { o.trustDomain = td })
+}
+
+// WithJoinTokens sets the tokens workloads present (as "authorization:
+// Bearer <token>") to get their first certificate, each bound to the one
+// identity the CA issues for it. Renewals authenticate with the current
+// certificate instead.
+func WithJoinTokens(tokens map[string]WorkloadIdentity) Option {
+	return optionFunc(func(o *options) { o.joinTokens = tokens })
+}
+
+// WithServingNames adds DNS names and IP addresses to the certificate the
+// control plane presents on its secure port, beyond "localhost" and
+// 127.0.0.1, so that clients can verify it by the name they dial.
+func WithServingNames(names ...string) Option {
+	return optionFunc(func(o *options) { o.servingNames = append(o.servingNames, names...) })
+}
+
+// newCA starts the mesh CA if the options ask for one.
+func (s *Server) newCA() error {
+	o := s.opts
+	if o.dataDir == "" && o.caCert == "" {
+		return nil
+	}
+	td := o.trustDomain
+	if td == "" {
+		td = DefaultTrustDomain
+	}
+	tdID, err := spiffeid.TrustDomainFromString(td)
+	if err != nil {
+		return fmt.Errorf("xdsserver: trust domain %q: %w", td, err)
+	}
+	caOpts := []ca.Option{ca.WithLogger(s.log.With("component", "ca")), ca.WithTrustDomain(tdID)}
+	var authority *ca.CA
+	if o.caCert != "" {
+		authority, err = ca.LoadFiles(o.caCert, o.caKey, caOpts...)
+	} else {
+		authority, err = ca.LoadOrCreate(o.dataDir, td, caOpts...)
+	}
+	if err != nil {
+		return fmt.Errorf("xdsserver: %w", err)
+	}
+	tokens := map[string]ca.Identity{}
+	for tok, id := range o.joinTokens {
+		tokens[tok] = ca.Identity{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount}
+	}
+	svc, err := ca.NewService(authority, append(caOpts, ca.WithJoinTokens(tokens))...)
+	if err != nil {
+		return fmt.Errorf("xdsserver: %w", err)
+	}
+	s.ca, s.caService = authority, svc
+	s.servingID, err = spiffeid.FromSegments(tdID, "ns", ControlPlaneNamespace, "sa", ControlPlaneServiceAccount)
+	if err != nil {
+		return fmt.Errorf("xdsserver: %w", err)
+	}
+	return nil
+}
+
+// CARootPEM returns the mesh CA's root certificate, the trust anchor
+// workloads need to reach the secure port, or nil if the Server runs no CA.
+func (s *Server) CARootPEM() []byte {
+	if s.ca == nil {
+		return nil
+	}
+	return s.ca.RootPEM()
+}
+
+// ServeSecure serves, on lis and over TLS, everything Serve does plus the
+// mesh CA's certificate API (Istio's IstioCertificateService), as istiod's
+// port 15012 does. The control plane presents a certificate from its own
+// CA for spiffe://<trust-domain>/ns/trellis-system/sa/xdsserver (and
+// "localhost", 127.0.0.1 and WithServingNames), renewed at half life; a
+// client certificate is requested but not required, since a workload's
+// first request carries a join token instead. It returns ErrServerClosed
+// after Shutdown or Close, and an error at once if the Server runs no CA.
+func (s *Server) ServeSecure(lis net.Listener) error {
+	if s.ca == nil {
+		lis.Close()
+		return fmt.Errorf("xdsserver: ServeSecure needs the CA (WithDataDir or WithCAFiles)")
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		lis.Close()
+		return ErrServerClosed
+	}
+	if s.secure == nil {
+		cc := &servingCert{s: s}
+		s.secure = grpc.NewServer(
+			grpc.Creds(credentials.NewTLS(&tls.Config{
+				MinVersion:     tls.VersionTLS13,
+				GetCertificate: cc.get,
+				ClientAuth:     tls.RequestClientCert, // the CA verifies renewals itself
+			})),
+			grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+			grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+			grpc.MaxConcurrentStreams(1<<16),
+		)
+		v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.secure, s.xds)
+		registrationpb.RegisterRegistrationServer(s.secure, &registrationService{s: s})
+		s.caService.Register(s.secure)
+	}
+	srv := s.secure
+	s.mu.Unlock()
+	err := srv.Serve(lis)
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed || err == nil {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// servingCert is the control plane's certificate on its secure port,
+// issued by its own CA and renewed once half its life has passed.
+type servingCert struct {
+	s       *Server
+	mu      sync.Mutex
+	cert    *tls.Certificate
+	renewAt time.Time
+}
+
+func (c *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert != nil && time.Now().Before(c.renewAt) {
+		return c.cert, nil
+	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	dns := []string{"localhost"}
+	for _, n := range c.s.opts.servingNames {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, n)
+		}
+	}
+	cert, err := c.s.ca.ServerCertificate(c.s.servingID, dns, ips)
+	if err != nil {
+		if c.cert != nil {
+			return c.cert, nil // keep serving the old one until it is renewed
+		}
+		return nil, err
+	}
+	c.cert = cert
+	c.renewAt = cert.Leaf.NotBefore.Add(cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore) / 2)
+	return cert, nil
+}
+
+// caIssued is one entry of /debug/ca.
+type caIssued struct {
+	Serial   string    `json:"serial"`
+	ID       string    `json:"spiffeId"`
+	IssuedAt time.Time `json:"issuedAt"`
+	NotAfter time.Time `json:"notAfter"`
+}
+
+// serveCA is /debug/ca: the CA's trust domain, root, and the certificates
+// it issued that have not expired, soonest to expire first.
+func (s *Server) serveCA(w http.ResponseWriter, _ *http.Request) {
+	if s.ca == nil {
+		http.Error(w, "this control plane runs no CA", http.StatusNotFound)
+		return
+	}
+	out := struct {
+		TrustDomain string     `json:"trustDomain"`
+		Root        string     `json:"rootPEM"`
+		RootExpires time.Time  `json:"rootNotAfter"`
+		Issued      []caIssued `json:"issued"`
+	}{TrustDomain: s.ca.TrustDomain().String(), Root: string(s.ca.RootPEM()), RootExpires: s.ca.Root().NotAfter, Issued: []caIssued{}}
+	for _, ic := range s.ca.Issued() {
+		out.Issued = append(out.Issued, caIssued{Serial: ic.Serial, ID: ic.ID.String(), IssuedAt: ic.IssuedAt, NotAfter: ic.NotAfter})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(out)
+}

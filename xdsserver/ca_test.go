@@ -1,0 +1,144 @@
+package xdsserver
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/trellismesh/trellis/internal/identity"
+)
+
+// serveSecure runs s's secure port on loopback and returns its address.
+func serveSecure(t *testing.T, s *Server) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServeSecure(lis) }()
+	t.Cleanup(func() {
+		s.Close()
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("ServeSecure() = %v, want ErrServerClosed", err)
+		}
+	})
+	return lis.Addr().String()
+}
+
+// dialer reaches the secure port trusting only root, and checks the
+// control plane's own SPIFFE ID, as a workload does.
+func dialer(addr string, root []byte) identity.Dialer {
+	return func(ctx context.Context, cert *tls.Certificate) (*grpc.ClientConn, error) {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(root)
+		cfg := &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			want := "spiffe://cluster.local/ns/trellis-system/sa/xdsserver"
+			if uris := cs.PeerCertificates[0].URIs; len(uris) != 1 || uris[0].String() != want {
+				return errors.New("control plane presents the wrong SPIFFE ID")
+			}
+			return nil
+		}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	}
+}
+
+// TestCAIssuesJoinTokenIdentity: the control plane's CA, on its secure
+// port, gives a workload the identity its join token is bound to, lists it
+// at /debug/ca, and keeps the same root across a restart on the same data
+// directory.
+func TestCAIssuesJoinTokenIdentity(t *testing.T) {
+	ctx := testContext(t)
+	dir := t.TempDir()
+	opts := []Option{WithDataDir(dir), WithJoinTokens(map[string]WorkloadIdentity{"s3cret": {Namespace: "default", ServiceAccount: "reviews"}})}
+	s, err := New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveSecure(t, s)
+	root := s.CARootPEM()
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+
+	src, err := identity.NewCASource(ctx, dialer(addr, root), td, identity.WithJoinToken("s3cret"))
+	if err != nil {
+		t.Fatalf("NewCASource() = %v", err)
+	}
+	defer src.Close()
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := svid.ID.String(), "spiffe://cluster.local/ns/default/sa/reviews"; got != want {
+		t.Errorf("issued identity = %s, want %s", got, want)
+	}
+
+	if _, err := identity.NewCASource(ctx, dialer(addr, root), td, identity.WithJoinToken("guess")); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("NewCASource(unknown token) = %v, want an Unauthenticated refusal", err)
+	}
+
+	rec := httptest.NewRecorder()
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ca", nil))
+	var dump struct {
+		TrustDomain string `json:"trustDomain"`
+		Issued      []struct {
+			ID     string `json:"spiffeId"`
+			Serial string `json:"serial"`
+		} `json:"issued"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &dump); err != nil {
+		t.Fatalf("/debug/ca: %v: %s", err, rec.Body)
+	}
+	found := false
+	for _, ic := range dump.Issued {
+		found = found || ic.ID == svid.ID.String() && ic.Serial == svid.Certificates[0].SerialNumber.Text(16)
+	}
+	if dump.TrustDomain != "cluster.local" || !found {
+		t.Errorf("/debug/ca = %s, want trust domain cluster.local and the issued SVID", rec.Body)
+	}
+
+	s2, err := New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if string(s2.CARootPEM()) != string(root) {
+		t.Errorf("a restart on the same data directory changed the CA root")
+	}
+}
+
+// TestServeSecureNeedsCA: without a CA there is no secure port, and the
+// admin page says so.
+func TestServeSecureNeedsCA(t *testing.T) {
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ServeSecure(lis); err == nil || errors.Is(err, ErrServerClosed) {
+		t.Errorf("ServeSecure() without a CA = %v, want an error saying the CA is needed", err)
+	}
+	rec := httptest.NewRecorder()
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ca", nil))
+	if rec.Code != 404 {
+		t.Errorf("/debug/ca without a CA = %d, want 404", rec.Code)
+	}
+}
