@@ -1,5 +1,7 @@
 package authz
 
+//lint:file-ignore SA1019 Envoy's deprecated matcher fields are still what control planes (Istio's among them) send; they must be understood.
+
 import (
 	"errors"
 	"net/netip"

@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"google.golang.org/grpc"
+
+	"github.com/trellismesh/trellis/retry"
 )
 
 // DefaultControlPlane is the control-plane address used when neither
@@ -39,6 +41,7 @@ type options struct {
 	logger        *slog.Logger
 	dialOptions   []grpc.DialOption
 	serverOptions []grpc.ServerOption
+	retryBudget   retry.Budget
 }
 
 func newOptions(opts []Option) *options {
@@ -133,4 +136,13 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // For NewServer.
 func WithServerOptions(opts ...grpc.ServerOption) Option {
 	return optionFunc(func(o *options) { o.serverOptions = append(o.serverOptions, opts...) })
+}
+
+// WithRetryBudget sets the retry budget of each connection Dial makes: the
+// retries of all its calls may add at most b.Ratio of its calls, plus
+// b.MinPerSecond retries a second, over b.Window. Budgets are on by default
+// with retry.Budget's defaults (20 %, 10 a second, 10 seconds), so that a
+// failing service is not hit with a retry storm. For Dial.
+func WithRetryBudget(b retry.Budget) Option {
+	return optionFunc(func(o *options) { o.retryBudget = b })
 }

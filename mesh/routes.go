@@ -73,7 +73,8 @@ func releaseXDSClient(s *sharedXDSClient) {
 // routePolicies gives each call of a connection the retry policy of the
 // route it takes, from the control plane's routes for the target.
 type routePolicies struct {
-	table *xdsroute.Table[retry.Policy]
+	table  *xdsroute.Table[retry.Policy]
+	budget *retry.BudgetTracker // shared by all calls of the connection
 }
 
 var _ retry.Selector = (*routePolicies)(nil)
@@ -81,6 +82,9 @@ var _ retry.Selector = (*routePolicies)(nil)
 func (r *routePolicies) Policy(ctx context.Context, method string) retry.Policy {
 	md, _ := metadata.FromOutgoingContext(ctx)
 	_, p, _ := r.table.Lookup(ctx, method, md)
+	if p.Attempts > 1 {
+		p.Budget = r.budget
+	}
 	return p
 }
 
@@ -133,7 +137,7 @@ func (o *options) routeRetries(addr, target string) ([]grpc.DialOption, func(*gr
 		table.Close()
 		releaseXDSClient(shared)
 	}
-	sel := &routePolicies{table: table}
+	sel := &routePolicies{table: table, budget: retry.NewBudgetTracker(o.retryBudget)}
 	dopts := []grpc.DialOption{
 		grpc.WithDisableRetry(),
 		grpc.WithChainUnaryInterceptor(retry.UnaryClientInterceptor(sel)),

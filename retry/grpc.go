@@ -63,6 +63,12 @@ func (p *Policy) retriable(err error, perTry bool) bool {
 	return p.Codes.Has(code) || (perTry && code == codes.DeadlineExceeded)
 }
 
+// budgetAllows reports whether the policy's budget, if any, allows a retry
+// now, and counts it if so.
+func (p *Policy) budgetAllows() bool {
+	return p.Budget == nil || p.Budget.TryRetry()
+}
+
 // UnaryClientInterceptor returns an interceptor that makes each unary call
 // by the Policy sel gives it: the whole call within Timeout, each attempt
 // within PerTryTimeout, failed attempts with a retriable code retried after
@@ -81,6 +87,9 @@ func UnaryClientInterceptor(sel Selector) grpc.UnaryClientInterceptor {
 			ctx, cancel = context.WithTimeout(ctx, p.Timeout)
 			defer cancel()
 		}
+		if p.Budget != nil {
+			p.Budget.Call()
+		}
 		for attempt := 1; ; attempt++ {
 			actx, cancel := ctx, context.CancelFunc(func() {})
 			// perTry: this attempt's deadline is its own, earlier than
@@ -98,7 +107,7 @@ func UnaryClientInterceptor(sel Selector) grpc.UnaryClientInterceptor {
 			}
 			err := invoker(actx, method, req, reply, cc, opts...)
 			cancel()
-			if err == nil || attempt >= p.Attempts || ctx.Err() != nil || !p.retriable(err, perTry) {
+			if err == nil || attempt >= p.Attempts || ctx.Err() != nil || !p.retriable(err, perTry) || !p.budgetAllows() {
 				return err
 			}
 			if !sleep(ctx, p.Backoff(attempt)) {
@@ -125,6 +134,9 @@ func StreamClientInterceptor(sel Selector) grpc.StreamClientInterceptor {
 		cancel := context.CancelFunc(func() {})
 		if p.Timeout > 0 {
 			ctx, cancel = context.WithTimeout(ctx, p.Timeout)
+		}
+		if p.Budget != nil {
+			p.Budget.Call()
 		}
 		s := &stream{ctx: ctx, cancel: cancel, policy: p, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts}
 		for {
@@ -172,7 +184,7 @@ func (s *stream) attemptContext() context.Context {
 // waiting its backoff; the caller holds s.mu or owns s alone.
 func (s *stream) retryAfter(err error) bool {
 	s.attempt++
-	if s.committed || s.attempt >= s.policy.Attempts || s.ctx.Err() != nil || !s.policy.retriable(err, false) {
+	if s.committed || s.attempt >= s.policy.Attempts || s.ctx.Err() != nil || !s.policy.retriable(err, false) || !s.policy.budgetAllows() {
 		return false
 	}
 	return sleep(s.ctx, s.policy.Backoff(s.attempt))

@@ -34,6 +34,9 @@ type Policy struct {
 	// ...): a random duration in [0, min(BaseBackoff·2^(n-1), MaxBackoff)).
 	// If zero, 25 milliseconds and ten times BaseBackoff.
 	BaseBackoff, MaxBackoff time.Duration
+	// Budget, if not nil, caps the retries of all calls sharing it: a
+	// retry it refuses is not made, and the call ends with its last error.
+	Budget *BudgetTracker
 }
 
 // Codes is a set of gRPC status codes. The zero value is empty.

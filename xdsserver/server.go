@@ -205,27 +205,27 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(grpcstop.Graceful(ctx, s.grpc), s.stopSecure(ctx))
 }
 
-// stopSecure stops the secure port's server, gracefully while ctx lasts
-// (or at once with a nil ctx).
+// stopSecure stops the secure port's server gracefully while ctx lasts.
 func (s *Server) stopSecure(ctx context.Context) error {
+	if srv := s.secureServer(); srv != nil {
+		return grpcstop.Graceful(ctx, srv)
+	}
+	return nil
+}
+
+func (s *Server) secureServer() *grpc.Server {
 	s.mu.Lock()
-	srv := s.secure
-	s.mu.Unlock()
-	if srv == nil {
-		return nil
-	}
-	if ctx == nil {
-		srv.Stop()
-		return nil
-	}
-	return grpcstop.Graceful(ctx, srv)
+	defer s.mu.Unlock()
+	return s.secure
 }
 
 // Close stops the Server at once. It is idempotent.
 func (s *Server) Close() error {
 	s.stopBackground()
 	s.grpc.Stop()
-	s.stopSecure(nil)
+	if srv := s.secureServer(); srv != nil {
+		srv.Stop()
+	}
 	return nil
 }
 

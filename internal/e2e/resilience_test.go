@@ -17,6 +17,7 @@ import (
 
 	"github.com/trellismesh/trellis/examples/greeter/greeterpb"
 	"github.com/trellismesh/trellis/mesh"
+	"github.com/trellismesh/trellis/retry"
 )
 
 // behaviour lets a test make a server slow, failing or stuck.
@@ -26,10 +27,15 @@ type behaviour struct {
 	gate     atomic.Pointer[chan struct{}]
 	inFlight atomic.Int32
 	calls    atomic.Int64
+	// failEvery, if non-zero, fails every failEvery-th call with UNAVAILABLE.
+	failEvery atomic.Int64
 }
 
 func (b *behaviour) intercept(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	b.calls.Add(1)
+	n := b.calls.Add(1)
+	if every := b.failEvery.Load(); every > 0 && n%every == 0 {
+		return nil, status.Error(codes.Unavailable, "injected by the test: flaky")
+	}
 	b.inFlight.Add(1)
 	defer b.inFlight.Add(-1)
 	if g := b.gate.Load(); g != nil {
@@ -549,4 +555,77 @@ spec:
 	if got := bs[0].calls.Load() - before; got != 3 {
 		t.Errorf("a failing call was attempted %d times, want 3 (1 + 2 retries)", got)
 	}
+}
+
+// TestRetryBudgetPreventsRetryStorm: when every backend fails, retries are
+// capped by the connection's retry budget (on by default), so upstream
+// attempts stay within 1.25 × the calls made instead of 1 + attempts times;
+// when the backends recover and the budget refills, retries work again.
+func TestRetryBudgetPreventsRetryStorm(t *testing.T) {
+	ctx := testContext(t)
+	cp, _, _, bs := meshWith(ctx, t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  http:
+  - retries: {attempts: 4, retryOn: unavailable, backoff: 1ms}
+    route: [{destination: {host: greeter}}]
+`, 2)
+	cc, err := mesh.Dial("greeter:9080", mesh.WithControlPlane(cp.addr), mesh.WithRetryBudget(retry.Budget{Window: 2 * time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	client := greeterpb.NewGreeterClient(cc)
+	waitFor(ctx, t, "the new connection answering", func() error {
+		_, err := client.SayHello(ctx, &greeterpb.HelloRequest{})
+		return err
+	})
+	attempts := func() int64 { return bs[0].calls.Load() + bs[1].calls.Load() }
+	for _, b := range bs {
+		b.failCode.Store(uint32(codes.Unavailable))
+	}
+	const calls = 2000
+	before := attempts()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range calls / 8 {
+				if _, err := client.SayHello(ctx, &greeterpb.HelloRequest{Name: fmt.Sprint(w)}); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	made := attempts() - before
+	if failed.Load() != calls {
+		t.Errorf("%d of %d calls failed with every backend failing, want all", failed.Load(), calls)
+	}
+	// Budget: 20 % of the calls plus 10 retries a second over the window,
+	// however long the burst took.
+	if ratio := float64(made) / calls; ratio > 1.25 {
+		t.Errorf("upstream attempts = %d for %d calls (%.2f×), want ≤ 1.25× (without a budget: 5×)", made, calls, ratio)
+	}
+	t.Logf("every backend failing: %d calls made %d upstream attempts (%.3f×)", calls, made, float64(made)/calls)
+
+	// Recovery: each backend now fails only every other call, which one
+	// retry absorbs once the budget has refilled.
+	for _, b := range bs {
+		b.failEvery.Store(2)
+		b.failCode.Store(0)
+	}
+	waitFor(ctx, t, "retries working again after recovery", func() error {
+		for range 20 {
+			if _, err := client.SayHello(ctx, &greeterpb.HelloRequest{}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
