@@ -200,3 +200,14 @@ func (n Node) Proto() (*v3corepb.Node, error) {
 	}
 	return node, nil
 }
+
+// The certificate provider instance through which the control plane's TLS
+// contexts (server listeners' DownstreamTlsContext, clusters'
+// UpstreamTlsContext) refer to a mesh workload's identity, and the
+// certificate names used with it, as Istio names its SDS secrets. A mesh
+// process's bootstrap defines the instance, backed by its identity source.
+const (
+	CertProviderInstance = "trellis"
+	IdentityCertName     = "default"
+	RootCertName         = "ROOTCA"
+)
