@@ -41,6 +41,9 @@ type Registration struct {
 	ServicePort uint32            `json:"servicePort,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Locality    string            `json:"locality,omitempty"`
+	// Identity is the SPIFFE ID the workload proved with its client
+	// certificate when it registered; empty if it presented none.
+	Identity string `json:"identity,omitempty"`
 }
 
 // ConfigStatus describes the configuration in force and the last load.

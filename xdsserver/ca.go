@@ -115,6 +115,15 @@ func (s *Server) newCA() error {
 	return nil
 }
 
+// trustDomain is the mesh's trust domain: the CA's, or DefaultTrustDomain
+// when the Server runs no CA.
+func (s *Server) trustDomain() string {
+	if s.ca == nil {
+		return DefaultTrustDomain
+	}
+	return s.ca.TrustDomain().String()
+}
+
 // CARootPEM returns the mesh CA's root certificate, the trust anchor
 // workloads need to reach the secure port, or nil if the Server runs no CA.
 func (s *Server) CARootPEM() []byte {

@@ -1,7 +1,8 @@
 // Package xdsserver is the Trellis control plane.
 //
 // A Server reads Istio resources (ServiceEntry, WorkloadEntry,
-// VirtualService, DestinationRule) from a directory, takes registrations from
+// VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy,
+// RequestAuthentication) from a directory, takes registrations from
 // workloads over its registration API, translates both into standard xDS
 // resources (LDS, RDS, CDS, EDS) and serves them over ADS with
 // go-control-plane, state of the world and delta, with per-resource versions:
@@ -37,7 +38,18 @@
 // The CA decides each identity from who asks — the identity a join token
 // is bound to, or the one in the caller's current certificate when it
 // renews — never from the request; /debug/ca lists what it issued.
-// (Workloads do not use it yet: mTLS between them is not wired.)
+//
+// A workload that registers on the secure port with its certificate gets
+// the certificate's SPIFFE ID as the endpoint's identity (verified against
+// the CA root; a certificate that does not verify is refused with
+// Unauthenticated, an identity of another namespace with PermissionDenied).
+// Each registered endpoint has a server listener,
+// "grpc/server?xds.resource.listening_address=IP:PORT", with mTLS and
+// plaintext filter chains by its PeerAuthentication mode and the RBAC and
+// jwt_authn filters of the policies selecting it; clusters carry client
+// mTLS (the endpoints' identities as the accepted SANs) when a
+// DestinationRule asks for ISTIO_MUTUAL, or automatically when every
+// endpoint registered with an identity.
 //
 // cmd/xdsserver runs a Server with flags.
 package xdsserver

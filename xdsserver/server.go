@@ -18,7 +18,9 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/trellismesh/trellis/internal/ca"
 	"github.com/trellismesh/trellis/internal/config"
@@ -288,9 +290,24 @@ func (r *registrationService) Register(stream registrationpb.Registration_Regist
 		r.s.log.Warn("registration rejected", "error", err)
 		return statusInvalid(err)
 	}
+	// The identity comes from the connection, never from the request.
+	id, err := r.s.peerIdentity(stream.Context())
+	if err != nil {
+		r.s.metrics.registrations.WithLabelValues("rejected").Inc()
+		r.s.log.Warn("registration rejected: client certificate does not verify", "endpoint", ep.Key(), "error", err)
+		return status.Error(codes.Unauthenticated, "unauthenticated")
+	}
+	if !id.IsZero() {
+		if ns := identityNamespace(id); ns != ep.Namespace {
+			r.s.metrics.registrations.WithLabelValues("rejected").Inc()
+			r.s.log.Warn("registration rejected: identity may not register in this namespace", "endpoint", ep.Key(), "identity", id.String())
+			return status.Error(codes.PermissionDenied, "permission denied")
+		}
+		ep.Identity = id.String()
+	}
 	lease := r.s.reg.Add(ep)
 	r.s.metrics.registrations.WithLabelValues("accepted").Inc()
-	r.s.log.Info("endpoint registered", "endpoint", ep.Key(), "labels", ep.Labels)
+	r.s.log.Info("endpoint registered", "endpoint", ep.Key(), "labels", ep.Labels, "identity", ep.Identity)
 	if err := stream.Send(&registrationpb.RegisterResponse{Id: ep.Key()}); err != nil {
 		lease.Release(false)
 		return err

@@ -70,7 +70,7 @@ func (s *Server) rebuild() {
 	}
 	known := slices.Collect(maps.Keys(s.known))
 	s.mu.Unlock()
-	res := translate.Build(set, registered, known...)
+	res := translate.Build(set, registered, translate.Options{Known: known, TrustDomain: s.trustDomain()})
 	// Cold start: withhold endpoint lists that have never had an endpoint
 	// until warm-up ends (see WithWarmup).
 	warming := time.Now().Before(s.warmUntil)
@@ -90,8 +90,10 @@ func (s *Server) rebuild() {
 	for name, rc := range res.Routes {
 		baseRoutes[name] = translate.ViewRoutes(rc, res.RouteConditions[name], nil)
 	}
+	listeners := toResources(res.Listeners)
+	maps.Copy(listeners, toResources(res.ServerListeners)) // names never clash: grpc/server?...
 	next := map[string]map[string]types.Resource{
-		resource.ListenerType: toResources(res.Listeners),
+		resource.ListenerType: listeners,
 		resource.RouteType:    baseRoutes,
 		resource.ClusterType:  toResources(res.Clusters),
 		resource.EndpointType: toResources(res.Endpoints),

@@ -84,10 +84,13 @@ func validate(args []string, stdout, stderr io.Writer) int {
 		rep.Valid = true
 		rep.Findings = analyze.Set(set)
 		rep.Counts = map[string]int{
-			config.KindServiceEntry:    len(set.ServiceEntries),
-			config.KindWorkloadEntry:   len(set.WorkloadEntries),
-			config.KindVirtualService:  len(set.VirtualServices),
-			config.KindDestinationRule: len(set.DestinationRules),
+			config.KindServiceEntry:          len(set.ServiceEntries),
+			config.KindWorkloadEntry:         len(set.WorkloadEntries),
+			config.KindVirtualService:        len(set.VirtualServices),
+			config.KindDestinationRule:       len(set.DestinationRules),
+			config.KindPeerAuthentication:    len(set.PeerAuthentications),
+			config.KindAuthorizationPolicy:   len(set.AuthorizationPolicies),
+			config.KindRequestAuthentication: len(set.RequestAuthentications),
 		}
 	}
 	if *format == "json" {

@@ -36,11 +36,11 @@ func TestCommand(t *testing.T) {
 		defer cancel()
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r, trafficPolicy: {tls: {mode: SIMPLE}}}\n"), 0o644)
-		out, err := exec.CommandContext(ctx, bin, "-config", dir, "-xds-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-data-dir", t.TempDir()).CombinedOutput()
+		out, err := exec.CommandContext(ctx, bin, "-config", dir, "-xds-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-secure-addr", "127.0.0.1:0", "-data-dir", t.TempDir()).CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 			t.Fatalf("exit = %v, want status 1\n%s", err, out)
 		}
-		want := "bad.yaml:1: DestinationRule default/r: spec.trafficPolicy.tls: field not supported by Trellis"
+		want := "bad.yaml:1: DestinationRule default/r: spec.trafficPolicy.tls.mode: SIMPLE is not supported (supported: ISTIO_MUTUAL, DISABLE)"
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output:\n%s\nwant it to contain %q", out, want)
 		}
@@ -54,7 +54,7 @@ func TestCommand(t *testing.T) {
 	})
 
 	t.Run("serves admin and stops on SIGTERM", func(t *testing.T) {
-		cmd := exec.CommandContext(ctx, bin, "-xds-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-data-dir", t.TempDir(), "-log-format", "json")
+		cmd := exec.CommandContext(ctx, bin, "-xds-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-secure-addr", "127.0.0.1:0", "-data-dir", t.TempDir(), "-log-format", "json")
 		stderr, err := cmd.StderrPipe()
 		if err != nil {
 			t.Fatal(err)

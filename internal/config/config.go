@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
 )
 
 // Kinds of resources the loader accepts.
@@ -18,7 +19,16 @@ const (
 	KindWorkloadEntry   = "WorkloadEntry"
 	KindVirtualService  = "VirtualService"
 	KindDestinationRule = "DestinationRule"
+
+	KindPeerAuthentication    = "PeerAuthentication"
+	KindAuthorizationPolicy   = "AuthorizationPolicy"
+	KindRequestAuthentication = "RequestAuthentication"
 )
+
+// RootNamespace is the mesh's root namespace, as Istio's default
+// (meshConfig.rootNamespace): PeerAuthentication, AuthorizationPolicy and
+// RequestAuthentication resources in it apply mesh-wide.
+const RootNamespace = "istio-system"
 
 // DefaultNamespace is the namespace of a resource whose metadata names none.
 const DefaultNamespace = "default"
@@ -92,6 +102,24 @@ type DestinationRule struct {
 	Spec *networking.DestinationRule
 }
 
+// PeerAuthentication is a parsed PeerAuthentication resource.
+type PeerAuthentication struct {
+	Meta
+	Spec *security.PeerAuthentication
+}
+
+// AuthorizationPolicy is a parsed AuthorizationPolicy resource.
+type AuthorizationPolicy struct {
+	Meta
+	Spec *security.AuthorizationPolicy
+}
+
+// RequestAuthentication is a parsed RequestAuthentication resource.
+type RequestAuthentication struct {
+	Meta
+	Spec *security.RequestAuthentication
+}
+
 // Set is a validated set of resources. The zero Set is valid and empty. A Set
 // is not modified after Load returns it and is safe for concurrent reads.
 type Set struct {
@@ -99,13 +127,18 @@ type Set struct {
 	WorkloadEntries  []*WorkloadEntry
 	VirtualServices  []*VirtualService
 	DestinationRules []*DestinationRule
+
+	PeerAuthentications    []*PeerAuthentication
+	AuthorizationPolicies  []*AuthorizationPolicy
+	RequestAuthentications []*RequestAuthentication
 	// Files lists the files the Set was read from, sorted.
 	Files []string
 }
 
 // Len returns the number of resources in the set.
 func (s *Set) Len() int {
-	return len(s.ServiceEntries) + len(s.WorkloadEntries) + len(s.VirtualServices) + len(s.DestinationRules)
+	return len(s.ServiceEntries) + len(s.WorkloadEntries) + len(s.VirtualServices) + len(s.DestinationRules) +
+		len(s.PeerAuthentications) + len(s.AuthorizationPolicies) + len(s.RequestAuthentications)
 }
 
 // LoadDir reads every *.yaml, *.yml and *.json file directly inside dir

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
 
 	"github.com/trellismesh/trellis/internal/config"
 )
@@ -31,6 +33,11 @@ func res(kind, name, body string) string {
 // resNS is res in namespace ns.
 func resNS(kind, ns, name, body string) string {
 	return "apiVersion: networking.istio.io/v1\nkind: " + kind + "\nmetadata:\n  name: " + name + "\n  namespace: " + ns + "\nspec:\n" + strings.TrimPrefix(body, "\n")
+}
+
+// sec returns a security.istio.io/v1 document of kind in namespace ns.
+func sec(kind, ns, name, body string) string {
+	return "apiVersion: security.istio.io/v1\nkind: " + kind + "\nmetadata:\n  name: " + name + "\n  namespace: " + ns + "\nspec:\n" + strings.TrimPrefix(body, "\n")
 }
 
 // docs joins YAML documents into one multi-document stream.
@@ -87,7 +94,8 @@ func errorTexts(t *testing.T, err error) []string {
 func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }
 
 // specs returns the specs of set in Set order: ServiceEntries,
-// WorkloadEntries, VirtualServices, DestinationRules.
+// WorkloadEntries, VirtualServices, DestinationRules, PeerAuthentications,
+// AuthorizationPolicies, RequestAuthentications.
 func specs(set *config.Set) []proto.Message {
 	var out []proto.Message
 	for _, r := range set.ServiceEntries {
@@ -100,6 +108,15 @@ func specs(set *config.Set) []proto.Message {
 		out = append(out, r.Spec)
 	}
 	for _, r := range set.DestinationRules {
+		out = append(out, r.Spec)
+	}
+	for _, r := range set.PeerAuthentications {
+		out = append(out, r.Spec)
+	}
+	for _, r := range set.AuthorizationPolicies {
+		out = append(out, r.Spec)
+	}
+	for _, r := range set.RequestAuthentications {
 		out = append(out, r.Spec)
 	}
 	return out
@@ -525,6 +542,154 @@ spec: {host: reviews}
 		want: []proto.Message{vsReviewsSpec},
 	},
 	{
+		name: "PeerAuthentication mesh-wide, namespace-wide and per workload with port-level modes",
+		files: map[string]string{"security.yaml": docs(
+			sec("PeerAuthentication", "istio-system", "default", "  mtls: {mode: STRICT}\n"),
+			sec("PeerAuthentication", "default", "default", "  mtls: {}\n"),
+			"apiVersion: security.istio.io/v1beta1\n"+strings.TrimPrefix(sec("PeerAuthentication", "default", "reviews", `
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    "8080": {mode: DISABLE}
+    "9090": {mode: STRICT}
+    "9091": {mode: UNSET}
+`), "apiVersion: security.istio.io/v1\n"),
+		)},
+		want: []proto.Message{
+			&security.PeerAuthentication{Mtls: &security.PeerAuthentication_MutualTLS{Mode: security.PeerAuthentication_MutualTLS_STRICT}},
+			&security.PeerAuthentication{Mtls: &security.PeerAuthentication_MutualTLS{}},
+			&security.PeerAuthentication{
+				Selector: &typev1beta1.WorkloadSelector{MatchLabels: map[string]string{"app": "reviews"}},
+				Mtls:     &security.PeerAuthentication_MutualTLS{Mode: security.PeerAuthentication_MutualTLS_PERMISSIVE},
+				PortLevelMtls: map[uint32]*security.PeerAuthentication_MutualTLS{
+					8080: {Mode: security.PeerAuthentication_MutualTLS_DISABLE},
+					9090: {Mode: security.PeerAuthentication_MutualTLS_STRICT},
+					9091: {},
+				},
+			},
+		},
+	},
+	{
+		name: "AuthorizationPolicy with every supported field",
+		files: map[string]string{"authz.yaml": sec("AuthorizationPolicy", "default", "reviews", `
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/default/sa/web]
+        notPrincipals: ["*/sa/bot"]
+        requestPrincipals: ["https://issuer.example.com/*"]
+        notRequestPrincipals: [https://issuer.example.com/guest]
+        namespaces: [default]
+        notNamespaces: [evil]
+        serviceAccounts: [web]
+        notServiceAccounts: [other/bot]
+        ipBlocks: [10.0.0.0/8]
+        notIpBlocks: [10.1.0.0/16]
+        remoteIpBlocks: [192.168.0.0/16]
+        notRemoteIpBlocks: [192.168.1.1]
+    to:
+    - operation:
+        ports: ["8080"]
+        notPorts: ["9090"]
+        methods: [POST]
+        notMethods: [GET]
+        paths: [/admin/*]
+        notPaths: [/admin/public]
+    when:
+    - key: request.headers[x-user]
+      values: [admin]
+      notValues: [guest]
+`)},
+		want: []proto.Message{&security.AuthorizationPolicy{
+			Selector: &typev1beta1.WorkloadSelector{MatchLabels: map[string]string{"app": "reviews"}},
+			Action:   security.AuthorizationPolicy_DENY,
+			Rules: []*security.Rule{{
+				From: []*security.Rule_From{{Source: &security.Source{
+					Principals:           []string{"cluster.local/ns/default/sa/web"},
+					NotPrincipals:        []string{"*/sa/bot"},
+					RequestPrincipals:    []string{"https://issuer.example.com/*"},
+					NotRequestPrincipals: []string{"https://issuer.example.com/guest"},
+					Namespaces:           []string{"default"},
+					NotNamespaces:        []string{"evil"},
+					ServiceAccounts:      []string{"web"},
+					NotServiceAccounts:   []string{"other/bot"},
+					IpBlocks:             []string{"10.0.0.0/8"},
+					NotIpBlocks:          []string{"10.1.0.0/16"},
+					RemoteIpBlocks:       []string{"192.168.0.0/16"},
+					NotRemoteIpBlocks:    []string{"192.168.1.1"},
+				}}},
+				To: []*security.Rule_To{{Operation: &security.Operation{
+					Ports: []string{"8080"}, NotPorts: []string{"9090"},
+					Methods: []string{"POST"}, NotMethods: []string{"GET"},
+					Paths: []string{"/admin/*"}, NotPaths: []string{"/admin/public"},
+				}}},
+				When: []*security.Condition{{Key: "request.headers[x-user]", Values: []string{"admin"}, NotValues: []string{"guest"}}},
+			}},
+		}},
+	},
+	{
+		name: "RequestAuthentication with every supported field",
+		files: map[string]string{"authn.yaml": sec("RequestAuthentication", "default", "jwt", `
+  selector: {matchLabels: {app: reviews}}
+  jwtRules:
+  - issuer: https://issuer.example.com
+    audiences: [reviews]
+    jwksUri: https://issuer.example.com/jwks
+    timeout: 2s
+    fromHeaders: [{name: x-jwt, prefix: "Bearer "}]
+    fromParams: [token]
+    outputPayloadToHeader: x-jwt-payload
+    forwardOriginalToken: true
+  - issuer: local
+    jwks: '{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}'
+`)},
+		want: []proto.Message{&security.RequestAuthentication{
+			Selector: &typev1beta1.WorkloadSelector{MatchLabels: map[string]string{"app": "reviews"}},
+			JwtRules: []*security.JWTRule{
+				{
+					Issuer: "https://issuer.example.com", Audiences: []string{"reviews"},
+					JwksUri: "https://issuer.example.com/jwks", Timeout: durationpb.New(2 * time.Second),
+					FromHeaders:           []*security.JWTHeader{{Name: "x-jwt", Prefix: "Bearer "}},
+					FromParams:            []string{"token"},
+					OutputPayloadToHeader: "x-jwt-payload",
+					ForwardOriginalToken:  true,
+				},
+				{Issuer: "local", Jwks: `{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}`},
+			},
+		}},
+	},
+	{
+		name: "DestinationRule tls modes at every level",
+		files: map[string]string{"mesh.yaml": res("DestinationRule", "reviews", `
+  host: reviews
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings:
+    - port: {number: 9080}
+      tls: {mode: DISABLE}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {tls: {mode: DISABLE}}
+`)},
+		want: []proto.Message{&networking.DestinationRule{
+			Host: "reviews",
+			TrafficPolicy: &networking.TrafficPolicy{
+				Tls: &networking.ClientTLSSettings{Mode: networking.ClientTLSSettings_ISTIO_MUTUAL},
+				PortLevelSettings: []*networking.TrafficPolicy_PortTrafficPolicy{{
+					Port: &networking.PortSelector{Number: 9080},
+					Tls:  &networking.ClientTLSSettings{Mode: networking.ClientTLSSettings_DISABLE},
+				}},
+			},
+			Subsets: []*networking.Subset{{
+				Name: "v1", Labels: map[string]string{"version": "v1"},
+				TrafficPolicy: &networking.TrafficPolicy{Tls: &networking.ClientTLSSettings{Mode: networking.ClientTLSSettings_DISABLE}},
+			}},
+		}},
+	},
+	{
 		name:  "no resources",
 		files: map[string]string{"empty.yaml": "", "comments.yaml": "# nothing here\n---\n\n---\n# nor here\n"},
 	},
@@ -590,7 +755,7 @@ func populated(m protoreflect.Message, prefix string, paths map[string]bool) {
 // other, and so do the two hash keys).
 var policyBodies = []string{
 	`{loadBalancer: {simple: RANDOM, localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}}, connectionPool: {http: {http2MaxRequests: 5, maxRequestsPerConnection: 100}}, outlierDetection: {consecutive5xxErrors: 2, consecutiveGatewayErrors: 1, interval: 1m, baseEjectionTime: 90s, maxEjectionPercent: 30, minHealthPercent: 10}}`,
-	`{loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}}}`,
+	`{loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}}, tls: {mode: ISTIO_MUTUAL}}`,
 	`{loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {distribute: [{from: "us-east/*", to: {"us-east/zone-a/*": 80, "us-west": 20}}]}}}`,
 }
 
@@ -615,10 +780,13 @@ func trafficPolicyCases() []string {
 // into the spec), or when a loaded spec sets a field that is not allowed.
 func TestSupportedFieldsCovered(t *testing.T) {
 	covered := map[string]map[string]bool{
-		config.KindServiceEntry:    {},
-		config.KindWorkloadEntry:   {},
-		config.KindVirtualService:  {},
-		config.KindDestinationRule: {},
+		config.KindServiceEntry:          {},
+		config.KindWorkloadEntry:         {},
+		config.KindVirtualService:        {},
+		config.KindDestinationRule:       {},
+		config.KindPeerAuthentication:    {},
+		config.KindAuthorizationPolicy:   {},
+		config.KindRequestAuthentication: {},
 	}
 	cases := slices.Clone(validCases)
 	cases = append(cases, validCase{name: "traffic policies at every level", files: map[string]string{"tp.yaml": docs(trafficPolicyCases()...)}})
@@ -639,6 +807,15 @@ func TestSupportedFieldsCovered(t *testing.T) {
 		for _, r := range set.DestinationRules {
 			populated(r.Spec.ProtoReflect(), "", covered[config.KindDestinationRule])
 		}
+		for _, r := range set.PeerAuthentications {
+			populated(r.Spec.ProtoReflect(), "", covered[config.KindPeerAuthentication])
+		}
+		for _, r := range set.AuthorizationPolicies {
+			populated(r.Spec.ProtoReflect(), "", covered[config.KindAuthorizationPolicy])
+		}
+		for _, r := range set.RequestAuthentications {
+			populated(r.Spec.ProtoReflect(), "", covered[config.KindRequestAuthentication])
+		}
 	}
 	for kind, paths := range covered {
 		var got []string
@@ -657,7 +834,7 @@ func TestSupportedFieldsCovered(t *testing.T) {
 }
 
 func TestSupported(t *testing.T) {
-	for _, kind := range []string{config.KindServiceEntry, config.KindWorkloadEntry, config.KindVirtualService, config.KindDestinationRule} {
+	for _, kind := range []string{config.KindServiceEntry, config.KindWorkloadEntry, config.KindVirtualService, config.KindDestinationRule, config.KindPeerAuthentication, config.KindAuthorizationPolicy, config.KindRequestAuthentication} {
 		got := config.Supported(kind)
 		if !slices.IsSorted(got) {
 			t.Errorf("Supported(%q) = %q, want sorted", kind, got)
@@ -668,8 +845,8 @@ func TestSupported(t *testing.T) {
 	}
 	// Supported returns a copy: changing it changes nothing.
 	got := config.Supported(config.KindDestinationRule)
-	got[0] = "traffic_policy.tls"
-	if slices.Contains(config.Supported(config.KindDestinationRule), "traffic_policy.tls") {
+	got[0] = "traffic_policy.tunnel"
+	if slices.Contains(config.Supported(config.KindDestinationRule), "traffic_policy.tunnel") {
 		t.Errorf("Supported(%q) returns the allowlist itself, want a copy", config.KindDestinationRule)
 	}
 }
@@ -976,10 +1153,10 @@ var rejections = []struct {
   subsets:
   - name: v1
     labels: {version: v1}
-    traffic_policy: {tls: {mode: ISTIO_MUTUAL}}
+    traffic_policy: {tunnel: {protocol: CONNECT}}
 `),
 		want: []string{
-			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].traffic_policy.tls: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].traffic_policy.tunnel: field not supported by Trellis (see docs/SUPPORT.md)`,
 			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.warmupDurationSecs: field not supported by Trellis (see docs/SUPPORT.md)`,
 		},
 	},
@@ -1414,7 +1591,7 @@ var rejections = []struct {
 	{
 		name: "unsupported kind",
 		yaml: "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {}\n",
-		want: []string{`mesh.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)`},
+		want: []string{`mesh.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)`},
 	},
 	{
 		name: "missing kind",
@@ -1477,6 +1654,137 @@ spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
 		yaml: "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews\n",
 		want: []string{`mesh.yaml:1: invalid YAML: yaml: line 3: did not find expected ',' or '}'`},
 	},
+	// Security resources and DestinationRule TLS.
+	{
+		name: "PeerAuthentication mode that is not a mode",
+		yaml: sec("PeerAuthentication", "default", "a", "  mtls: {mode: OPTIONAL}\n"),
+		want: []string{`mesh.yaml:1: PeerAuthentication default/a: spec.mtls.mode: "OPTIONAL" is not one of UNSET, DISABLE, PERMISSIVE, STRICT`},
+	},
+	{
+		name: "PeerAuthentication unknown field",
+		yaml: sec("PeerAuthentication", "default", "c", "  mtls: {mode: STRICT, strict: true}\n"),
+		want: []string{`mesh.yaml:1: PeerAuthentication default/c: spec.mtls.strict: unknown field`},
+	},
+	{
+		name: "PeerAuthentication port 0, port-level modes without selector, selector in the root namespace",
+		yaml: docs(
+			sec("PeerAuthentication", "default", "a", "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {\"0\": {mode: STRICT}}\n"),
+			sec("PeerAuthentication", "shop", "b", "  portLevelMtls: {\"8080\": {mode: STRICT}}\n"),
+			sec("PeerAuthentication", "istio-system", "c", "  selector: {matchLabels: {app: c}}\n  mtls: {mode: STRICT}\n"),
+		),
+		want: []string{
+			`mesh.yaml:1: PeerAuthentication default/a: spec.portLevelMtls["0"]: port must be between 1 and 65535`,
+			`mesh.yaml:10: PeerAuthentication shop/b: spec.portLevelMtls: port-level mTLS needs a selector with labels: a namespace-wide or mesh-wide PeerAuthentication cannot set it`,
+			`mesh.yaml:18: PeerAuthentication istio-system/c: spec.selector: a PeerAuthentication in the root namespace istio-system must not have a selector (it is the mesh-wide policy)`,
+		},
+	},
+	{
+		name: "two namespace-wide PeerAuthentications in one namespace, and two mesh-wide",
+		yaml: docs(
+			sec("PeerAuthentication", "default", "a", "  mtls: {mode: STRICT}\n"),
+			sec("PeerAuthentication", "default", "b", "  mtls: {mode: PERMISSIVE}\n"),
+			sec("PeerAuthentication", "istio-system", "c", "  mtls: {mode: STRICT}\n"),
+			sec("PeerAuthentication", "istio-system", "d", "  selector: {matchLabels: {}}\n  mtls: {mode: DISABLE}\n"),
+		),
+		want: []string{
+			`mesh.yaml:9: PeerAuthentication default/b: spec.selector: namespace default already has a PeerAuthentication without selector, PeerAuthentication default/a (mesh.yaml:1)`,
+			`mesh.yaml:25: PeerAuthentication istio-system/d: spec.selector: the mesh (root namespace istio-system) already has a PeerAuthentication without selector, PeerAuthentication istio-system/c (mesh.yaml:17)`,
+		},
+	},
+	{
+		name: "security resource with a networking API version",
+		yaml: "apiVersion: networking.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\nspec: {mtls: {mode: STRICT}}\n",
+		want: []string{`mesh.yaml:1: PeerAuthentication default/a: apiVersion: "networking.istio.io/v1" is not an API version of PeerAuthentication (want one of security.istio.io/v1, security.istio.io/v1beta1)`},
+	},
+	{
+		name: "AuthorizationPolicy fields Trellis does not implement",
+		yaml: sec("AuthorizationPolicy", "default", "a", `
+  targetRef: {kind: Service, name: reviews}
+  rules:
+  - from: [{source: {trustDomains: [other.example]}}]
+    to: [{operation: {hosts: [reviews.example.com]}}]
+`),
+		want: []string{
+			`mesh.yaml:1: AuthorizationPolicy default/a: spec.rules[0].from[0].source.trustDomains: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: AuthorizationPolicy default/a: spec.rules[0].to[0].operation.hosts: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: AuthorizationPolicy default/a: spec.targetRef: field not supported by Trellis (see docs/SUPPORT.md)`,
+		},
+	},
+	{
+		name: "AuthorizationPolicy values the translation refuses",
+		yaml: docs(
+			sec("AuthorizationPolicy", "default", "custom", "  action: CUSTOM\n  rules: [{}]\n"),
+			sec("AuthorizationPolicy", "default", "paths", "  rules: [{to: [{operation: {paths: [\"/a/../admin\"]}}]}]\n"),
+			sec("AuthorizationPolicy", "default", "when", "  rules: [{when: [{key: request.host, values: [x]}]}]\n"),
+		),
+		want: []string{
+			`mesh.yaml:1: AuthorizationPolicy default/custom: secpolicy: authorization policy "default/custom": action: CUSTOM not supported`,
+			`mesh.yaml:10: AuthorizationPolicy default/paths: secpolicy: authorization policy "default/paths": rules[0].to[0].operation.paths[0]: "/a/../admin" is not in canonical form ("/admin") and would never match`,
+			`mesh.yaml:18: AuthorizationPolicy default/when: secpolicy: authorization policy "default/when": rules[0].when[0].key: "request.host" not supported`,
+		},
+	},
+	{
+		name: "RequestAuthentication fields Trellis does not implement",
+		yaml: sec("RequestAuthentication", "default", "a", "  jwtRules: [{issuer: x, jwksUri: \"https://x/jwks\", fromCookies: [session], spaceDelimitedClaims: [scope]}]\n"),
+		want: []string{
+			`mesh.yaml:1: RequestAuthentication default/a: spec.jwtRules[0].fromCookies: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: RequestAuthentication default/a: spec.jwtRules[0].spaceDelimitedClaims: field not supported by Trellis (see docs/SUPPORT.md)`,
+		},
+	},
+	{
+		name: "RequestAuthentication values the translation refuses",
+		yaml: docs(
+			sec("RequestAuthentication", "default", "b", "  jwtRules: [{issuer: x}]\n"),
+			sec("RequestAuthentication", "default", "c", "  jwtRules: [{issuer: x, jwksUri: \"ftp://x/jwks\"}]\n"),
+		),
+		want: []string{
+			`mesh.yaml:1: RequestAuthentication default/b: request authentication "default/b": jwtRules[0]: jwksUri or jwks is required (OIDC discovery is not supported)`,
+			`mesh.yaml:9: RequestAuthentication default/c: request authentication "default/c": jwtRules[0].jwksUri: "ftp://x/jwks" is not an http(s) URL`,
+		},
+	},
+	{
+		name: "DestinationRule tls modes other than ISTIO_MUTUAL and DISABLE, tls fields, tls without mode",
+		yaml: res("DestinationRule", "reviews", `
+  host: reviews
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+    portLevelSettings:
+    - port: {number: 9080}
+      tls: {}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: ISTIO_MUTUAL, sni: reviews.example.com, subjectAltNames: [spiffe://x]}
+      portLevelSettings:
+      - port: {number: 9090}
+        tls: {mode: MUTUAL, credentialName: secret}
+`),
+		want: []string{
+			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.sni: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.subjectAltNames: field not supported by Trellis (see docs/SUPPORT.md)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].tls.mode: required: ISTIO_MUTUAL or DISABLE`,
+		},
+	},
+	{
+		name: "DestinationRule tls mode SIMPLE and MUTUAL",
+		yaml: res("DestinationRule", "reviews", `
+  host: reviews
+  trafficPolicy: {tls: {mode: SIMPLE}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: 9090}
+        tls: {mode: MUTUAL}
+`),
+		want: []string{
+			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode: MUTUAL is not supported (supported: ISTIO_MUTUAL, DISABLE)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.tls.mode: SIMPLE is not supported (supported: ISTIO_MUTUAL, DISABLE)`,
+		},
+	},
 	{
 		name: "key given twice",
 		yaml: res("DestinationRule", "reviews", "  host: reviews\n  host: ratings\n"),
@@ -1491,7 +1799,7 @@ spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
 		},
 		want: []string{
 			`a.yaml:2: VirtualService default/reviews: spec.http[0].mirror: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`b.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)`,
+			`b.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)`,
 			`c.yml:1: invalid YAML: yaml: did not find expected key`,
 		},
 	},
@@ -1614,7 +1922,7 @@ func TestLoadLines(t *testing.T) {
 		{
 			"not separators",
 			"kind: Gateway\nx: |\n  ---\n----: 1\n",
-			[]string{`mesh.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)`},
+			[]string{`mesh.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)`},
 		},
 	}
 	for _, tt := range tests {
@@ -1690,12 +1998,12 @@ func TestLoadDir(t *testing.T) {
 	}
 
 	// One bad file rejects the whole directory.
-	write("bad.yaml", res("DestinationRule", "ratings", "  host: ratings\n  trafficPolicy: {tls: {}}\n"))
+	write("bad.yaml", res("DestinationRule", "ratings", "  host: ratings\n  trafficPolicy: {tls: {mode: SIMPLE}}\n"))
 	set, err = config.LoadDir(dir)
 	if set != nil {
 		t.Errorf("LoadDir(%q) = %d resources, want a nil Set", dir, set.Len())
 	}
-	want := []string{filepath.Join(dir, "bad.yaml") + ":1: DestinationRule default/ratings: spec.trafficPolicy.tls: field not supported by Trellis (see docs/SUPPORT.md)"}
+	want := []string{filepath.Join(dir, "bad.yaml") + ":1: DestinationRule default/ratings: spec.trafficPolicy.tls.mode: SIMPLE is not supported (supported: ISTIO_MUTUAL, DISABLE)"}
 	if diff := cmp.Diff(errorTexts(t, err), want); diff != "" {
 		t.Errorf("LoadDir(%q) errors mismatch (-got +want):\n%s", dir, diff)
 	}

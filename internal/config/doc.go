@@ -1,6 +1,11 @@
 // Package config loads Istio resources (ServiceEntry, WorkloadEntry,
-// VirtualService, DestinationRule) from YAML into the istio.io/api types and
-// validates them against what Trellis implements.
+// VirtualService, DestinationRule; PeerAuthentication, AuthorizationPolicy,
+// RequestAuthentication) from YAML into the istio.io/api types and
+// validates them against what Trellis implements. AuthorizationPolicy and
+// RequestAuthentication resources are translated (internal/secpolicy) one
+// by one at load, so a policy the control plane could not enforce is
+// refused here rather than discovered later. Security policies in
+// RootNamespace apply mesh-wide.
 //
 // Loading is strict. A key that is not a field of the Istio type is an
 // unknown field; a field of the Istio type that Trellis does not implement is

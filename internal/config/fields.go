@@ -39,6 +39,35 @@ var supported = map[string]map[string]bool{
 		"http.route.destination.port", "http.route.destination.port.number",
 	),
 	KindDestinationRule: destinationRuleFields(),
+	KindPeerAuthentication: set(
+		"selector", "selector.match_labels",
+		"mtls", "mtls.mode",
+		"port_level_mtls", "port_level_mtls.mode",
+	),
+	KindAuthorizationPolicy: set(
+		"selector", "selector.match_labels",
+		"action",
+		"rules",
+		"rules.from", "rules.from.source",
+		"rules.from.source.principals", "rules.from.source.not_principals",
+		"rules.from.source.request_principals", "rules.from.source.not_request_principals",
+		"rules.from.source.namespaces", "rules.from.source.not_namespaces",
+		"rules.from.source.service_accounts", "rules.from.source.not_service_accounts",
+		"rules.from.source.ip_blocks", "rules.from.source.not_ip_blocks",
+		"rules.from.source.remote_ip_blocks", "rules.from.source.not_remote_ip_blocks",
+		"rules.to", "rules.to.operation",
+		"rules.to.operation.ports", "rules.to.operation.not_ports",
+		"rules.to.operation.methods", "rules.to.operation.not_methods",
+		"rules.to.operation.paths", "rules.to.operation.not_paths",
+		"rules.when", "rules.when.key", "rules.when.values", "rules.when.not_values",
+	),
+	KindRequestAuthentication: set(
+		"selector", "selector.match_labels",
+		"jwt_rules", "jwt_rules.issuer", "jwt_rules.audiences",
+		"jwt_rules.jwks_uri", "jwt_rules.jwks", "jwt_rules.timeout",
+		"jwt_rules.from_headers", "jwt_rules.from_headers.name", "jwt_rules.from_headers.prefix",
+		"jwt_rules.from_params", "jwt_rules.output_payload_to_header", "jwt_rules.forward_original_token",
+	),
 }
 
 // trafficPolicyFields are the TrafficPolicy fields Trellis implements, at
@@ -59,6 +88,7 @@ var trafficPolicyFields = []string{
 	"outlier_detection", "outlier_detection.consecutive_5xx_errors", "outlier_detection.consecutive_gateway_errors",
 	"outlier_detection.interval", "outlier_detection.base_ejection_time",
 	"outlier_detection.max_ejection_percent", "outlier_detection.min_health_percent",
+	"tls", "tls.mode",
 }
 
 func destinationRuleFields() map[string]bool {

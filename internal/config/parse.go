@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -20,6 +21,10 @@ var apiVersions = map[string][]string{
 	KindWorkloadEntry:   {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
 	KindVirtualService:  {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
 	KindDestinationRule: {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
+
+	KindPeerAuthentication:    {"security.istio.io/v1", "security.istio.io/v1beta1"},
+	KindAuthorizationPolicy:   {"security.istio.io/v1", "security.istio.io/v1beta1"},
+	KindRequestAuthentication: {"security.istio.io/v1", "security.istio.io/v1beta1"},
 }
 
 // document is one YAML document of a file.
@@ -118,7 +123,7 @@ func parseDocument(set *Set, file string, doc document) []error {
 	meta.Kind = kind
 	versions, ok := apiVersions[kind]
 	if !ok {
-		return fail("", "kind", "unsupported kind %q (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)", kind)
+		return fail("", "kind", "unsupported kind %q (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)", kind)
 	}
 	if md, ok := obj["metadata"].(map[string]any); ok {
 		meta.Name, _ = md["name"].(string)
@@ -174,12 +179,29 @@ func parseDocument(set *Set, file string, doc document) []error {
 		m := &networking.DestinationRule{}
 		set.DestinationRules = append(set.DestinationRules, &DestinationRule{Meta: meta, Spec: m})
 		msg = m
+	case KindPeerAuthentication:
+		m := &security.PeerAuthentication{}
+		set.PeerAuthentications = append(set.PeerAuthentications, &PeerAuthentication{Meta: meta, Spec: m})
+		msg = m
+	case KindAuthorizationPolicy:
+		m := &security.AuthorizationPolicy{}
+		set.AuthorizationPolicies = append(set.AuthorizationPolicies, &AuthorizationPolicy{Meta: meta, Spec: m})
+		msg = m
+	case KindRequestAuthentication:
+		m := &security.RequestAuthentication{}
+		set.RequestAuthentications = append(set.RequestAuthentications, &RequestAuthentication{Meta: meta, Spec: m})
+		msg = m
 	}
 	before := len(errs)
 	// Istio's Location enum has MESH_EXTERNAL as its zero value, so only the
 	// document tells an explicit MESH_EXTERNAL from an omitted location.
 	if loc := fmt.Sprint(spec["location"]); kind == KindServiceEntry && (loc == "MESH_EXTERNAL" || loc == "0") {
 		add("spec.location", "MESH_EXTERNAL is not supported: ServiceEntries describe services inside the mesh")
+	}
+	if kind == KindDestinationRule {
+		// A tls block without a mode would mean DISABLE (the enum's zero
+		// value): plaintext must be asked for, never implied.
+		tlsWithoutMode(spec, "spec", add)
 	}
 	walkFields(msg.ProtoReflect().Descriptor(), spec, "spec", "", supported[kind], add)
 	if len(errs) > before {
@@ -257,3 +279,34 @@ func protoErrorText(err error) string {
 }
 
 func quote(s string) string { return fmt.Sprintf("%q", s) }
+
+// tlsWithoutMode reports every traffic policy's tls block in a
+// DestinationRule spec (service, subset and port levels) that has no mode.
+func tlsWithoutMode(spec map[string]any, path string, add func(field, format string, args ...any)) {
+	check := func(v any, path string) {
+		m, _ := v.(map[string]any)
+		if tls, ok := m["tls"].(map[string]any); ok && tls["mode"] == nil {
+			add(path+".tls.mode", "required: ISTIO_MUTUAL or DISABLE")
+		}
+	}
+	policy := func(v any, path string) {
+		check(v, path)
+		tp, _ := v.(map[string]any)
+		for _, key := range []string{"portLevelSettings", "port_level_settings"} {
+			l, _ := tp[key].([]any)
+			for i, x := range l {
+				check(x, path+"."+key+"["+itoa(i)+"]")
+			}
+		}
+	}
+	for _, key := range []string{"trafficPolicy", "traffic_policy"} {
+		policy(spec[key], path+"."+key)
+	}
+	subsets, _ := spec["subsets"].([]any)
+	for i, x := range subsets {
+		m, _ := x.(map[string]any)
+		for _, key := range []string{"trafficPolicy", "traffic_policy"} {
+			policy(m[key], path+".subsets["+itoa(i)+"]."+key)
+		}
+	}
+}

@@ -304,10 +304,23 @@ func validateSet(set *Set) []error {
 		dup(r.Meta)
 		errs = append(errs, validateDestinationRule(r)...)
 	}
+	for _, r := range set.PeerAuthentications {
+		dup(r.Meta)
+		errs = append(errs, validatePeerAuthentication(r)...)
+	}
+	for _, r := range set.AuthorizationPolicies {
+		dup(r.Meta)
+		errs = append(errs, validateAuthorizationPolicy(r)...)
+	}
+	for _, r := range set.RequestAuthentications {
+		dup(r.Meta)
+		errs = append(errs, validateRequestAuthentication(r)...)
+	}
 	if len(errs) > 0 {
 		return errs
 	}
 
+	errs = append(errs, validatePeerAuthenticationSet(set.PeerAuthentications)...)
 	subsets := map[string]map[string]bool{} // canonical host -> subset names
 	drByHost := map[string]*DestinationRule{}
 	for _, dr := range set.DestinationRules {
@@ -468,7 +481,7 @@ func validateTrafficPolicy(p *problems, f string, tp *networking.TrafficPolicy) 
 	if tp == nil {
 		return
 	}
-	validatePortPolicy(p, f, tp.LoadBalancer, tp.ConnectionPool, tp.OutlierDetection)
+	validatePortPolicy(p, f, tp.LoadBalancer, tp.ConnectionPool, tp.OutlierDetection, tp.Tls)
 	ports := map[uint32]bool{}
 	for i, pl := range tp.PortLevelSettings {
 		pf := fmt.Sprintf("%s.portLevelSettings[%d]", f, i)
@@ -480,11 +493,18 @@ func validateTrafficPolicy(p *problems, f string, tp *networking.TrafficPolicy) 
 			p.add(pf+".port.number", "port %d has settings twice", n)
 		}
 		ports[n] = true
-		validatePortPolicy(p, pf, pl.LoadBalancer, pl.ConnectionPool, pl.OutlierDetection)
+		validatePortPolicy(p, pf, pl.LoadBalancer, pl.ConnectionPool, pl.OutlierDetection, pl.Tls)
 	}
 }
 
-func validatePortPolicy(p *problems, f string, lb *networking.LoadBalancerSettings, cp *networking.ConnectionPoolSettings, od *networking.OutlierDetection) {
+func validatePortPolicy(p *problems, f string, lb *networking.LoadBalancerSettings, cp *networking.ConnectionPoolSettings, od *networking.OutlierDetection, tls *networking.ClientTLSSettings) {
+	if tls != nil {
+		switch tls.Mode {
+		case networking.ClientTLSSettings_ISTIO_MUTUAL, networking.ClientTLSSettings_DISABLE:
+		default:
+			p.add(f+".tls.mode", "%s is not supported (supported: ISTIO_MUTUAL, DISABLE)", tls.Mode)
+		}
+	}
 	if lb != nil {
 		switch t := lb.LbPolicy.(type) {
 		case *networking.LoadBalancerSettings_Simple:

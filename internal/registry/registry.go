@@ -26,6 +26,10 @@ type Endpoint struct {
 	ServicePort uint32
 	Labels      map[string]string
 	Locality    string
+	// Identity is the SPIFFE ID ("spiffe://<trust-domain>/ns/<ns>/sa/<sa>")
+	// the workload proved by registering with its certificate, or empty if
+	// it registered without one.
+	Identity string
 }
 
 // Key identifies the endpoint: two registrations with the same key are the

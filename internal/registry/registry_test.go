@@ -141,3 +141,21 @@ func TestReleaseAfterCloseRemovesAtOnce(t *testing.T) {
 		t.Errorf("after Close, a broken lease left keys = %v, want none", got)
 	}
 }
+
+// TestIdentityFollowsTheRegistration: an endpoint's identity is the one of
+// its latest registration, and an update of labels keeps it.
+func TestIdentityFollowsTheRegistration(t *testing.T) {
+	r := New(time.Second, nil)
+	defer r.Close()
+	ep := Endpoint{Service: "reviews", Namespace: "default", Address: "127.0.0.1", Port: 9080, Identity: "spiffe://cluster.local/ns/default/sa/reviews"}
+	l := r.Add(ep)
+	l.Update(map[string]string{"version": "v2"}, "")
+	if got := r.Endpoints(); len(got) != 1 || got[0].Identity != ep.Identity {
+		t.Fatalf("Endpoints() = %+v, want one endpoint with Identity %q", got, ep.Identity)
+	}
+	ep.Identity = ""
+	r.Add(ep)
+	if got := r.Endpoints(); len(got) != 1 || got[0].Identity != "" {
+		t.Errorf("Endpoints() after a registration without certificate = %+v, want no Identity", got)
+	}
+}

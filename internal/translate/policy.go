@@ -49,10 +49,14 @@ type policy struct {
 	lb      *networking.LoadBalancerSettings
 	pool    *networking.ConnectionPoolSettings
 	outlier *networking.OutlierDetection
+	tls     *networking.ClientTLSSettings
 }
 
 // override replaces the settings that o sets.
-func (p policy) override(lb *networking.LoadBalancerSettings, pool *networking.ConnectionPoolSettings, od *networking.OutlierDetection) policy {
+func (p policy) override(lb *networking.LoadBalancerSettings, pool *networking.ConnectionPoolSettings, od *networking.OutlierDetection, tls *networking.ClientTLSSettings) policy {
+	if tls != nil {
+		p.tls = tls
+	}
 	if lb != nil {
 		p.lb = lb
 	}
@@ -69,10 +73,10 @@ func (p policy) apply(tp *networking.TrafficPolicy, port uint32) policy {
 	if tp == nil {
 		return p
 	}
-	p = p.override(tp.LoadBalancer, tp.ConnectionPool, tp.OutlierDetection)
+	p = p.override(tp.LoadBalancer, tp.ConnectionPool, tp.OutlierDetection, tp.Tls)
 	for _, pl := range tp.PortLevelSettings {
 		if pl.GetPort().GetNumber() == port {
-			p = p.override(pl.LoadBalancer, pl.ConnectionPool, pl.OutlierDetection)
+			p = p.override(pl.LoadBalancer, pl.ConnectionPool, pl.OutlierDetection, pl.Tls)
 		}
 	}
 	return p

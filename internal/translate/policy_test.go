@@ -30,7 +30,7 @@ func buildReviews(t *testing.T, yaml string) *Resources {
 	return Build(load(t, yaml), []registry.Endpoint{
 		reg("reviews", "", "127.0.0.1", 1001, 9080, map[string]string{"version": "v1"}),
 		reg("reviews", "", "127.0.0.1", 1002, 9090, map[string]string{"version": "v1"}),
-	})
+	}, Options{})
 }
 
 func routesOf(t *testing.T, res *Resources, port string) []*v3routepb.Route {

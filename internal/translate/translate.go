@@ -15,6 +15,11 @@
 //   - Route configurations are named "<canonical host>:<port>".
 //   - Clusters, and their EDS resources, follow Istio:
 //     "outbound|<port>|<subset>|<canonical host>".
+//   - Every registered endpoint has a server listener named by gRPC's
+//     template, "grpc/server?xds.resource.listening_address=<ip>:<port>",
+//     carrying its PeerAuthentication mode (mTLS and plaintext filter
+//     chains) and the AuthorizationPolicy (RBAC) and RequestAuthentication
+//     (jwt_authn) filters that select it; see ServerListenerName.
 package translate
 
 import (
@@ -38,6 +43,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
 
 	"github.com/trellismesh/trellis/internal/config"
 	"github.com/trellismesh/trellis/internal/registry"
@@ -46,10 +52,14 @@ import (
 // Resources are the xDS resources of the mesh, by name. Resources returned by
 // Build are not modified afterwards.
 type Resources struct {
+	// Listeners are the API listeners clients dial.
 	Listeners map[string]*v3listenerpb.Listener
-	Routes    map[string]*v3routepb.RouteConfiguration
-	Clusters  map[string]*v3clusterpb.Cluster
-	Endpoints map[string]*v3endpointpb.ClusterLoadAssignment
+	// ServerListeners are the listeners of registered servers, by
+	// ServerListenerName. They are served over LDS beside Listeners.
+	ServerListeners map[string]*v3listenerpb.Listener
+	Routes          map[string]*v3routepb.RouteConfiguration
+	Clusters        map[string]*v3clusterpb.Cluster
+	Endpoints       map[string]*v3endpointpb.ClusterLoadAssignment
 	// Locality holds, for clusters whose DestinationRule sets a
 	// localityLbSetting, that setting: their endpoints are served to each
 	// client through Localize.
@@ -82,6 +92,11 @@ type endpoint struct {
 	ports    map[uint32]uint32 // service port -> workload port
 	labels   map[string]string
 	locality string
+	identity string // SPIFFE ID proved at registration; "" if unknown
+	// mode is the PeerAuthentication mode of a registered endpoint's
+	// server listener; UNSET for endpoints from configuration, which have
+	// no Trellis server listener.
+	mode security.PeerAuthentication_MutualTLS_Mode
 }
 
 type service struct {
@@ -102,11 +117,12 @@ func (s *service) port(n uint32) (servicePort, bool) {
 }
 
 type builder struct {
-	set      *config.Set
-	services map[string]*service // by canonical host
-	subsets  map[string]map[string]map[string]string
-	rules    map[string]*config.DestinationRule // by canonical host
-	seHosts  map[string]bool                    // canonical hosts a ServiceEntry defines
+	set         *config.Set
+	trustDomain string
+	services    map[string]*service // by canonical host
+	subsets     map[string]map[string]map[string]string
+	rules       map[string]*config.DestinationRule // by canonical host
+	seHosts     map[string]bool                    // canonical hosts a ServiceEntry defines
 	// conditions are the sourceLabels of routes that have them.
 	conditions map[*v3routepb.Route]map[string]string
 	res        *Resources
@@ -120,36 +136,53 @@ type ServiceRef struct {
 	Port      uint32
 }
 
+// DefaultTrustDomain is the trust domain of Options with none: Istio's
+// default.
+const DefaultTrustDomain = "cluster.local"
+
+// Options are the inputs of Build beyond configuration and registrations.
+// The zero value is valid.
+type Options struct {
+	// Known lists service ports that stay defined (listeners, routes,
+	// clusters with empty EDS) even with no endpoint registered, so that
+	// clients fail fast with UNAVAILABLE instead of waiting for a listener
+	// that does not exist.
+	Known []ServiceRef
+	// TrustDomain is the mesh's SPIFFE trust domain, used by authorization
+	// policies and client mTLS. If empty, DefaultTrustDomain.
+	TrustDomain string
+}
+
 // Build translates a valid configuration set and the registered endpoints.
-// set may be nil (no configuration). known lists service ports that stay
-// defined (listeners, routes, clusters with empty EDS) even with no endpoint
-// registered, so that clients fail fast with UNAVAILABLE instead of waiting
-// for a listener that does not exist.
-func Build(set *config.Set, registered []registry.Endpoint, known ...ServiceRef) *Resources {
+// set may be nil (no configuration).
+func Build(set *config.Set, registered []registry.Endpoint, opts Options) *Resources {
 	if set == nil {
 		set = &config.Set{}
 	}
 	b := &builder{
-		set:      set,
-		services: map[string]*service{},
-		subsets:  map[string]map[string]map[string]string{},
-		rules:    map[string]*config.DestinationRule{},
-		seHosts:  map[string]bool{},
+		set:         set,
+		trustDomain: cmp.Or(opts.TrustDomain, DefaultTrustDomain),
+		services:    map[string]*service{},
+		subsets:     map[string]map[string]map[string]string{},
+		rules:       map[string]*config.DestinationRule{},
+		seHosts:     map[string]bool{},
 
 		conditions: map[*v3routepb.Route]map[string]string{},
 		res: &Resources{
-			Listeners: map[string]*v3listenerpb.Listener{},
-			Routes:    map[string]*v3routepb.RouteConfiguration{},
-			Clusters:  map[string]*v3clusterpb.Cluster{},
-			Endpoints: map[string]*v3endpointpb.ClusterLoadAssignment{},
-			Locality:  map[string]*networking.LocalityLoadBalancerSetting{},
+			Listeners:       map[string]*v3listenerpb.Listener{},
+			ServerListeners: map[string]*v3listenerpb.Listener{},
+			Routes:          map[string]*v3routepb.RouteConfiguration{},
+			Clusters:        map[string]*v3clusterpb.Cluster{},
+			Endpoints:       map[string]*v3endpointpb.ClusterLoadAssignment{},
+			Locality:        map[string]*networking.LocalityLoadBalancerSetting{},
 
 			RouteConditions: map[string][]map[string]string{},
 		},
 	}
 	b.addServiceEntries()
 	b.addRegistered(registered)
-	b.addKnown(known)
+	b.addKnown(opts.Known)
+	b.addServerListeners(registered)
 	for _, dr := range set.DestinationRules {
 		host := config.CanonicalHost(dr.Spec.Host, dr.Namespace)
 		b.rules[host] = dr
@@ -237,6 +270,8 @@ func (b *builder) addRegistered(registered []registry.Endpoint) {
 			ports:    map[uint32]uint32{sp: r.Port},
 			labels:   r.Labels,
 			locality: r.Locality,
+			identity: r.Identity,
+			mode:     b.peerMode(ns, r.Labels, r.Port),
 		})
 	}
 }
@@ -512,11 +547,13 @@ func (b *builder) addCluster(s *service, port uint32, subset string) {
 		selector = b.subsets[s.host][subset]
 	}
 	byLocality := map[string][]*v3endpointpb.LbEndpoint{}
+	var members []endpoint
 	for _, ep := range s.endpoints {
 		target, ok := ep.ports[port]
 		if !ok || (subset != "" && !selects(selector, ep.labels)) {
 			continue
 		}
+		members = append(members, ep)
 		byLocality[ep.locality] = append(byLocality[ep.locality], &v3endpointpb.LbEndpoint{
 			HostIdentifier: &v3endpointpb.LbEndpoint_Endpoint{Endpoint: &v3endpointpb.Endpoint{
 				Address: &v3corepb.Address{Address: &v3corepb.Address_SocketAddress{SocketAddress: &v3corepb.SocketAddress{
@@ -545,6 +582,7 @@ func (b *builder) addCluster(s *service, port uint32, subset string) {
 		})
 	}
 	b.res.Endpoints[name] = cla
+	b.clientTLS(b.res.Clusters[name], pol.tls, members)
 }
 
 // apiListener returns the API listener of a dialable name. The fault filter

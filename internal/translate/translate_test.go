@@ -54,7 +54,7 @@ func TestRegisteredService(t *testing.T) {
 	res := Build(nil, []registry.Endpoint{
 		reg("greeter", "default", "127.0.0.1", 4001, 9080, map[string]string{"version": "v1"}),
 		reg("greeter", "default", "127.0.0.1", 4002, 9080, map[string]string{"version": "v2"}),
-	})
+	}, Options{})
 	wantListeners := []string{
 		"greeter", "greeter.default", "greeter.default.svc.cluster.local",
 		"greeter.default.svc.cluster.local:9080", "greeter.default:9080", "greeter:9080",
@@ -130,7 +130,7 @@ spec:
 		reg("reviews", "shop", "10.0.0.4", 7200, 9080, nil),
 		// Has no matching port: warned about and left out.
 		reg("reviews", "shop", "10.0.0.5", 5000, 0, nil),
-	})
+	}, Options{})
 	host := "reviews.shop.svc.cluster.local"
 	if _, ok := res.Listeners["reviews.shop"]; ok {
 		t.Errorf("a two-port service has a portless listener name")
@@ -165,7 +165,7 @@ spec:
   resolution: STATIC
   ports: [{number: 8080, name: http}]
 `)
-	res := Build(set, []registry.Endpoint{reg("ratings", "", "127.0.0.1", 41234, 0, nil)})
+	res := Build(set, []registry.Endpoint{reg("ratings", "", "127.0.0.1", 41234, 0, nil)}, Options{})
 	got := addrs(res.Endpoints["outbound|8080||ratings.default.svc.cluster.local"])
 	if diff := cmp.Diff(got, []string{"// 127.0.0.1:41234 w1"}); diff != "" {
 		t.Errorf("endpoints (-got +want):\n%s", diff)
@@ -189,7 +189,7 @@ func TestShortNameOwnership(t *testing.T) {
 		for i, ns := range tc.namespaces {
 			eps = append(eps, reg("cart", ns, "127.0.0.1", uint32(5000+i), 80, nil))
 		}
-		res := Build(nil, eps)
+		res := Build(nil, eps, Options{})
 		l, ok := res.Listeners["cart:80"]
 		if !ok {
 			t.Errorf("namespaces %v: no listener cart:80", tc.namespaces)
@@ -249,7 +249,7 @@ spec:
 	res := Build(set, []registry.Endpoint{
 		reg("greeter", "default", "127.0.0.1", 4001, 9080, map[string]string{"version": "v1"}),
 		reg("greeter", "default", "127.0.0.1", 4002, 9080, map[string]string{"version": "v2"}),
-	})
+	}, Options{})
 	v1, v2 := ClusterName(host, 9080, "v1"), ClusterName(host, 9080, "v2")
 	strMatch := func(m *v3matcherpb.StringMatcher) *v3routepb.HeaderMatcher_StringMatch {
 		return &v3routepb.HeaderMatcher_StringMatch{StringMatch: m}
@@ -330,7 +330,7 @@ spec:
     - {destination: {host: a, subset: s}, weight: 50}
     - {destination: {host: b}, weight: 50}
 `)
-	res := Build(set, []registry.Endpoint{reg("a", "", "127.0.0.1", 1, 0, nil), reg("b", "", "127.0.0.1", 2, 0, nil)})
+	res := Build(set, []registry.Endpoint{reg("a", "", "127.0.0.1", 1, 0, nil), reg("b", "", "127.0.0.1", 2, 0, nil)}, Options{})
 	for name, l := range res.Listeners {
 		s := l.GetApiListener().String()
 		found := false
@@ -371,10 +371,10 @@ spec:
   resolution: STATIC
   ports: [{number: 8080, name: http}]
 `)
-	res := Build(set, nil,
-		ServiceRef{Service: "greeter", Port: 9080},
-		ServiceRef{Service: "ratings", Port: 7777}, // the ServiceEntry decides ratings' ports
-	)
+	res := Build(set, nil, Options{Known: []ServiceRef{
+		{Service: "greeter", Port: 9080},
+		{Service: "ratings", Port: 7777}, // the ServiceEntry decides ratings' ports
+	}})
 	for _, name := range []string{"greeter:9080", "greeter", "ratings:8080"} {
 		if _, ok := res.Listeners[name]; !ok {
 			t.Errorf("no listener %q; have %v", name, slices.Sorted(maps.Keys(res.Listeners)))
@@ -393,7 +393,7 @@ func TestRegisteredServiceWithTwoPorts(t *testing.T) {
 	res := Build(nil, []registry.Endpoint{
 		reg("reviews", "", "127.0.0.1", 1001, 9080, nil),
 		reg("reviews", "", "127.0.0.1", 1002, 9090, nil),
-	})
+	}, Options{})
 	for _, port := range []uint32{9080, 9090} {
 		if _, ok := res.Clusters[ClusterName("reviews.default.svc.cluster.local", port, "")]; !ok {
 			t.Errorf("no cluster for port %d; warnings %q", port, res.Warnings)
@@ -418,7 +418,7 @@ spec:
   - name: rest
     route: [{destination: {host: greeter}}]
 `)
-	res := Build(set, []registry.Endpoint{reg("greeter", "", "127.0.0.1", 1, 9080, nil)})
+	res := Build(set, []registry.Endpoint{reg("greeter", "", "127.0.0.1", 1, 9080, nil)}, Options{})
 	name := "greeter.default.svc.cluster.local:9080"
 	rc, conds := res.Routes[name], res.RouteConditions[name]
 	names := func(labels map[string]string) []string {

@@ -1,0 +1,585 @@
+package translate
+
+//lint:file-ignore SA1019 the shapes under test use the deprecated fields grpc-go reads.
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	v3clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	v3jwtauthnpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
+	v3rbacfilterpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	v3routerpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	v3hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	v3tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	security "istio.io/api/security/v1beta1"
+
+	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/registry"
+)
+
+// pa returns a PeerAuthentication document.
+func pa(ns, name, body string) string {
+	return fmt.Sprintf("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: %s, namespace: %s}\nspec:\n%s", name, ns, body)
+}
+
+// chains summarises a server listener's filter chains as "name/match".
+func chains(t *testing.T, l *v3listenerpb.Listener) []string {
+	t.Helper()
+	if l == nil {
+		t.Fatal("no server listener")
+	}
+	var out []string
+	for _, fc := range l.GetFilterChains() {
+		out = append(out, fc.GetName()+"/"+fc.GetFilterChainMatch().GetTransportProtocol())
+		if (fc.GetTransportSocket() != nil) != (fc.GetName() == MTLSChain) {
+			t.Errorf("filter chain %q has transport socket %v", fc.GetName(), fc.GetTransportSocket())
+		}
+	}
+	return out
+}
+
+var (
+	permissive = []string{"mtls/tls", "plaintext/raw_buffer"}
+	strict     = []string{"mtls/"}
+	disable    = []string{"plaintext/"}
+)
+
+// TestPeerAuthenticationPrecedence guards against the wrong policy deciding
+// whether a workload accepts plaintext: workload policy over namespace
+// policy over mesh policy, port-level modes for the listening port, UNSET
+// inheriting, and PERMISSIVE when nothing is configured.
+func TestPeerAuthenticationPrecedence(t *testing.T) {
+	reviews := map[string]string{"app": "reviews"}
+	tests := []struct {
+		name   string
+		yaml   []string
+		ns     string
+		labels map[string]string
+		port   uint32
+		want   []string
+	}{
+		{name: "no policy", want: permissive},
+		{name: "mesh STRICT", yaml: []string{pa("istio-system", "mesh", "  mtls: {mode: STRICT}\n")}, want: strict},
+		{name: "mesh UNSET is PERMISSIVE", yaml: []string{pa("istio-system", "mesh", "  mtls: {}\n")}, want: permissive},
+		{name: "namespace over mesh", yaml: []string{
+			pa("istio-system", "mesh", "  mtls: {mode: STRICT}\n"),
+			pa("default", "ns-wide", "  mtls: {mode: DISABLE}\n"),
+		}, want: disable},
+		{name: "namespace UNSET inherits mesh", yaml: []string{
+			pa("istio-system", "mesh", "  mtls: {mode: STRICT}\n"),
+			pa("default", "ns-wide", "  mtls: {mode: UNSET}\n"),
+		}, want: strict},
+		{name: "another namespace's policy does not apply", yaml: []string{
+			pa("shop", "ns-wide", "  mtls: {mode: STRICT}\n"),
+			pa("shop", "workload", "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: DISABLE}\n"),
+		}, labels: reviews, want: permissive},
+		{name: "workload over namespace and mesh", yaml: []string{
+			pa("istio-system", "mesh", "  mtls: {mode: DISABLE}\n"),
+			pa("default", "ns-wide", "  mtls: {mode: PERMISSIVE}\n"),
+			pa("default", "workload", "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: STRICT}\n"),
+		}, labels: reviews, want: strict},
+		{name: "workload policy not selecting", yaml: []string{
+			pa("default", "ns-wide", "  mtls: {mode: STRICT}\n"),
+			pa("default", "workload", "  selector: {matchLabels: {app: ratings}}\n  mtls: {mode: DISABLE}\n"),
+		}, labels: reviews, want: strict},
+		{name: "workload without mtls inherits namespace", yaml: []string{
+			pa("default", "ns-wide", "  mtls: {mode: DISABLE}\n"),
+			pa("default", "workload", "  selector: {matchLabels: {app: reviews}}\n"),
+		}, labels: reviews, want: disable},
+		{name: "port-level mode for the listening port", yaml: []string{
+			pa("default", "workload", "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: PERMISSIVE}\n  portLevelMtls: {\"7001\": {mode: STRICT}}\n"),
+		}, labels: reviews, port: 7001, want: strict},
+		{name: "port-level mode for another port", yaml: []string{
+			pa("default", "workload", "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: DISABLE}\n  portLevelMtls: {\"7001\": {mode: STRICT}}\n"),
+		}, labels: reviews, port: 7002, want: disable},
+		{name: "port-level UNSET inherits the workload, which inherits the mesh", yaml: []string{
+			pa("istio-system", "mesh", "  mtls: {mode: STRICT}\n"),
+			pa("default", "workload", "  selector: {matchLabels: {app: reviews}}\n  portLevelMtls: {\"7001\": {mode: UNSET}}\n"),
+		}, labels: reviews, port: 7001, want: strict},
+		{name: "workload in the root namespace gets the mesh mode", yaml: []string{
+			pa("istio-system", "mesh", "  mtls: {mode: STRICT}\n"),
+		}, ns: "istio-system", want: strict},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var set *config.Set
+			if len(tc.yaml) > 0 {
+				set = load(t, docs(tc.yaml...))
+			}
+			port, ns := tc.port, tc.ns
+			if port == 0 {
+				port = 7000
+			}
+			if ns == "" {
+				ns = "default"
+			}
+			res := Build(set, []registry.Endpoint{reg("reviews", ns, "10.0.0.1", port, 9080, tc.labels)}, Options{})
+			name := ServerListenerName("10.0.0.1", port)
+			if diff := cmp.Diff(chains(t, res.ServerListeners[name]), tc.want); diff != "" {
+				t.Errorf("Build(...).ServerListeners[%q] chains (-got +want):\n%s", name, diff)
+			}
+		})
+	}
+}
+
+func docs(d ...string) string { return strings.Join(d, "---\n") }
+
+func anyOf(t *testing.T, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// TestServerListenerShape pins the exact server listener of a PERMISSIVE
+// workload without policies, and checks every mode's listener against the
+// Envoy protos' own validation, so that Envoy-based and grpc-go servers
+// accept it.
+func TestServerListenerShape(t *testing.T) {
+	res := Build(nil, []registry.Endpoint{reg("reviews", "", "10.0.0.1", 7000, 9080, nil)}, Options{})
+	name := "grpc/server?xds.resource.listening_address=10.0.0.1:7000"
+	got := res.ServerListeners[name]
+	provider := func(cert string) *v3tlspb.CertificateProviderPluginInstance {
+		return &v3tlspb.CertificateProviderPluginInstance{InstanceName: "trellis", CertificateName: cert}
+	}
+	hcm := anyOf(t, &v3hcmpb.HttpConnectionManager{
+		StatPrefix: "inbound",
+		CodecType:  v3hcmpb.HttpConnectionManager_AUTO,
+		RouteSpecifier: &v3hcmpb.HttpConnectionManager_RouteConfig{RouteConfig: &v3routepb.RouteConfiguration{
+			Name: "inbound",
+			VirtualHosts: []*v3routepb.VirtualHost{{Name: "inbound", Domains: []string{"*"}, Routes: []*v3routepb.Route{{
+				Match:  &v3routepb.RouteMatch{PathSpecifier: &v3routepb.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &v3routepb.Route_NonForwardingAction{NonForwardingAction: &v3routepb.NonForwardingAction{}},
+			}}}},
+		}},
+		HttpFilters: []*v3hcmpb.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: anyOf(t, &v3routerpb.Router{})}}},
+	})
+	network := []*v3listenerpb.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &v3listenerpb.Filter_TypedConfig{TypedConfig: hcm}}}
+	want := &v3listenerpb.Listener{
+		Name: name,
+		Address: &v3corepb.Address{Address: &v3corepb.Address_SocketAddress{SocketAddress: &v3corepb.SocketAddress{
+			Address: "10.0.0.1", PortSpecifier: &v3corepb.SocketAddress_PortValue{PortValue: 7000},
+		}}},
+		FilterChains: []*v3listenerpb.FilterChain{
+			{
+				Name:             "mtls",
+				FilterChainMatch: &v3listenerpb.FilterChainMatch{TransportProtocol: "tls"},
+				Filters:          network,
+				TransportSocket: &v3corepb.TransportSocket{
+					Name: "envoy.transport_sockets.tls",
+					ConfigType: &v3corepb.TransportSocket_TypedConfig{TypedConfig: anyOf(t, &v3tlspb.DownstreamTlsContext{
+						RequireClientCertificate: wrapperspb.Bool(true),
+						CommonTlsContext: &v3tlspb.CommonTlsContext{
+							TlsCertificateProviderInstance: provider("default"),
+							ValidationContextType: &v3tlspb.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &v3tlspb.CommonTlsContext_CombinedCertificateValidationContext{
+								DefaultValidationContext:                     &v3tlspb.CertificateValidationContext{CaCertificateProviderInstance: provider("ROOTCA")},
+								ValidationContextCertificateProviderInstance: &v3tlspb.CommonTlsContext_CertificateProviderInstance{InstanceName: "trellis", CertificateName: "ROOTCA"},
+							}},
+						},
+					})},
+				},
+			},
+			{Name: "plaintext", FilterChainMatch: &v3listenerpb.FilterChainMatch{TransportProtocol: "raw_buffer"}, Filters: network},
+		},
+	}
+	if diff := cmp.Diff(got, want, protocmp.Transform()); diff != "" {
+		t.Errorf("Build(...).ServerListeners[%q] (-got +want):\n%s", name, diff)
+	}
+
+	set := load(t, docs(
+		pa("default", "strict", "  selector: {matchLabels: {m: strict}}\n  mtls: {mode: STRICT}\n"),
+		pa("default", "plain", "  selector: {matchLabels: {m: plain}}\n  mtls: {mode: DISABLE}\n"),
+		`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-web}
+spec:
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/web]}}], to: [{operation: {paths: [/reviews.Reviews/*]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  jwtRules: [{issuer: https://issuer.example.com, jwksUri: https://issuer.example.com/jwks}]
+`))
+	res = Build(set, []registry.Endpoint{
+		reg("a", "", "10.0.0.1", 7001, 0, map[string]string{"m": "strict"}),
+		reg("b", "", "10.0.0.1", 7002, 0, map[string]string{"m": "plain"}),
+		reg("c", "", "10.0.0.1", 7003, 0, nil),
+	}, Options{})
+	for name, l := range res.ServerListeners {
+		if err := l.ValidateAll(); err != nil {
+			t.Errorf("listener %q ValidateAll() = %v", name, err)
+		}
+		for _, fc := range l.GetFilterChains() {
+			h := &v3hcmpb.HttpConnectionManager{}
+			if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+				t.Fatalf("listener %q chain %q: %v", name, fc.GetName(), err)
+			}
+			if err := h.ValidateAll(); err != nil {
+				t.Errorf("listener %q chain %q HttpConnectionManager.ValidateAll() = %v", name, fc.GetName(), err)
+			}
+			for _, f := range h.GetHttpFilters() {
+				m, err := f.GetTypedConfig().UnmarshalNew()
+				if err != nil {
+					t.Fatalf("filter %q: %v", f.GetName(), err)
+				}
+				if err := m.(interface{ ValidateAll() error }).ValidateAll(); err != nil {
+					t.Errorf("listener %q filter %q ValidateAll() = %v", name, f.GetName(), err)
+				}
+			}
+			if ts := fc.GetTransportSocket(); ts != nil {
+				d := &v3tlspb.DownstreamTlsContext{}
+				if err := ts.GetTypedConfig().UnmarshalTo(d); err != nil {
+					t.Fatal(err)
+				}
+				validateTLS(t, name, d.GetCommonTlsContext())
+			}
+		}
+	}
+}
+
+// validateTLS runs the Envoy protos' validation on the parts of a TLS
+// context that grpc-go reads. (Envoy's rules want an SDS secret config in
+// every combined validation context, which proxyless clients do not use:
+// like Istio's proxyless configuration, Trellis sends certificate provider
+// instances instead, so the context as a whole is not validated.)
+func validateTLS(t *testing.T, resource string, common *v3tlspb.CommonTlsContext) {
+	t.Helper()
+	for _, m := range []interface{ ValidateAll() error }{
+		common.GetTlsCertificateProviderInstance(),
+		common.GetCombinedValidationContext().GetDefaultValidationContext(),
+		common.GetCombinedValidationContext().GetValidationContextCertificateProviderInstance(),
+	} {
+		if err := m.ValidateAll(); err != nil {
+			t.Errorf("%s: %T.ValidateAll() = %v", resource, m, err)
+		}
+	}
+}
+
+// filterNames lists the HTTP filters of a server listener's first chain,
+// failing t if the chains disagree.
+func filterNames(t *testing.T, l *v3listenerpb.Listener) []string {
+	t.Helper()
+	var first []string
+	for i, fc := range l.GetFilterChains() {
+		h := &v3hcmpb.HttpConnectionManager{}
+		if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, f := range h.GetHttpFilters() {
+			names = append(names, f.GetName())
+			if f.GetName() == JWTAuthnFilterName && !f.GetIsOptional() {
+				t.Errorf("jwt_authn filter is not optional: standard gRPC servers would NACK the listener")
+			}
+		}
+		if i == 0 {
+			first = names
+		} else if !slices.Equal(names, first) {
+			t.Errorf("chain %q filters %v differ from %v", fc.GetName(), names, first)
+		}
+	}
+	return first
+}
+
+// rbacPolicies returns, per RBAC filter name, the sorted policy names.
+func rbacPolicies(t *testing.T, l *v3listenerpb.Listener) map[string][]string {
+	t.Helper()
+	h := &v3hcmpb.HttpConnectionManager{}
+	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, f := range h.GetHttpFilters() {
+		if !strings.HasPrefix(f.GetName(), RBACFilterName) {
+			continue
+		}
+		r := &v3rbacfilterpb.RBAC{}
+		if err := f.GetTypedConfig().UnmarshalTo(r); err != nil {
+			t.Fatal(err)
+		}
+		out[f.GetName()] = slices.Sorted(maps.Keys(r.GetRules().GetPolicies()))
+		if out[f.GetName()] == nil {
+			out[f.GetName()] = []string{}
+		}
+	}
+	return out
+}
+
+const securityPolicies = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-allow, namespace: istio-system}
+spec:
+  rules: [{from: [{source: {namespaces: [default, shop]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin/*]}}]}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: shop}
+spec:
+  action: AUDIT
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules: [{issuer: https://issuer.example.com, jwksUri: https://issuer.example.com/jwks}]
+`
+
+// TestSecurityPolicySelection guards against policies reaching workloads
+// they do not select, or missing ones they do: selectors, namespaces, and
+// mesh-wide policies from the root namespace.
+func TestSecurityPolicySelection(t *testing.T) {
+	set := load(t, securityPolicies)
+	reviews := map[string]string{"app": "reviews"}
+	res := Build(set, []registry.Endpoint{
+		reg("reviews", "default", "10.0.0.1", 7001, 0, reviews),
+		reg("ratings", "default", "10.0.0.2", 7002, 0, map[string]string{"app": "ratings"}),
+		reg("reviews", "shop", "10.0.0.3", 7003, 0, reviews),
+	}, Options{})
+	tests := []struct {
+		addr        string
+		port        uint32
+		wantFilters []string
+		wantRBAC    map[string][]string
+	}{
+		{"10.0.0.1", 7001,
+			[]string{"envoy.filters.http.jwt_authn", "envoy.filters.http.rbac/deny", "envoy.filters.http.rbac/allow", "envoy.filters.http.router"},
+			map[string][]string{"envoy.filters.http.rbac/deny": {"default/deny-admin[0]"}, "envoy.filters.http.rbac/allow": {"istio-system/mesh-allow[0]"}}},
+		{"10.0.0.2", 7002,
+			[]string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"},
+			map[string][]string{"envoy.filters.http.rbac/allow": {"istio-system/mesh-allow[0]"}}},
+		{"10.0.0.3", 7003,
+			[]string{"envoy.filters.http.rbac/allow", "envoy.filters.http.rbac/audit", "envoy.filters.http.router"},
+			map[string][]string{"envoy.filters.http.rbac/allow": {"istio-system/mesh-allow[0]"}, "envoy.filters.http.rbac/audit": {"shop/audit[0]"}}},
+	}
+	for _, tc := range tests {
+		name := ServerListenerName(tc.addr, tc.port)
+		l := res.ServerListeners[name]
+		if diff := cmp.Diff(filterNames(t, l), tc.wantFilters); diff != "" {
+			t.Errorf("Build(...).ServerListeners[%q] filters (-got +want):\n%s", name, diff)
+		}
+		if diff := cmp.Diff(rbacPolicies(t, l), tc.wantRBAC); diff != "" {
+			t.Errorf("Build(...).ServerListeners[%q] RBAC policies (-got +want):\n%s", name, diff)
+		}
+	}
+	// The jwt_authn filter carries secpolicy's translation.
+	h := &v3hcmpb.HttpConnectionManager{}
+	l := res.ServerListeners[ServerListenerName("10.0.0.1", 7001)]
+	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	jwt := &v3jwtauthnpb.JwtAuthentication{}
+	if err := h.GetHttpFilters()[0].GetTypedConfig().UnmarshalTo(jwt); err != nil {
+		t.Fatal(err)
+	}
+	if got := slices.Sorted(maps.Keys(jwt.GetProviders())); !slices.Equal(got, []string{"default/jwt/0"}) {
+		t.Errorf("jwt_authn providers = %v, want [default/jwt/0]", got)
+	}
+}
+
+// TestUntranslatablePolicyFailsClosed guards against a policy that cannot
+// be translated (the loader refuses it, but a Set can still hold it) or an
+// ambiguous one yielding a listener without its RBAC: such a workload's
+// listener denies every request, and a warning says why.
+func TestUntranslatablePolicyFailsClosed(t *testing.T) {
+	meta := func(kind, name string) config.Meta {
+		return config.Meta{Kind: kind, Name: name, Namespace: "default", File: "mesh.yaml", Line: 1}
+	}
+	tests := []struct {
+		name string
+		set  *config.Set
+		eps  []registry.Endpoint
+	}{
+		{"CUSTOM action", &config.Set{AuthorizationPolicies: []*config.AuthorizationPolicy{{
+			Meta: meta(config.KindAuthorizationPolicy, "custom"),
+			Spec: &security.AuthorizationPolicy{Action: security.AuthorizationPolicy_CUSTOM, Rules: []*security.Rule{{}}},
+		}}}, []registry.Endpoint{reg("reviews", "", "10.0.0.1", 7001, 0, nil)}},
+		{"DENY policy with an unsupported field", &config.Set{AuthorizationPolicies: []*config.AuthorizationPolicy{{
+			Meta: meta(config.KindAuthorizationPolicy, "deny"),
+			Spec: &security.AuthorizationPolicy{Action: security.AuthorizationPolicy_DENY, Rules: []*security.Rule{{
+				To: []*security.Rule_To{{Operation: &security.Operation{Hosts: []string{"admin.example.com"}}}},
+			}}},
+		}}}, []registry.Endpoint{reg("reviews", "", "10.0.0.1", 7001, 0, nil)}},
+		{"RequestAuthentication without keys", &config.Set{RequestAuthentications: []*config.RequestAuthentication{{
+			Meta: meta(config.KindRequestAuthentication, "jwt"),
+			Spec: &security.RequestAuthentication{JwtRules: []*security.JWTRule{{Issuer: "x"}}},
+		}}}, []registry.Endpoint{reg("reviews", "", "10.0.0.1", 7001, 0, nil)}},
+		{"two workloads on one address with different policies", load(t, securityPolicies), []registry.Endpoint{
+			reg("reviews", "default", "10.0.0.1", 7001, 0, map[string]string{"app": "reviews"}),
+			reg("ratings", "default", "10.0.0.1", 7001, 0, nil),
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Build(tc.set, tc.eps, Options{})
+			name := ServerListenerName("10.0.0.1", 7001)
+			l, ok := res.ServerListeners[name]
+			if !ok {
+				t.Fatalf("Build(...) has no listener %q; a missing listener must not be the answer either", name)
+			}
+			if diff := cmp.Diff(filterNames(t, l), []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}); diff != "" {
+				t.Errorf("Build(...).ServerListeners[%q] filters (-got +want):\n%s", name, diff)
+			}
+			h := &v3hcmpb.HttpConnectionManager{}
+			if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+				t.Fatal(err)
+			}
+			r := &v3rbacfilterpb.RBAC{}
+			if err := h.GetHttpFilters()[0].GetTypedConfig().UnmarshalTo(r); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(r.GetRules(), &v3rbacpb.RBAC{Action: v3rbacpb.RBAC_ALLOW}, protocmp.Transform()); diff != "" {
+				t.Errorf("fail-closed RBAC (-got +want):\n%s", diff)
+			}
+			if len(res.Warnings) == 0 {
+				t.Errorf("Build(...).Warnings is empty, want the reason the listener denies everything")
+			}
+		})
+	}
+}
+
+// clusterTLS summarises a cluster's transport socket: nil for plaintext,
+// else the exact SANs the server must present. It fails t if the socket
+// is not the mesh mTLS shape.
+func clusterTLS(t *testing.T, c *v3clusterpb.Cluster) []string {
+	t.Helper()
+	ts := c.GetTransportSocket()
+	if ts == nil {
+		return nil
+	}
+	if ts.GetName() != "envoy.transport_sockets.tls" {
+		t.Errorf("cluster %s transport socket %q", c.GetName(), ts.GetName())
+	}
+	u := &v3tlspb.UpstreamTlsContext{}
+	if err := ts.GetTypedConfig().UnmarshalTo(u); err != nil {
+		t.Fatal(err)
+	}
+	common := u.GetCommonTlsContext()
+	validateTLS(t, c.GetName(), common)
+	combined := common.GetCombinedValidationContext()
+	if id := common.GetTlsCertificateProviderInstance(); id.GetInstanceName() != "trellis" || id.GetCertificateName() != "default" {
+		t.Errorf("cluster %s identity provider = %v, want trellis/default", c.GetName(), id)
+	}
+	if root := combined.GetValidationContextCertificateProviderInstance(); root.GetInstanceName() != "trellis" || root.GetCertificateName() != "ROOTCA" {
+		t.Errorf("cluster %s root provider = %v, want trellis/ROOTCA", c.GetName(), root)
+	}
+	if root := combined.GetDefaultValidationContext().GetCaCertificateProviderInstance(); root.GetInstanceName() != "trellis" || root.GetCertificateName() != "ROOTCA" {
+		t.Errorf("cluster %s ca_certificate_provider_instance = %v, want trellis/ROOTCA (grpc-go reads it)", c.GetName(), root)
+	}
+	sans := []string{}
+	for _, m := range combined.GetDefaultValidationContext().GetMatchSubjectAltNames() {
+		if m.GetExact() == "" {
+			t.Errorf("cluster %s SAN matcher %v is not exact", c.GetName(), m)
+		}
+		sans = append(sans, m.GetExact())
+	}
+	return sans
+}
+
+// TestClusterMTLS guards client mTLS: ISTIO_MUTUAL always, with the exact,
+// sorted, de-duplicated identities of the cluster's endpoints (or one no
+// certificate has, never none); DISABLE never; and without a setting, only
+// when every endpoint proved an identity and none serves plaintext only.
+func TestClusterMTLS(t *testing.T) {
+	id := func(sa string) string { return "spiffe://cluster.local/ns/default/sa/" + sa }
+	withID := func(port uint32, version, identity string) registry.Endpoint {
+		e := reg("reviews", "", "10.0.0.1", port, 9080, map[string]string{"version": version})
+		e.Identity = identity
+		return e
+	}
+	dr := func(body string) string {
+		return "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n" + body
+	}
+	subsets := "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n"
+	host := "reviews.default.svc.cluster.local"
+	all, v1, v2 := ClusterName(host, 9080, ""), ClusterName(host, 9080, "v1"), ClusterName(host, 9080, "v2")
+	tests := []struct {
+		name string
+		yaml string
+		eps  []registry.Endpoint
+		td   string
+		want map[string][]string // cluster -> SANs; nil value: plaintext
+	}{
+		{"ISTIO_MUTUAL with identities, sorted and de-duplicated",
+			dr("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
+			[]registry.Endpoint{withID(7001, "v1", id("b")), withID(7002, "v1", id("a")), withID(7003, "v1", id("b"))}, "",
+			map[string][]string{all: {id("a"), id("b")}}},
+		{"ISTIO_MUTUAL without identities fails closed",
+			dr("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
+			[]registry.Endpoint{withID(7001, "v1", "")}, "example.org",
+			map[string][]string{all: {"spiffe://example.org/trellis/no-known-identity"}}},
+		{"ISTIO_MUTUAL without endpoints fails closed",
+			dr("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n" + subsets),
+			[]registry.Endpoint{withID(7001, "v1", id("a"))}, "",
+			map[string][]string{all: {id("a")}, v1: {id("a")}, v2: {"spiffe://cluster.local/trellis/no-known-identity"}}},
+		{"DISABLE with identities",
+			dr("  trafficPolicy: {tls: {mode: DISABLE}}\n"),
+			[]registry.Endpoint{withID(7001, "v1", id("a"))}, "",
+			map[string][]string{all: nil}},
+		{"auto: every endpoint has an identity",
+			"",
+			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", id("b"))}, "",
+			map[string][]string{all: {id("a"), id("b")}}},
+		{"auto: one endpoint without identity",
+			"",
+			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", "")}, "",
+			map[string][]string{all: nil}},
+		{"auto: per subset",
+			dr(subsets),
+			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", "")}, "",
+			map[string][]string{all: nil, v1: {id("a")}, v2: nil}},
+		{"auto: an endpoint in DISABLE mode",
+			pa("default", "workload", "  selector: {matchLabels: {version: v2}}\n  mtls: {mode: DISABLE}\n") + "---\n" + dr(subsets),
+			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", id("b"))}, "",
+			map[string][]string{all: nil, v1: {id("a")}, v2: nil}},
+		{"subset and port-level settings override the rule",
+			dr("  trafficPolicy: {tls: {mode: DISABLE}}\n  subsets:\n  - {name: v1, labels: {version: v1}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}\n  - {name: v2, labels: {version: v2}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, portLevelSettings: [{port: {number: 9080}, tls: {mode: DISABLE}}]}}\n"),
+			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", id("b"))}, "",
+			map[string][]string{all: nil, v1: {id("a")}, v2: nil}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var set *config.Set
+			if tc.yaml != "" {
+				set = load(t, tc.yaml)
+			}
+			res := Build(set, tc.eps, Options{TrustDomain: tc.td})
+			got := map[string][]string{}
+			for name := range tc.want {
+				c, ok := res.Clusters[name]
+				if !ok {
+					t.Fatalf("no cluster %s", name)
+				}
+				got[name] = clusterTLS(t, c)
+			}
+			if diff := cmp.Diff(got, tc.want); diff != "" {
+				t.Errorf("Build(...) cluster SANs, nil for plaintext (-got +want):\n%s", diff)
+			}
+		})
+	}
+}

@@ -1,0 +1,95 @@
+package xdsserver
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+)
+
+// timeNow is the clock client certificates are verified against; tests
+// replace it.
+var timeNow = time.Now
+
+// errNoCA: a client certificate arrived but there is no CA to verify it.
+var errNoCA = errors.New("no CA to verify client certificates with")
+
+// peerIdentity returns the SPIFFE ID proved by the client certificate of the
+// connection in ctx, or the zero ID if the client presented none (plaintext
+// port, or TLS without a certificate). A certificate that does not verify is
+// an error: presenting one and failing is never treated as presenting none.
+//
+// The secure port requests client certificates without verifying them
+// (tls.RequestClientCert, since a first CA request carries a join token
+// instead), so the verification is done here: the chain verifies against
+// the CA's root now, the leaf is not a CA, may be used for client
+// authentication, and has exactly one URI SAN, a SPIFFE ID in the CA's
+// trust domain.
+func (s *Server) peerIdentity(ctx context.Context) (spiffeid.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return spiffeid.ID{}, nil
+	}
+	if s.ca == nil {
+		return spiffeid.ID{}, errNoCA
+	}
+	return verifyWorkloadCert(info.State.PeerCertificates, s.ca.Root(), s.ca.TrustDomain(), timeNow())
+}
+
+// verifyWorkloadCert verifies a client certificate chain, leaf first.
+func verifyWorkloadCert(chain []*x509.Certificate, root *x509.Certificate, td spiffeid.TrustDomain, now time.Time) (spiffeid.ID, error) {
+	leaf := chain[0]
+	if leaf.IsCA {
+		return spiffeid.ID{}, errors.New("the leaf certificate is a CA")
+	}
+	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return spiffeid.ID{}, errors.New("the certificate is not for client authentication")
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	intermediates := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		intermediates.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: intermediates,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return spiffeid.ID{}, err
+	}
+	if len(leaf.URIs) != 1 {
+		return spiffeid.ID{}, fmt.Errorf("the certificate has %d URI SANs, want exactly one SPIFFE ID", len(leaf.URIs))
+	}
+	id, err := spiffeid.FromURI(leaf.URIs[0])
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("URI SAN: %w", err)
+	}
+	if !id.MemberOf(td) {
+		return spiffeid.ID{}, fmt.Errorf("%s is not in trust domain %s", id, td)
+	}
+	return id, nil
+}
+
+// identityNamespace returns the namespace of a workload SPIFFE ID
+// (spiffe://<td>/ns/<namespace>/sa/<service-account>), or "" if the ID does
+// not have that form.
+func identityNamespace(id spiffeid.ID) string {
+	parts := strings.Split(id.Path(), "/")
+	if len(parts) != 5 || parts[0] != "" || parts[1] != "ns" || parts[3] != "sa" || parts[2] == "" || parts[4] == "" {
+		return ""
+	}
+	return parts[2]
+}
