@@ -25,7 +25,7 @@
 //	xdsserver/       the control plane (go-control-plane ADS, Istio config, registration API)
 //	cmd/xdsserver/   the control-plane command
 //	cmd/trellisctl/  validate configuration before it ships
-//	examples/        quickstart, canary and the greeter service they run
+//	examples/        quickstart, canary, secure and the greeter service they run
 //	balancer/        LB policies grpc-go selects through xDS custom LB
 //	resolver/xdsroute/ a target's routes from xDS, matched as grpc-go matches them
 //	retry/           the retry engine: attempts, per-try timeouts, backoff
@@ -33,7 +33,9 @@
 //	telemetry/       to come (see its status)
 //	internal/        engines: config (Istio YAML), analyze (probable mistakes),
 //	                 translate (to xDS), registry, ca and identity (SPIFFE
-//	                 certificates), secpolicy (Istio security policy to xDS),
+//	                 certificates), mtls (SPIFFE TLS, PERMISSIVE sniffing),
+//	                 meshcert (grpc-go certificate provider), secpolicy
+//	                 (Istio security policy to xDS), xdsclient (our ADS client),
 //	                 register (client side of registration), xdsbootstrap
 //	                 (grpc-go's bootstrap seam), e2e (end-to-end tests)
 //

@@ -1,13 +1,17 @@
 package mesh
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	xdscreds "google.golang.org/grpc/credentials/xds"
 	"google.golang.org/grpc/resolver"
 
+	"github.com/trellismesh/trellis/internal/meshcert"
 	"github.com/trellismesh/trellis/internal/xdsbootstrap"
 
 	// The LB policies the control plane selects through xDS custom LB.
@@ -33,7 +37,12 @@ import (
 // standard GRPC_XDS_BOOTSTRAP file and no WithControlPlane, grpc-go's retry
 // is used instead.
 //
-// Traffic is plaintext: mutual TLS is not implemented yet.
+// Connections use mutual TLS where the control plane says so (a
+// DestinationRule with tls.mode ISTIO_MUTUAL, or automatic mTLS toward
+// servers with identities), presenting the process's workload identity (see
+// WithJoinToken) and accepting only the SPIFFE IDs the control plane names
+// for the destination; elsewhere they are plaintext. A process without an
+// identity fails calls that need mTLS rather than fall back to plaintext.
 func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 	o := newOptions(opts)
 	if target == "" {
@@ -45,24 +54,39 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 	} else if !strings.HasPrefix(target, "xds:///") {
 		return nil, fmt.Errorf("mesh: target %q: want NAME:PORT, NAME or xds:///NAME:PORT", target)
 	}
-	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	addr, standard, err := o.controlPlane()
 	if err != nil {
 		return nil, err
 	}
-	onConn, release := func(*grpc.ClientConn) {}, func() {}
+	// grpc-go's xDS credentials: TLS as each cluster's security config says,
+	// plaintext where it says nothing.
+	creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	var releases []func()
+	release := func() {
+		for _, r := range releases {
+			r()
+		}
+	}
 	if !standard {
-		builder, err := o.resolverBuilder(addr)
+		id := o.acquireIdentity()
+		releases = append(releases, func() { releaseIdentity(id) })
+		builder, err := o.resolverBuilder(addr, id)
 		if err != nil {
+			release()
 			return nil, err
 		}
 		dialOpts = append(dialOpts, grpc.WithResolvers(builder))
-		retryOpts, watch, rel, err := o.routeRetries(addr, strings.TrimPrefix(uri, "xds:///"))
+		retryOpts, rel, err := o.routeRetries(addr, strings.TrimPrefix(uri, "xds:///"))
 		if err != nil {
+			release()
 			return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 		}
+		releases = append(releases, rel)
 		dialOpts = append(dialOpts, retryOpts...)
-		onConn, release = watch, rel
 	}
 	dialOpts = append(dialOpts, o.dialOptions...)
 	cc, err := grpc.NewClient(uri, dialOpts...)
@@ -70,7 +94,14 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 		release()
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
-	onConn(cc)
+	if len(releases) > 0 {
+		go func() { // release what the connection used once it is closed
+			for s := cc.GetState(); s != connectivity.Shutdown; s = cc.GetState() {
+				cc.WaitForStateChange(context.Background(), s)
+			}
+			release()
+		}()
+	}
 	return cc, nil
 }
 
@@ -92,8 +123,13 @@ func (o *options) controlPlane() (addr string, standard bool, err error) {
 
 // resolverBuilder returns the xDS resolver builder for the options and the
 // control plane at addr.
-func (o *options) resolverBuilder(addr string) (resolver.Builder, error) {
-	contents, err := xdsbootstrap.Contents(addr, o.node())
+func (o *options) resolverBuilder(addr string, id *workloadIdentity) (resolver.Builder, error) {
+	key := ""
+	if id != nil {
+		key = id.key
+	}
+	certs := &xdsbootstrap.CertPlugin{Name: meshcert.PluginName, Config: map[string]any{"source": key}}
+	contents, err := xdsbootstrap.Contents(addr, o.node(), certs)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}

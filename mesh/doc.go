@@ -25,6 +25,25 @@
 // handlers and other grpc options pass through WithDialOptions and
 // WithServerOptions.
 //
-// Not implemented yet: mutual TLS (traffic is plaintext), authorization, the
-// HTTP client and handler, and mesh telemetry.
+// A process gets a SPIFFE identity (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)
+// from the control plane's CA with a join token, or from SPIRE, files or any
+// go-spiffe source:
+//
+//	opts := []mesh.Option{
+//		mesh.WithJoinToken(os.Getenv("TRELLIS_JOIN_TOKEN")),
+//		mesh.WithTrustBundleFile("/etc/trellis/root-cert.pem"),
+//	}
+//
+// With it, clients use mutual TLS toward the SPIFFE IDs the control plane
+// names for each destination, and servers follow PeerAuthentication
+// (STRICT, PERMISSIVE on one port, DISABLE), RequestAuthentication (JWT)
+// and AuthorizationPolicy as the control plane translates them onto their
+// port; a handler reads its caller's identity with PeerID. A process
+// without an identity speaks plaintext, and fails (never downgrades) where
+// mTLS is required.
+//
+// Calls are retried by the mesh's retry engine (package retry): the route's
+// attempts, codes and per-try timeout, within a retry budget.
+//
+// Not implemented yet: the HTTP client and handler, and mesh telemetry.
 package mesh

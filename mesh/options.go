@@ -5,7 +5,10 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 
 	"github.com/trellismesh/trellis/retry"
@@ -42,6 +45,15 @@ type options struct {
 	dialOptions   []grpc.DialOption
 	serverOptions []grpc.ServerOption
 	retryBudget   retry.Budget
+
+	joinToken     string
+	trustBundle   string
+	caAddr        string
+	workloadAPI   string
+	identityFiles [3]string
+	certTTL       time.Duration
+	svids         x509svid.Source
+	bundles       x509bundle.Source
 }
 
 func newOptions(opts []Option) *options {
@@ -133,7 +145,11 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 }
 
 // WithServerOptions adds grpc.ServerOptions, applied after the mesh's own.
-// For NewServer.
+// Interceptors added with grpc.ChainUnaryInterceptor and
+// grpc.ChainStreamInterceptor run after the mesh's policy checks, so they
+// see only admitted calls; one set with grpc.UnaryInterceptor or
+// grpc.StreamInterceptor runs before them. grpc.Creds replaces the mesh's
+// mutual TLS and should not be given. For NewServer.
 func WithServerOptions(opts ...grpc.ServerOption) Option {
 	return optionFunc(func(o *options) { o.serverOptions = append(o.serverOptions, opts...) })
 }

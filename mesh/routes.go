@@ -8,7 +8,6 @@ import (
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -125,12 +124,12 @@ var retryOnCodes = map[string]codes.Code{
 }
 
 // routeRetries wires the mesh's retry engine into a connection to target:
-// it returns the dial options and a function to call once the connection
-// exists, which releases the route watch when the connection shuts down.
-func (o *options) routeRetries(addr, target string) ([]grpc.DialOption, func(*grpc.ClientConn), func(), error) {
+// it returns the dial options and the function that releases the route
+// watch.
+func (o *options) routeRetries(addr, target string) ([]grpc.DialOption, func(), error) {
 	shared, err := o.acquireXDSClient(addr)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	table := xdsroute.Watch(shared.client, target, retryPolicy)
 	release := func() {
@@ -143,13 +142,5 @@ func (o *options) routeRetries(addr, target string) ([]grpc.DialOption, func(*gr
 		grpc.WithChainUnaryInterceptor(retry.UnaryClientInterceptor(sel)),
 		grpc.WithChainStreamInterceptor(retry.StreamClientInterceptor(sel)),
 	}
-	watch := func(cc *grpc.ClientConn) {
-		go func() {
-			for s := cc.GetState(); s != connectivity.Shutdown; s = cc.GetState() {
-				cc.WaitForStateChange(context.Background(), s)
-			}
-			release()
-		}()
-	}
-	return dopts, watch, release, nil
+	return dopts, release, nil
 }

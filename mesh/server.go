@@ -2,18 +2,22 @@ package mesh
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/trellismesh/trellis/internal/config"
 	"github.com/trellismesh/trellis/internal/grpcstop"
+	"github.com/trellismesh/trellis/internal/mtls"
 	"github.com/trellismesh/trellis/internal/register"
 	"github.com/trellismesh/trellis/internal/registrationpb"
 )
@@ -27,15 +31,27 @@ var ErrServerClosed = errors.New("mesh: server closed")
 // grpc.ServiceRegistrar; register services on it before Serve. It is safe for
 // concurrent use.
 //
-// Traffic is plaintext: mutual TLS and authorization are not implemented
-// yet.
+// A registered Server follows the policy the control plane makes for its
+// port from PeerAuthentication, RequestAuthentication and
+// AuthorizationPolicy: STRICT refuses plaintext, PERMISSIVE serves mutual
+// TLS and plaintext on the one port, DISABLE plaintext only; calls with an
+// invalid token get UNAUTHENTICATED, calls the authorization policies deny
+// get PERMISSION_DENIED (the reason is logged, not sent). Until the
+// control plane has told the policy, calls wait for it. mTLS needs a
+// workload identity (WithJoinToken and its kin); handlers read the
+// caller's with PeerID.
 type Server struct {
 	opts *options
 	grpc *grpc.Server
 
-	mu     sync.Mutex
-	regs   []*register.Client
-	closed bool
+	mu           sync.Mutex
+	regs         []*register.Client
+	closed       bool
+	id           *workloadIdentity
+	strict       *mtls.Credentials // nil without an identity
+	permissive   *mtls.Credentials
+	policies     []*policyWatch
+	policyByAddr map[string]*policyWatch // by local "ip:port"
 }
 
 var _ grpc.ServiceRegistrar = (*Server)(nil)
@@ -60,7 +76,14 @@ func NewServer(opts ...Option) (*Server, error) {
 			return nil, fmt.Errorf("mesh: advertise address %q is not an IP address", o.advertiseAddr)
 		}
 	}
-	return &Server{opts: o, grpc: grpc.NewServer(o.serverOptions...)}, nil
+	s := &Server{opts: o, policyByAddr: map[string]*policyWatch{}}
+	sopts := []grpc.ServerOption{
+		grpc.Creds(&serverCreds{s: s}),
+		grpc.ChainUnaryInterceptor(s.unaryPolicy),
+		grpc.ChainStreamInterceptor(s.streamPolicy),
+	}
+	s.grpc = grpc.NewServer(append(sopts, o.serverOptions...)...)
+	return s, nil
 }
 
 func (o *options) endpointLabels() map[string]string {
@@ -94,13 +117,22 @@ func (s *Server) Serve(lis net.Listener) error {
 		lis.Close()
 		return ErrServerClosed
 	}
+	if s.id == nil {
+		if s.id = s.opts.acquireIdentity(); s.id != nil {
+			cfg := mtls.ServerConfig(s.id, nil, mtls.WithLogger(s.opts.logger))
+			s.strict = mtls.StrictCredentials(cfg, mtls.WithLogger(s.opts.logger))
+			s.permissive = mtls.PermissiveCredentials(cfg, mtls.WithLogger(s.opts.logger))
+		}
+	}
 	if s.opts.service != "" {
-		reg, err := s.startRegistration(lis.Addr())
+		reg, watch, err := s.startRegistration(lis.Addr())
 		if err != nil {
 			s.mu.Unlock()
 			return err
 		}
 		s.regs = append(s.regs, reg)
+		s.policies = append(s.policies, watch)
+		s.policyByAddr[lis.Addr().String()] = watch
 	}
 	s.mu.Unlock()
 	err := s.grpc.Serve(lis)
@@ -116,10 +148,15 @@ func (s *Server) Serve(lis net.Listener) error {
 	return err
 }
 
-func (s *Server) startRegistration(addr net.Addr) (*register.Client, error) {
+// startRegistration registers the endpoint of a listener and starts
+// following its policy; the caller holds s.mu. With an identity from the
+// control plane's CA, registration goes to the secure port with the
+// workload's certificate, so the control plane knows the endpoint's
+// identity (and clients can verify it).
+func (s *Server) startRegistration(addr net.Addr) (*register.Client, *policyWatch, error) {
 	tcp, ok := addr.(*net.TCPAddr)
 	if !ok {
-		return nil, fmt.Errorf("mesh: cannot register a %s listener; serve on TCP", addr.Network())
+		return nil, nil, fmt.Errorf("mesh: cannot register a %s listener; serve on TCP", addr.Network())
 	}
 	ip := s.opts.advertiseAddr
 	if ip == "" {
@@ -127,11 +164,36 @@ func (s *Server) startRegistration(addr net.Addr) (*register.Client, error) {
 	}
 	cp, _, err := s.opts.controlPlane()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	conn, err := grpc.NewClient(cp, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if s.id != nil && s.opts.token() != "" {
+		bundle := s.opts.bundleFile()
+		rootPEM, err := os.ReadFile(bundle)
+		if err != nil {
+			return nil, nil, fmt.Errorf("mesh: the mesh CA's root: %w", err)
+		}
+		td, err := trustDomainOf(rootPEM)
+		if err != nil {
+			return nil, nil, fmt.Errorf("mesh: %s: %w", bundle, err)
+		}
+		cfg, err := controlPlaneTLS(bundle, td)
+		if err != nil {
+			return nil, nil, err
+		}
+		id := s.id
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return id.Certificate() }
+		creds = credentials.NewTLS(cfg)
+		cp = s.opts.caAddress()
+	}
+	conn, err := grpc.NewClient(cp, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return nil, fmt.Errorf("mesh: control plane %s: %w", cp, err)
+		return nil, nil, fmt.Errorf("mesh: control plane %s: %w", cp, err)
+	}
+	watch, err := s.watchPolicy(ip, tcp.Port)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
 	}
 	ep := &registrationpb.Endpoint{
 		Service:     s.opts.service,
@@ -143,7 +205,7 @@ func (s *Server) startRegistration(addr net.Addr) (*register.Client, error) {
 		Locality:    s.opts.locality,
 	}
 	s.opts.logger.Info("registering with the control plane", "controlPlane", cp, "service", ep.Service, "address", ip, "port", ep.Port)
-	return register.Start(conn, ep, s.opts.logger), nil
+	return register.Start(conn, ep, s.opts.logger), watch, nil
 }
 
 // advertisedIP returns the IP to register for a listener bound to ip.
@@ -169,7 +231,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, r := range regs {
 		r.Stop(ctx)
 	}
-	return grpcstop.Graceful(ctx, s.grpc)
+	err := grpcstop.Graceful(ctx, s.grpc)
+	s.release()
+	return err
+}
+
+// release stops following policies and releases the identity, once the
+// server has stopped.
+func (s *Server) release() {
+	s.mu.Lock()
+	ws, id := s.policies, s.id
+	s.policies, s.policyByAddr, s.id = nil, map[string]*policyWatch{}, nil
+	s.mu.Unlock()
+	for _, w := range ws {
+		w.close()
+	}
+	releaseIdentity(id)
 }
 
 // Close deregisters without waiting for the control plane and stops the
@@ -182,6 +259,7 @@ func (s *Server) Close() error {
 		r.Stop(ctx)
 	}
 	s.grpc.Stop()
+	s.release()
 	return nil
 }
 

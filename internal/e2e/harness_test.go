@@ -35,7 +35,7 @@ type controlPlane struct {
 	dir  string
 }
 
-func startControlPlane(t *testing.T, dir string, opts ...xdsserver.Option) *controlPlane {
+func startControlPlane(t testing.TB, dir string, opts ...xdsserver.Option) *controlPlane {
 	t.Helper()
 	if dir != "" {
 		opts = append(opts, xdsserver.WithConfigDir(dir))
@@ -61,7 +61,7 @@ func startControlPlane(t *testing.T, dir string, opts ...xdsserver.Option) *cont
 
 // writeFile writes a config file atomically (write and rename), as editors
 // and Kubernetes do.
-func writeFile(t *testing.T, dir, name, content string) {
+func writeFile(t testing.TB, dir, name, content string) {
 	t.Helper()
 	tmp := filepath.Join(dir, "."+name+".tmp")
 	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
@@ -79,7 +79,7 @@ type greeterServer struct {
 	done chan error
 }
 
-func startGreeter(t *testing.T, cp, version string, opts ...mesh.Option) *greeterServer {
+func startGreeter(t testing.TB, cp, version string, opts ...mesh.Option) *greeterServer {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

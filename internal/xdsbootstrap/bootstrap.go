@@ -83,15 +83,30 @@ type nodeConfig struct {
 	Locality *locality      `json:"locality,omitempty"`
 }
 
+type certProvider struct {
+	PluginName string         `json:"plugin_name"`
+	Config     map[string]any `json:"config"`
+}
+
 type bootstrap struct {
-	XDSServers                 []serverConfig `json:"xds_servers"`
-	Node                       nodeConfig     `json:"node"`
-	ServerListenerNameTemplate string         `json:"server_listener_resource_name_template"`
+	XDSServers                 []serverConfig          `json:"xds_servers"`
+	Node                       nodeConfig              `json:"node"`
+	ServerListenerNameTemplate string                  `json:"server_listener_resource_name_template"`
+	CertificateProviders       map[string]certProvider `json:"certificate_providers,omitempty"`
+}
+
+// CertPlugin names the certificate provider plugin that backs
+// CertProviderInstance in a bootstrap, and its configuration.
+type CertPlugin struct {
+	Name   string
+	Config map[string]any
 }
 
 // Contents returns the bootstrap JSON for a control plane at addr
-// ("host:port").
-func Contents(addr string, node Node) ([]byte, error) {
+// ("host:port"). If certs is not nil, the bootstrap defines the
+// CertProviderInstance with it, so that clusters whose TLS contexts name
+// that instance get the workload's identity.
+func Contents(addr string, node Node, certs *CertPlugin) ([]byte, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("xdsbootstrap: no control-plane address")
 	}
@@ -106,6 +121,9 @@ func Contents(addr string, node Node) ([]byte, error) {
 		}},
 		Node:                       nodeConfig{ID: node.ID, Cluster: node.Cluster, Metadata: node.Metadata},
 		ServerListenerNameTemplate: ServerListenerTemplate,
+	}
+	if certs != nil {
+		b.CertificateProviders = map[string]certProvider{CertProviderInstance: {PluginName: certs.Name, Config: certs.Config}}
 	}
 	if node.Locality != "" {
 		var l locality

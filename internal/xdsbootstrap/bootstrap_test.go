@@ -20,7 +20,7 @@ func TestProtoMatchesBootstrap(t *testing.T) {
 		Metadata: map[string]any{"NAMESPACE": "default", "LABELS": map[string]string{"app": "reviews", "version": "v2"}},
 		Locality: "eu/eu-west-1a/rack7",
 	}
-	contents, err := Contents("127.0.0.1:15010", n)
+	contents, err := Contents("127.0.0.1:15010", n, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,426 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	v3jwtauthnpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
+	v3rbachttppb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	v3hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/trellismesh/trellis/authz"
+	"github.com/trellismesh/trellis/authz/jwt"
+	"github.com/trellismesh/trellis/internal/mtls"
+	"github.com/trellismesh/trellis/internal/xdsbootstrap"
+	"github.com/trellismesh/trellis/internal/xdsclient"
+)
+
+// PeerID returns the SPIFFE ID of the peer of a call a mesh Server is
+// handling, authenticated by mutual TLS; ok is false for a plaintext peer.
+func PeerID(ctx context.Context) (id spiffeid.ID, ok bool) {
+	return mtls.PeerIDFromContext(ctx)
+}
+
+// mtlsMode is a server port's PeerAuthentication mode.
+type mtlsMode int
+
+const (
+	modePermissive mtlsMode = iota
+	modeStrict
+	modeDisable
+)
+
+func (m mtlsMode) String() string {
+	return [...]string{"PERMISSIVE", "STRICT", "DISABLE"}[m]
+}
+
+// serverPolicy is what the control plane's listener for a server's port
+// says: the mTLS mode, the authorization policies and the JWT rules.
+type serverPolicy struct {
+	mode     mtlsMode
+	authz    *authz.Engine // nil: no policy
+	jwtCfg   *v3jwtauthnpb.JwtAuthentication
+	jwt      *jwt.Verifier // nil: no RequestAuthentication
+	notFound bool          // the control plane has no listener for the port: not serving
+}
+
+// policyWatch follows the server listener of one registered port.
+type policyWatch struct {
+	s      *Server
+	name   string
+	shared *sharedXDSClient
+	cancel func()
+
+	ready     chan struct{}
+	readyOnce sync.Once
+	current   atomic.Pointer[serverPolicy]
+
+	mu     sync.Mutex // serialises updates
+	closed bool
+}
+
+// watchPolicy starts following the listener the control plane makes for
+// the endpoint ip:port.
+func (s *Server) watchPolicy(ip string, port int) (*policyWatch, error) {
+	addr, _, err := s.opts.controlPlane()
+	if err != nil {
+		return nil, err
+	}
+	shared, err := s.opts.acquireXDSClient(addr)
+	if err != nil {
+		return nil, err
+	}
+	w := &policyWatch{
+		s:      s,
+		name:   fmt.Sprintf(xdsbootstrap.ServerListenerTemplate, net.JoinHostPort(ip, fmt.Sprint(port))),
+		shared: shared,
+		ready:  make(chan struct{}),
+	}
+	w.cancel = shared.client.Watch(resourcev3.ListenerType, w.name, xdsclient.WatcherFuncs{
+		UpdateFunc:   w.update,
+		NotFoundFunc: w.notFound,
+		ErrorFunc: func(err error) {
+			s.opts.logger.Warn("mesh: server policy update rejected; keeping the last good one", "listener", w.name, "error", err)
+		},
+	})
+	return w, nil
+}
+
+func (w *policyWatch) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.cancel()
+	releaseXDSClient(w.shared)
+	if p := w.current.Load(); p != nil && p.jwt != nil {
+		p.jwt.Close()
+	}
+	w.readyOnce.Do(func() { close(w.ready) })
+}
+
+func (w *policyWatch) set(p *serverPolicy) {
+	old := w.current.Swap(p)
+	if old != nil && old.jwt != nil && old.jwt != p.jwt {
+		old.jwt.Close()
+	}
+	w.readyOnce.Do(func() { close(w.ready) })
+}
+
+func (w *policyWatch) notFound() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	w.s.opts.logger.Warn("mesh: the control plane has no policy for this server; refusing calls", "listener", w.name)
+	w.set(&serverPolicy{notFound: true})
+}
+
+func (w *policyWatch) update(m proto.Message) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	p, err := compilePolicy(m.(*v3listenerpb.Listener), w.current.Load(), w.s.opts)
+	if err != nil {
+		if w.current.Load() == nil {
+			// No good policy yet: refuse calls rather than serve without one.
+			p = &serverPolicy{notFound: true}
+		} else {
+			w.s.opts.logger.Error("mesh: server policy unusable; keeping the last good one", "listener", w.name, "error", err)
+			return
+		}
+		w.s.opts.logger.Error("mesh: server policy unusable; refusing calls", "listener", w.name, "error", err)
+	}
+	w.s.opts.logger.Info("mesh: server policy", "listener", w.name, "mtls", p.mode.String(), "authz", p.authz != nil, "jwt", p.jwt != nil)
+	w.set(p)
+}
+
+// compilePolicy reads a server listener: its filter chains give the mode
+// (an mTLS chain only: STRICT; a plaintext chain only: DISABLE; both:
+// PERMISSIVE) and its HTTP filters the RBAC and jwt_authn configurations.
+func compilePolicy(l *v3listenerpb.Listener, old *serverPolicy, o *options) (*serverPolicy, error) {
+	var tlsChain, plainChain bool
+	var hcm *v3hcmpb.HttpConnectionManager
+	for _, fc := range l.GetFilterChains() {
+		if fc.GetTransportSocket() != nil {
+			tlsChain = true
+		} else {
+			plainChain = true
+		}
+		for _, f := range fc.GetFilters() {
+			h := new(v3hcmpb.HttpConnectionManager)
+			if f.GetTypedConfig().MessageIs(h) {
+				if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
+					return nil, fmt.Errorf("filter chain %q: %w", fc.GetName(), err)
+				}
+				if hcm != nil && !proto.Equal(hcm, h) {
+					return nil, errors.New("filter chains with different HTTP filters are not supported")
+				}
+				hcm = h
+			}
+		}
+	}
+	p := &serverPolicy{mode: modePermissive}
+	switch {
+	case tlsChain && !plainChain:
+		p.mode = modeStrict
+	case plainChain && !tlsChain:
+		p.mode = modeDisable
+	case !tlsChain && !plainChain:
+		return nil, errors.New("no filter chain")
+	}
+	var rbacs []*v3rbacpb.RBAC
+	for _, f := range hcm.GetHttpFilters() {
+		tc := f.GetTypedConfig()
+		switch {
+		case tc.MessageIs(&v3rbachttppb.RBAC{}):
+			r := new(v3rbachttppb.RBAC)
+			if err := tc.UnmarshalTo(r); err != nil {
+				return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
+			}
+			if r.GetShadowRules() != nil || r.GetMatcher() != nil || r.GetShadowMatcher() != nil {
+				return nil, fmt.Errorf("http filter %q: only rules are supported", f.GetName())
+			}
+			if r.GetRules() != nil {
+				rbacs = append(rbacs, r.GetRules())
+			}
+		case tc.MessageIs(&v3jwtauthnpb.JwtAuthentication{}):
+			j := new(v3jwtauthnpb.JwtAuthentication)
+			if err := tc.UnmarshalTo(j); err != nil {
+				return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
+			}
+			p.jwtCfg = j
+		case strings.HasSuffix(tc.GetTypeUrl(), ".Router"):
+		default:
+			if !f.GetIsOptional() {
+				return nil, fmt.Errorf("http filter %q (%s) is not supported", f.GetName(), tc.GetTypeUrl())
+			}
+		}
+	}
+	if len(rbacs) > 0 {
+		e, err := authz.New(rbacs, authz.WithLogger(o.logger))
+		if err != nil {
+			return nil, err
+		}
+		p.authz = e
+	}
+	if p.jwtCfg != nil {
+		if old != nil && old.jwt != nil && proto.Equal(old.jwtCfg, p.jwtCfg) {
+			p.jwt = old.jwt // same rules: keep the verifier and its cached keys
+		} else {
+			v, err := jwt.New(p.jwtCfg, jwt.WithLogger(o.logger))
+			if err != nil {
+				return nil, err
+			}
+			p.jwt = v
+		}
+	}
+	return p, nil
+}
+
+// policy returns the policy of the port a call arrived on, waiting for the
+// control plane's first word within ctx. A nil policy means the server does
+// not register and has no policy to follow.
+func (s *Server) policy(ctx context.Context) (*serverPolicy, error) {
+	s.mu.Lock()
+	var w *policyWatch
+	if len(s.policies) > 0 {
+		w = s.policies[0]
+		if pr, ok := peer.FromContext(ctx); ok && pr.LocalAddr != nil {
+			if pw := s.policyByAddr[pr.LocalAddr.String()]; pw != nil {
+				w = pw
+			}
+		}
+	}
+	s.mu.Unlock()
+	if w == nil {
+		return nil, nil
+	}
+	select {
+	case <-w.ready:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	return w.current.Load(), nil
+}
+
+// errDenied and errUnauthenticated are all a refused caller learns; the
+// reason goes to the server's log.
+var (
+	errDenied          = status.Error(codes.PermissionDenied, "permission denied")
+	errUnauthenticated = status.Error(codes.Unauthenticated, "unauthenticated")
+	errNotServing      = status.Error(codes.Unavailable, "not serving")
+)
+
+// admit applies the server's policy to a call: mTLS mode, JWT
+// authentication, then authorization. It returns the context the handler
+// gets (without the JWT headers a provider consumes).
+func (s *Server) admit(ctx context.Context, fullMethod string) (context.Context, error) {
+	p, err := s.policy(ctx)
+	if err != nil || p == nil {
+		return ctx, err
+	}
+	log := s.opts.logger
+	if p.notFound {
+		return ctx, errNotServing
+	}
+	pr, _ := peer.FromContext(ctx)
+	id, mutual := mtls.PeerIDFromContext(ctx)
+	if p.mode == modeStrict && !mutual {
+		log.Info("mesh: refused a call without mutual TLS (STRICT)", "method", fullMethod, "peer", pr.Addr)
+		return ctx, errUnauthenticated
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	req := &authz.Request{Method: "POST", Path: fullMethod, Headers: md}
+	if mutual {
+		req.Principal = id.String()
+	}
+	if pr != nil {
+		if ap, err := netip.ParseAddrPort(pr.Addr.String()); err == nil {
+			req.SourceIP = ap.Addr().Unmap()
+		}
+		if pr.LocalAddr != nil {
+			if ap, err := netip.ParseAddrPort(pr.LocalAddr.String()); err == nil {
+				req.DestinationPort = int(ap.Port())
+			}
+		}
+	}
+	if hosts := md.Get(":authority"); len(hosts) > 0 {
+		req.Host = hosts[0]
+	}
+	if p.jwt != nil {
+		res, err := p.jwt.Verify(ctx, md, nil)
+		if err != nil {
+			log.Info("mesh: refused a call with an invalid token", "method", fullMethod, "peer", pr.Addr, "error", err)
+			return ctx, errUnauthenticated
+		}
+		req.RequestPrincipal, req.Claims = res.Principal, res.Claims
+		if len(res.StripHeaders) > 0 {
+			md = md.Copy()
+			for _, h := range res.StripHeaders {
+				delete(md, strings.ToLower(h))
+			}
+			ctx = metadata.NewIncomingContext(ctx, md)
+		}
+	}
+	if p.authz != nil {
+		d := p.authz.Authorize(req)
+		if len(d.Audit) > 0 {
+			log.Info("mesh: audited call", "method", fullMethod, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policies", d.Audit, "allowed", d.Allowed)
+		}
+		if !d.Allowed {
+			log.Info("mesh: denied a call", "method", fullMethod, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policy", d.Policy, "reason", d.Reason)
+			return ctx, errDenied
+		}
+	} else if req.Path == "" || req.Path[0] != '/' {
+		return ctx, errDenied // a malformed :path never reaches a handler
+	}
+	return ctx, nil
+}
+
+func (s *Server) unaryPolicy(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	ctx, err := s.admit(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+func (s *Server) streamPolicy(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	ctx, err := s.admit(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return h(srv, &contextStream{ServerStream: ss, ctx: ctx})
+}
+
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c *contextStream) Context() context.Context { return c.ctx }
+
+// serverCreds are a Server's transport credentials: the mTLS mode of the
+// port's policy decides each handshake. Until the policy is known, and for
+// PERMISSIVE, TLS and plaintext are both accepted (the call-level check
+// refuses plaintext under STRICT); without an identity the server cannot
+// speak TLS and accepts plaintext only.
+type serverCreds struct {
+	s *Server
+}
+
+var _ credentials.TransportCredentials = (*serverCreds)(nil)
+
+func (c *serverCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	strict, permissive := c.s.tlsCreds()
+	if strict == nil {
+		return raw, mtls.PlaintextInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
+	}
+	mode := modePermissive
+	if p := c.s.portPolicy(raw.LocalAddr()); p != nil {
+		mode = p.mode
+	}
+	switch mode {
+	case modeStrict:
+		return strict.ServerHandshake(raw)
+	case modeDisable:
+		return raw, mtls.PlaintextInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
+	default:
+		return permissive.ServerHandshake(raw)
+	}
+}
+
+func (c *serverCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, mtls.ErrServerOnly
+}
+
+func (c *serverCreds) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "trellis-mtls"}
+}
+
+func (c *serverCreds) Clone() credentials.TransportCredentials { return &serverCreds{s: c.s} }
+
+func (c *serverCreds) OverrideServerName(string) error { return nil }
+
+// portPolicy returns the known policy of the port at addr, or nil.
+func (s *Server) portPolicy(addr net.Addr) *serverPolicy {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if addr != nil {
+		if w := s.policyByAddr[addr.String()]; w != nil {
+			return w.current.Load()
+		}
+	}
+	if len(s.policies) > 0 {
+		return s.policies[0].current.Load()
+	}
+	return nil
+}
+
+// tlsCreds returns the server's mTLS credentials, or nils without an
+// identity.
+func (s *Server) tlsCreds() (strict, permissive *mtls.Credentials) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.strict, s.permissive
+}
