@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,7 +65,7 @@ type serverPolicy struct {
 
 // policyWatch follows the server listener of one registered port.
 type policyWatch struct {
-	s      *Server
+	opts   *options
 	name   string
 	shared *sharedXDSClient
 	cancel func()
@@ -78,17 +80,17 @@ type policyWatch struct {
 
 // watchPolicy starts following the listener the control plane makes for
 // the endpoint ip:port.
-func (s *Server) watchPolicy(ip string, port int) (*policyWatch, error) {
-	addr, _, err := s.opts.controlPlane()
+func (o *options) watchPolicy(ip string, port int) (*policyWatch, error) {
+	addr, _, err := o.controlPlane()
 	if err != nil {
 		return nil, err
 	}
-	shared, err := s.opts.acquireXDSClient(addr)
+	shared, err := o.acquireXDSClient(addr)
 	if err != nil {
 		return nil, err
 	}
 	w := &policyWatch{
-		s:      s,
+		opts:   o,
 		name:   fmt.Sprintf(xdsbootstrap.ServerListenerTemplate, net.JoinHostPort(ip, fmt.Sprint(port))),
 		shared: shared,
 		ready:  make(chan struct{}),
@@ -97,7 +99,7 @@ func (s *Server) watchPolicy(ip string, port int) (*policyWatch, error) {
 		UpdateFunc:   w.update,
 		NotFoundFunc: w.notFound,
 		ErrorFunc: func(err error) {
-			s.opts.logger.Warn("mesh: server policy update rejected; keeping the last good one", "listener", w.name, "error", err)
+			o.logger.Warn("mesh: server policy update rejected; keeping the last good one", "listener", w.name, "error", err)
 		},
 	})
 	return w, nil
@@ -129,7 +131,7 @@ func (w *policyWatch) notFound() {
 	if w.closed {
 		return
 	}
-	w.s.opts.logger.Warn("mesh: the control plane has no policy for this server; refusing calls", "listener", w.name)
+	w.opts.logger.Warn("mesh: the control plane has no policy for this server; refusing calls", "listener", w.name)
 	w.set(&serverPolicy{notFound: true})
 }
 
@@ -139,18 +141,18 @@ func (w *policyWatch) update(m proto.Message) {
 	if w.closed {
 		return
 	}
-	p, err := compilePolicy(m.(*v3listenerpb.Listener), w.current.Load(), w.s.opts)
+	p, err := compilePolicy(m.(*v3listenerpb.Listener), w.current.Load(), w.opts)
 	if err != nil {
 		if w.current.Load() == nil {
 			// No good policy yet: refuse calls rather than serve without one.
 			p = &serverPolicy{notFound: true}
 		} else {
-			w.s.opts.logger.Error("mesh: server policy unusable; keeping the last good one", "listener", w.name, "error", err)
+			w.opts.logger.Error("mesh: server policy unusable; keeping the last good one", "listener", w.name, "error", err)
 			return
 		}
-		w.s.opts.logger.Error("mesh: server policy unusable; refusing calls", "listener", w.name, "error", err)
+		w.opts.logger.Error("mesh: server policy unusable; refusing calls", "listener", w.name, "error", err)
 	}
-	w.s.opts.logger.Info("mesh: server policy", "listener", w.name, "mtls", p.mode.String(), "authz", p.authz != nil, "jwt", p.jwt != nil)
+	w.opts.logger.Info("mesh: server policy", "listener", w.name, "mtls", p.mode.String(), "authz", p.authz != nil, "jwt", p.jwt != nil)
 	w.set(p)
 }
 
@@ -237,102 +239,200 @@ func compilePolicy(l *v3listenerpb.Listener, old *serverPolicy, o *options) (*se
 	return p, nil
 }
 
-// policy returns the policy of the port a call arrived on, waiting for the
-// control plane's first word within ctx. A nil policy means the server does
-// not register and has no policy to follow.
-func (s *Server) policy(ctx context.Context) (*serverPolicy, error) {
-	s.mu.Lock()
-	var w *policyWatch
-	if len(s.policies) > 0 {
-		w = s.policies[0]
-		if pr, ok := peer.FromContext(ctx); ok && pr.LocalAddr != nil {
-			if pw := s.policyByAddr[pr.LocalAddr.String()]; pw != nil {
-				w = pw
-			}
+// policySet holds the policies of a server's ports. It is safe for
+// concurrent use.
+type policySet struct {
+	mu     sync.Mutex
+	list   []*policyWatch
+	byAddr map[string]*policyWatch // by local "ip:port"
+}
+
+func (ps *policySet) add(local string, w *policyWatch) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.byAddr == nil {
+		ps.byAddr = map[string]*policyWatch{}
+	}
+	ps.list = append(ps.list, w)
+	ps.byAddr[local] = w
+}
+
+// forLocal returns the watch of the port at local (the first port's if
+// local is not one of them; nil if the server follows no policy).
+func (ps *policySet) forLocal(local net.Addr) *policyWatch {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if local != nil {
+		if w := ps.byAddr[local.String()]; w != nil {
+			return w
 		}
 	}
-	s.mu.Unlock()
+	if len(ps.list) > 0 {
+		return ps.list[0]
+	}
+	return nil
+}
+
+// current returns the known policy of the port at local, or nil.
+func (ps *policySet) current(local net.Addr) *serverPolicy {
+	if w := ps.forLocal(local); w != nil {
+		return w.current.Load()
+	}
+	return nil
+}
+
+// wait returns the policy of the port at local, waiting for the control
+// plane's first word within ctx. A nil policy means the server follows no
+// policy (it does not register).
+func (ps *policySet) wait(ctx context.Context, local net.Addr) (*serverPolicy, error) {
+	w := ps.forLocal(local)
 	if w == nil {
 		return nil, nil
 	}
 	select {
 	case <-w.ready:
 	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return nil, ctx.Err()
 	}
 	return w.current.Load(), nil
 }
 
-// errDenied and errUnauthenticated are all a refused caller learns; the
-// reason goes to the server's log.
+func (ps *policySet) closeAll() {
+	ps.mu.Lock()
+	ws := ps.list
+	ps.list, ps.byAddr = nil, nil
+	ps.mu.Unlock()
+	for _, w := range ws {
+		w.close()
+	}
+}
+
+// Why a call is refused. Callers learn only the kind (a gRPC code, an HTTP
+// status); the reason goes to the server's log.
 var (
-	errDenied          = status.Error(codes.PermissionDenied, "permission denied")
-	errUnauthenticated = status.Error(codes.Unauthenticated, "unauthenticated")
-	errNotServing      = status.Error(codes.Unavailable, "not serving")
+	errDenied          = errors.New("permission denied")
+	errUnauthenticated = errors.New("unauthenticated")
+	errNotServing      = errors.New("not serving")
 )
 
-// admit applies the server's policy to a call: mTLS mode, JWT
-// authentication, then authorization. It returns the context the handler
-// gets (without the JWT headers a provider consumes).
-func (s *Server) admit(ctx context.Context, fullMethod string) (context.Context, error) {
-	p, err := s.policy(ctx)
-	if err != nil || p == nil {
-		return ctx, err
-	}
-	log := s.opts.logger
+// call is what a policy check needs of one request, gRPC or HTTP.
+type call struct {
+	method  string              // HTTP method; POST for gRPC
+	path    string              // the raw :path (request-target)
+	host    string              // :authority
+	headers map[string][]string // lowercase names
+	query   url.Values          // HTTP only
+	peer    net.Addr
+	local   net.Addr
+	id      spiffeid.ID // the peer's SPIFFE ID, if mutual TLS
+	mutual  bool
+}
+
+// verdict is the outcome of an admitted call: the headers the handler must
+// not see (a consumed token, spoofable payload headers) and the JWT payload
+// header to set, if any.
+type verdict struct {
+	strip                  []string
+	payloadHeader, payload string
+}
+
+// check applies the port's policy to a call: mTLS mode, JWT
+// authentication, then authorization. It returns errDenied,
+// errUnauthenticated or errNotServing for a refused call.
+func (p *serverPolicy) check(ctx context.Context, log *slog.Logger, c call) (verdict, error) {
+	var v verdict
 	if p.notFound {
-		return ctx, errNotServing
+		return v, errNotServing
 	}
-	pr, _ := peer.FromContext(ctx)
-	id, mutual := mtls.PeerIDFromContext(ctx)
-	if p.mode == modeStrict && !mutual {
-		log.Info("mesh: refused a call without mutual TLS (STRICT)", "method", fullMethod, "peer", pr.Addr)
-		return ctx, errUnauthenticated
+	if p.mode == modeStrict && !c.mutual {
+		log.Info("mesh: refused a call without mutual TLS (STRICT)", "path", c.path, "peer", c.peer)
+		return v, errUnauthenticated
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	req := &authz.Request{Method: "POST", Path: fullMethod, Headers: md}
-	if mutual {
-		req.Principal = id.String()
+	req := &authz.Request{Method: c.method, Path: c.path, Host: c.host, Headers: c.headers}
+	if c.mutual {
+		req.Principal = c.id.String()
 	}
-	if pr != nil {
-		if ap, err := netip.ParseAddrPort(pr.Addr.String()); err == nil {
+	if c.peer != nil {
+		if ap, err := netip.ParseAddrPort(c.peer.String()); err == nil {
 			req.SourceIP = ap.Addr().Unmap()
 		}
-		if pr.LocalAddr != nil {
-			if ap, err := netip.ParseAddrPort(pr.LocalAddr.String()); err == nil {
-				req.DestinationPort = int(ap.Port())
-			}
-		}
 	}
-	if hosts := md.Get(":authority"); len(hosts) > 0 {
-		req.Host = hosts[0]
+	if c.local != nil {
+		if ap, err := netip.ParseAddrPort(c.local.String()); err == nil {
+			req.DestinationPort = int(ap.Port())
+		}
 	}
 	if p.jwt != nil {
-		res, err := p.jwt.Verify(ctx, md, nil)
+		res, err := p.jwt.Verify(ctx, c.headers, c.query)
 		if err != nil {
-			log.Info("mesh: refused a call with an invalid token", "method", fullMethod, "peer", pr.Addr, "error", err)
-			return ctx, errUnauthenticated
+			log.Info("mesh: refused a call with an invalid token", "path", c.path, "peer", c.peer, "error", err)
+			return v, errUnauthenticated
 		}
 		req.RequestPrincipal, req.Claims = res.Principal, res.Claims
-		if len(res.StripHeaders) > 0 {
-			md = md.Copy()
-			for _, h := range res.StripHeaders {
-				delete(md, strings.ToLower(h))
-			}
-			ctx = metadata.NewIncomingContext(ctx, md)
-		}
+		v.strip, v.payloadHeader, v.payload = res.StripHeaders, res.PayloadHeader, res.Payload
 	}
 	if p.authz != nil {
 		d := p.authz.Authorize(req)
 		if len(d.Audit) > 0 {
-			log.Info("mesh: audited call", "method", fullMethod, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policies", d.Audit, "allowed", d.Allowed)
+			log.Info("mesh: audited call", "path", c.path, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policies", d.Audit, "allowed", d.Allowed)
 		}
 		if !d.Allowed {
-			log.Info("mesh: denied a call", "method", fullMethod, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policy", d.Policy, "reason", d.Reason)
-			return ctx, errDenied
+			log.Info("mesh: denied a call", "path", c.path, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policy", d.Policy, "reason", d.Reason)
+			return v, errDenied
 		}
-	} else if req.Path == "" || req.Path[0] != '/' {
-		return ctx, errDenied // a malformed :path never reaches a handler
+	} else if c.path == "" || c.path[0] != '/' {
+		return v, errDenied // a malformed :path never reaches a handler
+	}
+	return v, nil
+}
+
+// grpcStatus maps a refusal to what a gRPC caller sees.
+func grpcStatus(err error) error {
+	switch err {
+	case errDenied:
+		return status.Error(codes.PermissionDenied, "permission denied")
+	case errUnauthenticated:
+		return status.Error(codes.Unauthenticated, "unauthenticated")
+	case errNotServing:
+		return status.Error(codes.Unavailable, "not serving")
+	}
+	return status.FromContextError(err).Err()
+}
+
+// admit applies the server's policy to a gRPC call and returns the context
+// the handler gets (without the headers the policy consumed).
+func (s *Server) admit(ctx context.Context, fullMethod string) (context.Context, error) {
+	pr, _ := peer.FromContext(ctx)
+	var local, remote net.Addr
+	if pr != nil {
+		local, remote = pr.LocalAddr, pr.Addr
+	}
+	p, err := s.policies.wait(ctx, local)
+	if err != nil {
+		return ctx, grpcStatus(err)
+	}
+	if p == nil {
+		return ctx, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	c := call{method: "POST", path: fullMethod, headers: md, peer: remote, local: local}
+	if hosts := md.Get(":authority"); len(hosts) > 0 {
+		c.host = hosts[0]
+	}
+	c.id, c.mutual = mtls.PeerIDFromContext(ctx)
+	v, err := p.check(ctx, s.opts.logger, c)
+	if err != nil {
+		return ctx, grpcStatus(err)
+	}
+	if len(v.strip) > 0 || v.payloadHeader != "" {
+		md = md.Copy()
+		for _, h := range v.strip {
+			delete(md, strings.ToLower(h))
+		}
+		if v.payloadHeader != "" {
+			md.Set(v.payloadHeader, v.payload)
+		}
+		ctx = metadata.NewIncomingContext(ctx, md)
 	}
 	return ctx, nil
 }
@@ -377,7 +477,7 @@ func (c *serverCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 		return raw, mtls.PlaintextInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
 	}
 	mode := modePermissive
-	if p := c.s.portPolicy(raw.LocalAddr()); p != nil {
+	if p := c.s.policies.current(raw.LocalAddr()); p != nil {
 		mode = p.mode
 	}
 	switch mode {
@@ -401,21 +501,6 @@ func (c *serverCreds) Info() credentials.ProtocolInfo {
 func (c *serverCreds) Clone() credentials.TransportCredentials { return &serverCreds{s: c.s} }
 
 func (c *serverCreds) OverrideServerName(string) error { return nil }
-
-// portPolicy returns the known policy of the port at addr, or nil.
-func (s *Server) portPolicy(addr net.Addr) *serverPolicy {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if addr != nil {
-		if w := s.policyByAddr[addr.String()]; w != nil {
-			return w.current.Load()
-		}
-	}
-	if len(s.policies) > 0 {
-		return s.policies[0].current.Load()
-	}
-	return nil
-}
 
 // tlsCreds returns the server's mTLS credentials, or nils without an
 // identity.

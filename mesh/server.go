@@ -44,14 +44,13 @@ type Server struct {
 	opts *options
 	grpc *grpc.Server
 
-	mu           sync.Mutex
-	regs         []*register.Client
-	closed       bool
-	id           *workloadIdentity
-	strict       *mtls.Credentials // nil without an identity
-	permissive   *mtls.Credentials
-	policies     []*policyWatch
-	policyByAddr map[string]*policyWatch // by local "ip:port"
+	mu         sync.Mutex
+	regs       []*register.Client
+	closed     bool
+	id         *workloadIdentity
+	strict     *mtls.Credentials // nil without an identity
+	permissive *mtls.Credentials
+	policies   policySet
 }
 
 var _ grpc.ServiceRegistrar = (*Server)(nil)
@@ -76,7 +75,7 @@ func NewServer(opts ...Option) (*Server, error) {
 			return nil, fmt.Errorf("mesh: advertise address %q is not an IP address", o.advertiseAddr)
 		}
 	}
-	s := &Server{opts: o, policyByAddr: map[string]*policyWatch{}}
+	s := &Server{opts: o}
 	sopts := []grpc.ServerOption{
 		grpc.Creds(&serverCreds{s: s}),
 		grpc.ChainUnaryInterceptor(s.unaryPolicy),
@@ -131,8 +130,7 @@ func (s *Server) Serve(lis net.Listener) error {
 			return err
 		}
 		s.regs = append(s.regs, reg)
-		s.policies = append(s.policies, watch)
-		s.policyByAddr[lis.Addr().String()] = watch
+		s.policies.add(lis.Addr().String(), watch)
 	}
 	s.mu.Unlock()
 	err := s.grpc.Serve(lis)
@@ -190,7 +188,7 @@ func (s *Server) startRegistration(addr net.Addr) (*register.Client, *policyWatc
 	if err != nil {
 		return nil, nil, fmt.Errorf("mesh: control plane %s: %w", cp, err)
 	}
-	watch, err := s.watchPolicy(ip, tcp.Port)
+	watch, err := s.opts.watchPolicy(ip, tcp.Port)
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
@@ -240,12 +238,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // server has stopped.
 func (s *Server) release() {
 	s.mu.Lock()
-	ws, id := s.policies, s.id
-	s.policies, s.policyByAddr, s.id = nil, map[string]*policyWatch{}, nil
+	id := s.id
+	s.id = nil
 	s.mu.Unlock()
-	for _, w := range ws {
-		w.close()
-	}
+	s.policies.closeAll()
 	releaseIdentity(id)
 }
 
