@@ -1,0 +1,450 @@
+package pick
+
+import (
+	"errors"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Names of the policies, the values of Config.Policy.
+const (
+	RoundRobin   = "round_robin"
+	LeastRequest = "least_request"
+	Random       = "random"
+	RingHash     = "ring_hash"
+)
+
+// Defaults of Config's zero fields.
+const (
+	defaultChoiceCount = 2
+	maxChoiceCount     = 10 // grpc-go's cap
+	defaultMinRingSize = 1024
+	ringSizeCap        = 4096 // grpc-go's default cap on ring sizes
+	defaultMaxRequests = 1024 // grpc-go's default circuit breaker
+)
+
+var (
+	// ErrNoEndpoints is returned by Pick when the cluster has no endpoint,
+	// or every endpoint is ejected.
+	ErrNoEndpoints = errors.New("pick: no endpoints available")
+	// ErrOverloaded is returned by Pick when Config.MaxRequests requests
+	// are outstanding in the cluster (the circuit breaker is open).
+	ErrOverloaded = errors.New("pick: too many outstanding requests")
+)
+
+// timeNow and randUint64 are replaced by tests.
+var (
+	timeNow    = time.Now
+	randUint64 = rand.Uint64
+)
+
+// Endpoint is one address of the cluster. Its zero weights are 1.
+type Endpoint struct {
+	// Address is the endpoint's "host:port"; it identifies the endpoint
+	// across Updates and is the ring hash key. Required; of endpoints with
+	// the same Address, the first is used.
+	Address string
+	// Weight is the endpoint's weight within its locality. If zero, 1.
+	Weight uint32
+	// Locality is the endpoint's "region/zone/subzone"; endpoints with the
+	// same Locality and Priority share LocalityWeight. May be empty.
+	Locality string
+	// LocalityWeight is the weight of the endpoint's locality within its
+	// priority; the first endpoint of a locality sets it. If zero, 1.
+	LocalityWeight uint32
+	// Priority is the endpoint's priority, 0 the most preferred.
+	Priority uint32
+}
+
+// Config configures a Picker. The zero value is round robin with grpc-go's
+// circuit breaker of 1024 requests and no outlier ejection.
+type Config struct {
+	// Policy is RoundRobin, LeastRequest, Random or RingHash. If empty or
+	// unknown, RoundRobin.
+	Policy string
+	// ChoiceCount is how many endpoints LeastRequest samples. If below 2,
+	// 2; above 10, 10 (grpc-go's bounds).
+	ChoiceCount int
+	// MinRingSize is RingHash's minimum number of ring entries. If zero,
+	// 1024; above 4096, 4096 (grpc-go's cap).
+	MinRingSize uint64
+	// MaxRequests is the most requests outstanding in the cluster at once
+	// (Envoy's circuit_breakers max_requests, Istio's http2MaxRequests).
+	// If zero, 1024, grpc-go's default.
+	MaxRequests uint32
+	// Outlier configures outlier ejection. If nil, no endpoint is ejected.
+	Outlier *Outlier
+}
+
+// Result is the outcome of a request, given to the done function of Pick.
+// The zero value is Success.
+type Result int
+
+const (
+	// Success resets the endpoint's consecutive error counts.
+	Success Result = iota
+	// Failure is an HTTP 5xx other than 502, 503 and 504, or an error
+	// of the endpoint that is not a gateway failure (Envoy's 5xx).
+	Failure
+	// GatewayFailure is HTTP 502, 503 or 504, a connection failure or a
+	// timeout; it counts both as an error and as a gateway error.
+	GatewayFailure
+	// Ignored is an outcome that says nothing of the endpoint, such as a
+	// request the caller cancelled; the counts are left as they are.
+	Ignored
+)
+
+// ResultForStatus classifies an HTTP status code as Envoy's outlier
+// detection does.
+func ResultForStatus(code int) Result {
+	switch {
+	case code == 502 || code == 503 || code == 504:
+		return GatewayFailure
+	case code >= 500 && code <= 599:
+		return Failure
+	}
+	return Success
+}
+
+// Picker picks endpoints for requests. It is safe for concurrent use; Pick
+// never blocks. Create it with New.
+type Picker struct {
+	outstanding atomic.Int64 // requests picked and not done, in the cluster
+	nextSweep   atomic.Int64 // unix nanoseconds of the next Interval; 0: no outlier ejection
+	snap        atomic.Pointer[snapshot]
+
+	mu        sync.Mutex // guards the fields below and the guarded fields of endpoints
+	cfg       Config
+	eps       []*endpoint // in the order given, without duplicates
+	byAddr    map[string]*endpoint
+	suspended bool // fewer than MinHealthPercent of the endpoints are not ejected
+}
+
+// endpoint is the state of one endpoint, kept across Updates.
+type endpoint struct {
+	Endpoint // guarded by Picker.mu
+
+	pub         atomic.Pointer[Endpoint] // a copy of Endpoint, what Pick returns
+	done        func(Result)             // created once, so Pick does not allocate
+	outstanding atomic.Int64
+	errors      atomic.Uint32 // consecutive errors
+	gateway     atomic.Uint32 // consecutive gateway errors
+	out         atomic.Bool   // ejected and ejection not suspended
+
+	// guarded by Picker.mu
+	gone       bool // removed by an Update
+	ejected    bool
+	ejectedAt  time.Time
+	multiplier int // ejections in a row, decaying each Interval not ejected
+}
+
+// snapshot is what Pick reads: the policy over the endpoints of the
+// priority in use. It is immutable but for next.
+type snapshot struct {
+	policy      string
+	maxRequests int64
+	choiceCount int
+	eps         []*endpoint // round robin, least request, random: the usable endpoints
+	scaled      []uint16    // stride scheduler weights; nil when all weights are equal
+	cumulative  []float64   // random sampling by weight; nil when all weights are equal
+	ring        []ringEntry // ring hash, over all endpoints of the priority
+	next        atomic.Uint64
+}
+
+// New returns a Picker for eps with cfg.
+func New(cfg Config, eps []Endpoint) *Picker {
+	p := &Picker{byAddr: map[string]*endpoint{}}
+	p.Update(cfg, eps)
+	return p
+}
+
+// Update replaces the configuration and endpoints. Endpoints that stay (by
+// Address) keep their outstanding requests, error counts and ejections;
+// requests picked before the Update are counted when done as before.
+func (p *Picker) Update(cfg Config, eps []Endpoint) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.cfg.Outlier
+	p.cfg = cfg
+	byAddr := make(map[string]*endpoint, len(eps))
+	list := make([]*endpoint, 0, len(eps))
+	for _, e := range eps {
+		if _, dup := byAddr[e.Address]; dup {
+			continue
+		}
+		e.Weight, e.LocalityWeight = max(e.Weight, 1), max(e.LocalityWeight, 1)
+		ep := p.byAddr[e.Address]
+		if ep == nil {
+			ep = &endpoint{}
+			ep.done = func(r Result) { p.finish(ep, r) }
+		}
+		ep.Endpoint = e
+		ep.pub.Store(&e)
+		byAddr[e.Address] = ep
+		list = append(list, ep)
+	}
+	for addr, ep := range p.byAddr {
+		if byAddr[addr] == nil {
+			ep.gone = true
+		}
+	}
+	p.eps, p.byAddr = list, byAddr
+	switch o := cfg.Outlier; {
+	case o == nil:
+		for _, ep := range p.eps {
+			ep.ejected, ep.multiplier = false, 0
+			ep.errors.Store(0)
+			ep.gateway.Store(0)
+		}
+		p.nextSweep.Store(0)
+	case old == nil || old.interval() != o.interval():
+		p.nextSweep.Store(timeNow().Add(o.interval()).UnixNano())
+	}
+	p.rebuildLocked()
+}
+
+// Pick returns the endpoint for a request whose hash (used by RingHash
+// only) is hash, and a function to call exactly once with the request's
+// result when it ends; calling it again corrupts the counts. The error is
+// ErrNoEndpoints or ErrOverloaded.
+func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
+	if next := p.nextSweep.Load(); next != 0 && timeNow().UnixNano() >= next && p.mu.TryLock() {
+		p.sweepLocked()
+		p.mu.Unlock()
+	}
+	s := p.snap.Load()
+	var e *endpoint
+	switch {
+	case len(s.eps) == 0 && len(s.ring) == 0:
+		return Endpoint{}, nil, ErrNoEndpoints
+	case s.policy == RingHash:
+		e = s.pickRing(hash)
+	case s.policy == LeastRequest:
+		e = s.pickLeastRequest()
+	case s.policy == Random:
+		e = s.eps[s.sample()]
+	default:
+		e = s.eps[s.nextIndex()]
+	}
+	if p.outstanding.Add(1) > s.maxRequests {
+		p.outstanding.Add(-1)
+		return Endpoint{}, nil, ErrOverloaded
+	}
+	e.outstanding.Add(1)
+	return *e.pub.Load(), e.done, nil
+}
+
+// finish is an endpoint's done function.
+func (p *Picker) finish(ep *endpoint, r Result) {
+	ep.outstanding.Add(-1)
+	p.outstanding.Add(-1)
+	if p.nextSweep.Load() == 0 {
+		return // no outlier ejection
+	}
+	var errs, gw uint32
+	switch r {
+	case Success:
+		if ep.errors.Load() != 0 || ep.gateway.Load() != 0 {
+			ep.errors.Store(0)
+			ep.gateway.Store(0)
+		}
+		return
+	case Failure:
+		errs = ep.errors.Add(1)
+		ep.gateway.Store(0)
+	case GatewayFailure:
+		errs, gw = ep.errors.Add(1), ep.gateway.Add(1)
+	default:
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	o := p.cfg.Outlier
+	if o == nil || ep.gone || ep.ejected {
+		return
+	}
+	if (o.ConsecutiveErrors > 0 && errs >= o.ConsecutiveErrors) || (o.ConsecutiveGatewayErrors > 0 && gw >= o.ConsecutiveGatewayErrors) {
+		// Count afresh whether or not the ejection is allowed, as Envoy does.
+		ep.errors.Store(0)
+		ep.gateway.Store(0)
+		if p.ejectLocked(ep) {
+			p.rebuildLocked()
+		}
+	}
+}
+
+// rebuildLocked publishes a new snapshot for the current endpoints and
+// ejections.
+func (p *Picker) rebuildLocked() {
+	total, ejected := len(p.eps), 0
+	for _, ep := range p.eps {
+		if ep.ejected {
+			ejected++
+		}
+	}
+	o := p.cfg.Outlier
+	p.suspended = o != nil && o.MinHealthPercent > 0 && (total-ejected)*100 < int(o.MinHealthPercent)*total
+	usable := func(ep *endpoint) bool { return !ep.ejected || p.suspended }
+	for _, ep := range p.eps {
+		ep.out.Store(!usable(ep))
+	}
+
+	s := &snapshot{policy: p.cfg.Policy, maxRequests: int64(p.cfg.MaxRequests), choiceCount: p.cfg.ChoiceCount}
+	if s.maxRequests == 0 {
+		s.maxRequests = defaultMaxRequests
+	}
+	s.choiceCount = min(max(s.choiceCount, defaultChoiceCount), maxChoiceCount)
+	// The lowest priority with an endpoint not ejected.
+	prio, found := uint32(0), false
+	for _, ep := range p.eps {
+		if usable(ep) && (!found || ep.Priority < prio) {
+			prio, found = ep.Priority, true
+		}
+	}
+	var members []*endpoint
+	for _, ep := range p.eps {
+		if found && ep.Priority == prio {
+			members = append(members, ep)
+		}
+	}
+	switch s.policy {
+	case RingHash:
+		ringSize := p.cfg.MinRingSize
+		if ringSize == 0 {
+			ringSize = defaultMinRingSize
+		}
+		s.ring = newRing(members, weights(members), min(ringSize, ringSizeCap))
+	case LeastRequest, Random:
+	default:
+		s.policy = RoundRobin
+	}
+	if s.policy != RingHash {
+		var live []*endpoint
+		for _, ep := range members {
+			if usable(ep) {
+				live = append(live, ep)
+			}
+		}
+		s.eps = live
+		w := weights(live)
+		if !allEqual(w) {
+			s.scaled, s.cumulative = scaleWeights(w), cumulate(w)
+		}
+		if len(live) > 0 {
+			s.next.Store(randUint64() % uint64(len(live)))
+		}
+	}
+	p.snap.Store(s)
+}
+
+// weights returns the share of each endpoint: its locality's share of the
+// locality weights times its share of its locality's endpoint weights.
+func weights(eps []*endpoint) []float64 {
+	type locality struct {
+		weight    float64
+		endpoints float64 // sum of endpoint weights
+	}
+	locs := map[string]*locality{}
+	var total float64
+	for _, ep := range eps {
+		l := locs[ep.Locality]
+		if l == nil {
+			l = &locality{weight: float64(ep.LocalityWeight)}
+			locs[ep.Locality] = l
+			total += l.weight
+		}
+		l.endpoints += float64(ep.Weight)
+	}
+	w := make([]float64, len(eps))
+	for i, ep := range eps {
+		l := locs[ep.Locality]
+		w[i] = l.weight / total * float64(ep.Weight) / l.endpoints
+	}
+	return w
+}
+
+func allEqual(w []float64) bool {
+	for _, x := range w {
+		if x != w[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// maxScaled is the largest weight of the stride scheduler.
+const maxScaled = 1<<16 - 1
+
+// scaleWeights scales w so that the largest is maxScaled and none is 0, as
+// grpc-go's weighted round robin scheduler does.
+func scaleWeights(w []float64) []uint16 {
+	top := 0.0
+	for _, x := range w {
+		top = max(top, x)
+	}
+	s := make([]uint16, len(w))
+	for i, x := range w {
+		s[i] = uint16(max(1, min(maxScaled, x/top*maxScaled+0.5)))
+	}
+	return s
+}
+
+func cumulate(w []float64) []float64 {
+	c := make([]float64, len(w))
+	sum := 0.0
+	for i, x := range w {
+		sum += x
+		c[i] = sum
+	}
+	return c
+}
+
+// nextIndex returns the next endpoint of round robin: in turn when the
+// weights are equal, else by grpc-go's static stride scheduler, which
+// picks each endpoint weight times in maxScaled generations.
+func (s *snapshot) nextIndex() int {
+	n := uint64(len(s.eps))
+	if s.scaled == nil {
+		return int(s.next.Add(1) % n)
+	}
+	const offset = maxScaled / 2
+	for {
+		seq := s.next.Add(1)
+		i, gen := seq%n, seq/n
+		w := uint64(s.scaled[i])
+		if (w*gen+i*offset)%maxScaled >= maxScaled-w {
+			return int(i)
+		}
+	}
+}
+
+// sample returns an endpoint index at random, by weight.
+func (s *snapshot) sample() int {
+	if s.cumulative == nil {
+		return int(randUint64() % uint64(len(s.eps)))
+	}
+	total := s.cumulative[len(s.cumulative)-1]
+	x := float64(randUint64()>>11) / (1 << 53) * total
+	i := sort.SearchFloat64s(s.cumulative, x)
+	if i < len(s.cumulative) && s.cumulative[i] == x {
+		i++
+	}
+	return min(i, len(s.eps)-1)
+}
+
+// pickLeastRequest samples choiceCount endpoints and returns the one with
+// the fewest outstanding requests, the first on a tie (gRFC A48).
+func (s *snapshot) pickLeastRequest() *endpoint {
+	var best *endpoint
+	var bestN int64
+	for range s.choiceCount {
+		e := s.eps[s.sample()]
+		if n := e.outstanding.Load(); best == nil || n < bestN {
+			best, bestN = e, n
+		}
+	}
+	return best
+}
