@@ -35,8 +35,13 @@ import (
 )
 
 // PeerID returns the SPIFFE ID of the peer of a call a mesh Server is
-// handling, authenticated by mutual TLS; ok is false for a plaintext peer.
+// handling, or of a request an HTTPServer is handling (from the
+// request's context), authenticated by mutual TLS; ok is false for a
+// plaintext peer.
 func PeerID(ctx context.Context) (id spiffeid.ID, ok bool) {
+	if id, ok := ctx.Value(httpPeerKey{}).(spiffeid.ID); ok {
+		return id, true
+	}
 	return mtls.PeerIDFromContext(ctx)
 }
 

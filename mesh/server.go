@@ -59,21 +59,8 @@ var _ grpc.ServiceRegistrar = (*Server)(nil)
 // serves but does not register.
 func NewServer(opts ...Option) (*Server, error) {
 	o := newOptions(opts)
-	if o.service != "" {
-		if err := config.ValidateName(o.service); err != nil {
-			return nil, fmt.Errorf("mesh: service: %w", err)
-		}
-	}
-	if err := config.ValidateName(o.namespace); err != nil {
-		return nil, fmt.Errorf("mesh: namespace: %w", err)
-	}
-	if err := config.ValidateLabels(o.endpointLabels()); err != nil {
-		return nil, fmt.Errorf("mesh: labels: %w", err)
-	}
-	if o.advertiseAddr != "" {
-		if _, err := netip.ParseAddr(o.advertiseAddr); err != nil {
-			return nil, fmt.Errorf("mesh: advertise address %q is not an IP address", o.advertiseAddr)
-		}
+	if err := o.validateServer(); err != nil {
+		return nil, err
 	}
 	s := &Server{opts: o}
 	sopts := []grpc.ServerOption{
@@ -83,6 +70,27 @@ func NewServer(opts ...Option) (*Server, error) {
 	}
 	s.grpc = grpc.NewServer(append(sopts, o.serverOptions...)...)
 	return s, nil
+}
+
+// validateServer checks the options of a Server or HTTPServer.
+func (o *options) validateServer() error {
+	if o.service != "" {
+		if err := config.ValidateName(o.service); err != nil {
+			return fmt.Errorf("mesh: service: %w", err)
+		}
+	}
+	if err := config.ValidateName(o.namespace); err != nil {
+		return fmt.Errorf("mesh: namespace: %w", err)
+	}
+	if err := config.ValidateLabels(o.endpointLabels()); err != nil {
+		return fmt.Errorf("mesh: labels: %w", err)
+	}
+	if o.advertiseAddr != "" {
+		if _, err := netip.ParseAddr(o.advertiseAddr); err != nil {
+			return fmt.Errorf("mesh: advertise address %q is not an IP address", o.advertiseAddr)
+		}
+	}
+	return nil
 }
 
 func (o *options) endpointLabels() map[string]string {
@@ -124,7 +132,7 @@ func (s *Server) Serve(lis net.Listener) error {
 		}
 	}
 	if s.opts.service != "" {
-		reg, watch, err := s.startRegistration(lis.Addr())
+		reg, watch, err := s.opts.startRegistration(s.id, lis.Addr())
 		if err != nil {
 			s.mu.Unlock()
 			return err
@@ -147,26 +155,27 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // startRegistration registers the endpoint of a listener and starts
-// following its policy; the caller holds s.mu. With an identity from the
+// following its policy, for a Server (whose mu the caller holds) or an
+// HTTPServer with identity id (nil for none). With an identity from the
 // control plane's CA, registration goes to the secure port with the
 // workload's certificate, so the control plane knows the endpoint's
 // identity (and clients can verify it).
-func (s *Server) startRegistration(addr net.Addr) (*register.Client, *policyWatch, error) {
+func (o *options) startRegistration(id *workloadIdentity, addr net.Addr) (*register.Client, *policyWatch, error) {
 	tcp, ok := addr.(*net.TCPAddr)
 	if !ok {
 		return nil, nil, fmt.Errorf("mesh: cannot register a %s listener; serve on TCP", addr.Network())
 	}
-	ip := s.opts.advertiseAddr
+	ip := o.advertiseAddr
 	if ip == "" {
 		ip = advertisedIP(tcp.IP)
 	}
-	cp, _, err := s.opts.controlPlane()
+	cp, _, err := o.controlPlane()
 	if err != nil {
 		return nil, nil, err
 	}
 	creds := insecure.NewCredentials()
-	if s.id != nil && s.opts.token() != "" {
-		bundle := s.opts.bundleFile()
+	if id != nil && o.token() != "" {
+		bundle := o.bundleFile()
 		rootPEM, err := os.ReadFile(bundle)
 		if err != nil {
 			return nil, nil, fmt.Errorf("mesh: the mesh CA's root: %w", err)
@@ -179,31 +188,30 @@ func (s *Server) startRegistration(addr net.Addr) (*register.Client, *policyWatc
 		if err != nil {
 			return nil, nil, err
 		}
-		id := s.id
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return id.Certificate() }
 		creds = credentials.NewTLS(cfg)
-		cp = s.opts.caAddress()
+		cp = o.caAddress()
 	}
 	conn, err := grpc.NewClient(cp, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, nil, fmt.Errorf("mesh: control plane %s: %w", cp, err)
 	}
-	watch, err := s.opts.watchPolicy(ip, tcp.Port)
+	watch, err := o.watchPolicy(ip, tcp.Port)
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
 	}
 	ep := &registrationpb.Endpoint{
-		Service:     s.opts.service,
-		Namespace:   s.opts.namespace,
+		Service:     o.service,
+		Namespace:   o.namespace,
 		Address:     ip,
 		Port:        uint32(tcp.Port),
-		ServicePort: s.opts.servicePort,
-		Labels:      s.opts.endpointLabels(),
-		Locality:    s.opts.locality,
+		ServicePort: o.servicePort,
+		Labels:      o.endpointLabels(),
+		Locality:    o.locality,
 	}
-	s.opts.logger.Info("registering with the control plane", "controlPlane", cp, "service", ep.Service, "address", ip, "port", ep.Port)
-	return register.Start(conn, ep, s.opts.logger), watch, nil
+	o.logger.Info("registering with the control plane", "controlPlane", cp, "service", ep.Service, "address", ip, "port", ep.Port)
+	return register.Start(conn, ep, o.logger), watch, nil
 }
 
 // advertisedIP returns the IP to register for a listener bound to ip.
