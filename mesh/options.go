@@ -52,6 +52,7 @@ type options struct {
 	workloadAPI   string
 	identityFiles [3]string
 	certTTL       time.Duration
+	meshOnly      bool
 	svids         x509svid.Source
 	bundles       x509bundle.Source
 }

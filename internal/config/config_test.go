@@ -950,14 +950,15 @@ var rejections = []struct {
 		yaml: res("VirtualService", "reviews", `
   hosts: [reviews]
   http:
-  - retries: {attempts: 5, retryOn: "5xx,unavailable", backoff: 0s, perTryTimeout: -1s}
+  - retries: {attempts: 5, retryOn: "5xx,unavailable,retriable-headers,99", backoff: 0s, perTryTimeout: -1s}
     route: [{destination: {host: reviews}}]
 `),
 		want: []string{
 			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.attempts: 5 is not between 0 and 4 (gRPC makes at most 5 attempts of a call)",
 			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.backoff: must be positive, not 0s",
 			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.perTryTimeout: must be positive, not -1s",
-			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.retryOn: \"5xx\" is not supported (supported: unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure, refused-stream)",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.retryOn: \"99\" is not supported (supported: unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure, refused-stream, 5xx, gateway-error, reset, retriable-4xx, retriable-status-codes, and HTTP status codes such as 503)",
+			"mesh.yaml:1: VirtualService default/reviews: spec.http[0].retries.retryOn: \"retriable-headers\" is not supported (supported: unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure, refused-stream, 5xx, gateway-error, reset, retriable-4xx, retriable-status-codes, and HTTP status codes such as 503)",
 		},
 	},
 	{

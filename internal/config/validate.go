@@ -404,6 +404,23 @@ var RetryOnGRPC = map[string]string{
 	"refused-stream":     "",
 }
 
+// RetryOnHTTP are the retryOn conditions the HTTP client implements beyond
+// the gRPC ones; an HTTP status code (100 to 599) is one too, as in Istio.
+var RetryOnHTTP = map[string]bool{
+	"5xx": true, "gateway-error": true, "reset": true, "connect-failure": true,
+	"retriable-4xx": true, "refused-stream": true, "retriable-status-codes": true,
+}
+
+// RetryOnSupported reports whether cond is a retryOn condition Trellis
+// implements, for gRPC or HTTP.
+func RetryOnSupported(cond string) bool {
+	if _, ok := RetryOnGRPC[cond]; ok || RetryOnHTTP[cond] {
+		return true
+	}
+	n, err := strconv.Atoi(cond)
+	return err == nil && n >= 100 && n <= 599
+}
+
 // GRPCCodes maps gRPC status code names, as Istio writes them in
 // fault.abort.grpcStatus, to their numbers.
 var GRPCCodes = map[string]uint32{
@@ -436,8 +453,8 @@ func validateRouteBehaviour(p *problems, f string, r *networking.HTTPRoute) {
 		}
 		for _, cond := range strings.Split(rt.RetryOn, ",") {
 			cond = strings.TrimSpace(cond)
-			if _, ok := RetryOnGRPC[cond]; !ok && cond != "" {
-				p.add(f+".retries.retryOn", "%q is not supported (supported: unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure, refused-stream)", cond)
+			if !RetryOnSupported(cond) && cond != "" {
+				p.add(f+".retries.retryOn", "%q is not supported (supported: unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure, refused-stream, 5xx, gateway-error, reset, retriable-4xx, retriable-status-codes, and HTTP status codes such as 503)", cond)
 			}
 		}
 		p.positiveDuration(f+".retries.backoff", rt.Backoff, rt.Backoff != nil)

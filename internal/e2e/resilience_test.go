@@ -31,10 +31,12 @@ type behaviour struct {
 	failEvery atomic.Int64
 }
 
-func (b *behaviour) intercept(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+// run applies the behaviour to one call: it returns the error the call
+// fails with, or nil to serve it.
+func (b *behaviour) run(ctx context.Context) error {
 	n := b.calls.Add(1)
 	if every := b.failEvery.Load(); every > 0 && n%every == 0 {
-		return nil, status.Error(codes.Unavailable, "injected by the test: flaky")
+		return status.Error(codes.Unavailable, "injected by the test: flaky")
 	}
 	b.inFlight.Add(1)
 	defer b.inFlight.Add(-1)
@@ -42,18 +44,25 @@ func (b *behaviour) intercept(ctx context.Context, req any, _ *grpc.UnaryServerI
 		select {
 		case <-*g:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
 	if d := time.Duration(b.delay.Load()); d > 0 {
 		select {
 		case <-time.After(d):
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
 	if c := codes.Code(b.failCode.Load()); c != codes.OK {
-		return nil, status.Error(c, "injected by the test")
+		return status.Error(c, "injected by the test")
+	}
+	return nil
+}
+
+func (b *behaviour) intercept(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := b.run(ctx); err != nil {
+		return nil, err
 	}
 	return h(ctx, req)
 }

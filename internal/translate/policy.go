@@ -3,6 +3,8 @@ package translate
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -242,18 +244,33 @@ func routeBehaviour(action *v3routepb.RouteAction, hr *networking.HTTPRoute) *v3
 		rt = defaultRetry
 	}
 	if rt.Attempts > 0 {
+		// Conditions go to retry_on as Envoy names them (grpc-go reads the
+		// gRPC ones and ignores the rest; the HTTP client reads the HTTP
+		// ones); status codes go to retriable_status_codes. connect-failure
+		// and refused-stream are kept for HTTP; for gRPC, transparent retry
+		// covers them.
 		var on []string
+		var codes []uint32
 		for _, c := range strings.Split(cmpOr(rt.RetryOn, defaultRetry.RetryOn), ",") {
-			if code := config.RetryOnGRPC[strings.TrimSpace(c)]; code != "" {
-				on = append(on, strings.TrimSpace(c))
+			c = strings.TrimSpace(c)
+			if n, err := strconv.Atoi(c); err == nil {
+				codes = append(codes, uint32(n))
+				continue
 			}
+			if c != "" && !slices.Contains(on, c) {
+				on = append(on, c)
+			}
+		}
+		if len(codes) > 0 && !slices.Contains(on, "retriable-status-codes") {
+			on = append(on, "retriable-status-codes")
 		}
 		// per_try_timeout is standard xDS that grpc-go ignores; the mesh's
 		// own retry engine (package retry) honours it.
 		if len(on) > 0 || rt.GetPerTryTimeout() != nil {
 			action.RetryPolicy = &v3routepb.RetryPolicy{
-				RetryOn:    strings.Join(on, ","),
-				NumRetries: wrapperspb.UInt32(uint32(rt.Attempts)),
+				RetryOn:              strings.Join(on, ","),
+				NumRetries:           wrapperspb.UInt32(uint32(rt.Attempts)),
+				RetriableStatusCodes: codes,
 			}
 			if b := rt.GetBackoff(); b != nil {
 				action.RetryPolicy.RetryBackOff = &v3routepb.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(b.AsDuration())}

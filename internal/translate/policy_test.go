@@ -70,7 +70,7 @@ spec:
 		t.Errorf("route /a max stream duration = %v, want 1.5s", got)
 	}
 	wantRetry := &v3routepb.RetryPolicy{
-		RetryOn:       "deadline-exceeded,internal",
+		RetryOn:       "deadline-exceeded,connect-failure,internal",
 		NumRetries:    wrapperspb.UInt32(3),
 		RetryBackOff:  &v3routepb.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(10 * time.Millisecond)},
 		PerTryTimeout: durationpb.New(300 * time.Millisecond),
@@ -95,9 +95,10 @@ spec:
 	if err := b.GetTypedPerFilterConfig()[FaultFilterName].UnmarshalTo(fault); err != nil || fault.GetAbort().GetHttpStatus() != 503 || fault.GetAbort().GetPercentage().GetNumerator() != 500000 {
 		t.Errorf("route /b fault = %v (%v), want HTTP 503 at 50%%", fault, err)
 	}
-	// Only transparent-retry conditions: nothing for the retry policy.
-	if rp := routes[2].GetRoute().GetRetryPolicy(); rp != nil {
-		t.Errorf("connect-failure only: retry policy = %v, want none (gRPC retries it transparently)", rp)
+	// connect-failure is kept for the HTTP client; grpc-go finds no gRPC
+	// code in it (its transparent retry covers connect failures).
+	if rp := routes[2].GetRoute().GetRetryPolicy(); rp.GetRetryOn() != "connect-failure" {
+		t.Errorf("connect-failure only: retry policy = %v, want retry_on connect-failure", rp)
 	}
 	// The fault filter sits before the router in listeners of this port.
 	hcm := &v3hcmpb.HttpConnectionManager{}

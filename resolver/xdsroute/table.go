@@ -128,11 +128,24 @@ func (t *Table[T]) install(rc *v3routepb.RouteConfiguration) {
 	t.markReady()
 }
 
-// Lookup returns the route a call to method ("/pkg.Service/Method") with
-// outgoing metadata md takes, and what convert made of it. Until the first
-// route configuration (or the news that there is none) has arrived, it
-// waits for it or for ctx to be done. ok is false when no route matches.
+// Lookup returns the route a gRPC call to method ("/pkg.Service/Method")
+// with outgoing metadata md takes, and what convert made of it, matching
+// headers as grpc-go does (content-type is application/grpc, binary
+// headers never match). Until the first route configuration (or the news
+// that there is none) has arrived, it waits for it or for ctx to be done.
+// ok is false when no route matches.
 func (t *Table[T]) Lookup(ctx context.Context, method string, md metadata.MD) (route *v3routepb.Route, v T, ok bool) {
+	return t.lookup(ctx, method, md, true)
+}
+
+// LookupHTTP is Lookup for an HTTP request: path is the request's
+// canonical path (without query), headers its headers with lowercase
+// names, matched as Envoy matches them (repeated values joined with ",").
+func (t *Table[T]) LookupHTTP(ctx context.Context, path string, headers map[string][]string) (route *v3routepb.Route, v T, ok bool) {
+	return t.lookup(ctx, path, headers, false)
+}
+
+func (t *Table[T]) lookup(ctx context.Context, method string, md map[string][]string, grpc bool) (route *v3routepb.Route, v T, ok bool) {
 	select {
 	case <-t.ready:
 	default:
@@ -148,11 +161,26 @@ func (t *Table[T]) Lookup(ctx context.Context, method string, md metadata.MD) (r
 	}
 	for i := range c.routes {
 		r := &c.routes[i]
-		if r.matches(method, md) {
+		if r.matches(method, md, grpc) {
 			return r.route, r.value, true
 		}
 	}
 	return nil, v, false
+}
+
+// Known reports, once the first answer has arrived (or ctx is done),
+// whether the target has routes.
+func (t *Table[T]) Known(ctx context.Context) bool {
+	select {
+	case <-t.ready:
+	default:
+		select {
+		case <-t.ready:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return t.current.Load() != nil
 }
 
 type compiled[T any] struct {
@@ -264,12 +292,12 @@ func perMillion(f *v3typepb.FractionalPercent) uint32 {
 	return uint32(min(n, 1_000_000))
 }
 
-func (r *compiledRoute[T]) matches(method string, md metadata.MD) bool {
+func (r *compiledRoute[T]) matches(method string, md map[string][]string, grpc bool) bool {
 	if !r.path(method) {
 		return false
 	}
 	for _, h := range r.headers {
-		if !h.matches(md) {
+		if !h.matches(md, grpc) {
 			return false
 		}
 	}
@@ -385,15 +413,15 @@ func parseInt(s string) (int64, bool) {
 	return n, true
 }
 
-func (h headerMatcher) matches(md metadata.MD) bool {
-	if h.binary {
+func (h headerMatcher) matches(md map[string][]string, grpc bool) bool {
+	if grpc && h.binary {
 		return false // grpc-go never matches binary headers, inverted or not
 	}
 	var value string
 	var ok bool
-	if h.content {
+	if grpc && h.content {
 		value, ok = "application/grpc", true
-	} else if vs := md.Get(h.name); len(vs) > 0 {
+	} else if vs := md[h.name]; len(vs) > 0 {
 		value, ok = strings.Join(vs, ","), true
 	}
 	return h.match(value, ok) != h.invert

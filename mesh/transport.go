@@ -1,0 +1,816 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	v3faultpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+
+	"github.com/trellismesh/trellis/balancer/pick"
+	"github.com/trellismesh/trellis/internal/mtls"
+	"github.com/trellismesh/trellis/internal/secpolicy"
+	"github.com/trellismesh/trellis/resolver/xdscluster"
+	"github.com/trellismesh/trellis/resolver/xdsroute"
+	"github.com/trellismesh/trellis/retry"
+)
+
+// meshLookup bounds how long the first request to a host waits to learn
+// whether the control plane knows it.
+var meshLookup = time.Second
+
+// maxRepicks bounds the picks a retry makes to avoid endpoints already
+// tried (Istio's host_selection_retry_max_attempts).
+const maxRepicks = 5
+
+// defaultMaxRequests is the circuit breaker of a cluster that sets none,
+// grpc-go's (and Envoy's) default.
+const defaultMaxRequests = 1024
+
+// ErrNoRoute is returned for a request to a mesh host that no route of the
+// host matches.
+var ErrNoRoute = errors.New("mesh: no route")
+
+// Transport is an http.RoundTripper that sends requests for mesh hosts
+// ("http://reviews:9080/...") through the mesh, with the same configuration
+// as gRPC calls: VirtualService routes (path, headers, weights, subsets),
+// timeouts, retries (retryOn 5xx, gateway-error, connect-failure, reset,
+// retriable-4xx, status codes; per-try timeouts; the retry budget), fault
+// injection, and per cluster the DestinationRule's load balancing, circuit
+// breaking, outlier ejection and mutual TLS to exact SPIFFE IDs. Requests
+// to other hosts go to http.DefaultTransport unless WithMeshOnly is given.
+// A host is a mesh host if the control plane has a listener for it (as
+// for gRPC targets); IP addresses and localhost never are. Request bodies
+// are resent on retry only if the request has GetBody (http.NewRequest
+// sets it for in-memory bodies); other requests are not retried.
+//
+// A Transport is safe for concurrent use. Close it to release its
+// connection to the control plane.
+type Transport struct {
+	opts  *options
+	err   error // why the Transport cannot work, if it cannot
+	base  http.RoundTripper
+	plain *http.Transport
+	chash uint64 // the Transport's own hash, for useSourceIp
+
+	shared *sharedXDSClient
+	id     *workloadIdentity
+
+	mu       sync.Mutex
+	closed   bool
+	hosts    map[string]*meshHost
+	clusters map[string]*meshCluster
+	budget   *retry.BudgetTracker
+}
+
+var _ http.RoundTripper = (*Transport)(nil)
+
+// NewTransport returns a Transport. It does no I/O; it connects to the
+// control plane on the first request. Options: those of Dial.
+func NewTransport(opts ...Option) *Transport {
+	o := newOptions(opts)
+	t := &Transport{
+		opts:     o,
+		base:     http.DefaultTransport,
+		plain:    &http.Transport{Proxy: nil, ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
+		chash:    rand.Uint64(),
+		hosts:    map[string]*meshHost{},
+		clusters: map[string]*meshCluster{},
+		budget:   retry.NewBudgetTracker(o.retryBudget),
+	}
+	addr, _, err := o.controlPlane()
+	if err == nil {
+		t.shared, err = o.acquireXDSClient(addr)
+	}
+	if err != nil {
+		t.err = fmt.Errorf("mesh: %w", err)
+		return t
+	}
+	t.id = o.acquireIdentity()
+	return t
+}
+
+// HTTPClient returns an *http.Client whose Transport is a mesh Transport
+// (see Transport). Close its transport, client.Transport.(*mesh.Transport),
+// when done with it.
+func HTTPClient(opts ...Option) *http.Client {
+	return &http.Client{Transport: NewTransport(opts...)}
+}
+
+// WithMeshOnly makes a Transport refuse requests to hosts outside the mesh
+// instead of sending them with http.DefaultTransport. For NewTransport and
+// HTTPClient.
+func WithMeshOnly() Option {
+	return optionFunc(func(o *options) { o.meshOnly = true })
+}
+
+// Close stops the Transport: its watches end and its idle connections
+// close. Requests in flight finish; new ones fail. It is idempotent.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	hosts, clusters := t.hosts, t.clusters
+	t.hosts, t.clusters = nil, nil
+	t.mu.Unlock()
+	for _, h := range hosts {
+		h.table.Close()
+	}
+	for _, c := range clusters {
+		c.cancel()
+		c.closeIdle()
+	}
+	t.plain.CloseIdleConnections()
+	if t.shared != nil {
+		releaseXDSClient(t.shared)
+	}
+	releaseIdentity(t.id)
+	return nil
+}
+
+// CloseIdleConnections closes idle connections to mesh endpoints (and
+// http.DefaultTransport's, as http.Client.CloseIdleConnections expects).
+func (t *Transport) CloseIdleConnections() {
+	t.plain.CloseIdleConnections()
+	t.mu.Lock()
+	cs := make([]*meshCluster, 0, len(t.clusters))
+	for _, c := range t.clusters {
+		cs = append(cs, c)
+	}
+	t.mu.Unlock()
+	for _, c := range cs {
+		c.closeIdle()
+	}
+	if ci, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
+
+// meshHost is a host's routes.
+type meshHost struct {
+	table   *xdsroute.Table[*httpRoute]
+	decided atomic.Bool // the first lookup has had its answer or its time
+}
+
+// external reports whether a host is never a mesh host.
+func external(host string) bool {
+	h := host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		h = hh
+	}
+	return h == "localhost" || net.ParseIP(strings.Trim(h, "[]")) != nil
+}
+
+func (t *Transport) host(name string) (*meshHost, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, errors.New("mesh: transport closed")
+	}
+	h := t.hosts[name]
+	if h == nil {
+		h = &meshHost{table: xdsroute.Watch(t.shared.client, name, httpRouteOf)}
+		t.hosts[name] = h
+	}
+	return h, nil
+}
+
+// isMesh reports whether the control plane knows host, waiting up to
+// meshLookup the first time.
+func (h *meshHost) isMesh(ctx context.Context) bool {
+	wait := time.Duration(0)
+	if !h.decided.Load() {
+		wait = meshLookup
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	known := h.table.Known(wctx)
+	h.decided.Store(true)
+	return known
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.err != nil {
+		closeBody(req)
+		return nil, t.err
+	}
+	name := req.URL.Host
+	if req.URL.Scheme != "http" || external(name) {
+		return t.passThrough(req)
+	}
+	h, err := t.host(name)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	if !h.isMesh(req.Context()) {
+		return t.passThrough(req)
+	}
+	return t.meshRoundTrip(req, h)
+}
+
+func (t *Transport) passThrough(req *http.Request) (*http.Response, error) {
+	if t.opts.meshOnly {
+		closeBody(req)
+		return nil, fmt.Errorf("mesh: %s is not a mesh host", req.URL.Host)
+	}
+	return t.base.RoundTrip(req)
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+func (t *Transport) meshRoundTrip(req *http.Request, h *meshHost) (*http.Response, error) {
+	ctx := req.Context()
+	path, err := secpolicy.CanonicalPath(req.URL.EscapedPath())
+	if err != nil {
+		closeBody(req)
+		return nil, fmt.Errorf("mesh: request path: %w", err)
+	}
+	headers := make(map[string][]string, len(req.Header)+2)
+	for k, v := range req.Header {
+		headers[strings.ToLower(k)] = v
+	}
+	headers[":method"] = []string{req.Method}
+	headers[":authority"] = []string{req.URL.Host}
+	_, r, ok := h.table.LookupHTTP(ctx, path, headers)
+	if !ok || r == nil || len(r.clusters) == 0 {
+		closeBody(req)
+		return nil, fmt.Errorf("%w for %s%s", ErrNoRoute, req.URL.Host, path)
+	}
+	if resp, done := r.fault.inject(req); done {
+		return resp, nil
+	}
+	if r.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.timeout)
+		resp, err := t.attempts(ctx, req, r, headers)
+		return releaseOnClose(resp, cancel), err
+	}
+	return t.attempts(ctx, req, r, headers)
+}
+
+// attempts sends req by the route's retry policy.
+func (t *Transport) attempts(ctx context.Context, req *http.Request, r *httpRoute, headers map[string][]string) (*http.Response, error) {
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	attempts := max(r.retry.attempts, 1)
+	if !replayable {
+		attempts = 1
+	}
+	hash := t.hashOf(r, headers)
+	t.budget.Call()
+	tried := map[string]bool{}
+	for n := 1; ; n++ {
+		resp, class, err := t.attempt(ctx, req, r, n, hash, tried)
+		last := n >= attempts || ctx.Err() != nil || !r.retry.retriable(resp, class) || !t.budget.TryRetry()
+		if last {
+			if err != nil {
+				return nil, err
+			}
+			return resp, nil
+		}
+		if resp != nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		p := retry.Policy{BaseBackoff: r.retry.base, MaxBackoff: r.retry.max}
+		timer := time.NewTimer(p.Backoff(n))
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			if err != nil {
+				return nil, err
+			}
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// outcome classifies an attempt for retries and outlier detection.
+type outcome int
+
+const (
+	outcomeOK        outcome = iota
+	outcomeStatus            // a response; its code decides
+	outcomeConnect           // no connection
+	outcomeReset             // the connection broke before a response
+	outcomeTimeout           // the per-try timeout
+	outcomeOverload          // the circuit breaker refused
+	outcomeNoHealthy         // no endpoint to send to
+)
+
+// attempt makes one attempt of req on an endpoint of one of the route's
+// clusters.
+//
+// A retry avoids the endpoints earlier attempts used, as Istio's retries
+// do (Envoy's previous_hosts predicate): up to maxRepicks picks are made
+// for an endpoint not tried yet.
+func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute, n int, hash uint64, tried map[string]bool) (*http.Response, outcome, error) {
+	c, err := t.cluster(r.pickCluster())
+	if err != nil {
+		return nil, outcomeNoHealthy, err
+	}
+	st, picker, err := c.wait(ctx)
+	if err != nil {
+		return nil, outcomeNoHealthy, err
+	}
+	ep, done, err := picker.Pick(hash)
+	for i := 0; err == nil && tried[ep.Address] && i < maxRepicks; i++ {
+		done(pick.Ignored)
+		ep, done, err = picker.Pick(rand.Uint64())
+	}
+	if err == nil {
+		tried[ep.Address] = true
+	}
+	if errors.Is(err, pick.ErrOverloaded) {
+		return overloaded(req), outcomeOverload, nil
+	}
+	if err != nil {
+		return serviceUnavailable(req, "no healthy upstream"), outcomeNoHealthy, nil
+	}
+	rt, err := c.transport(t, st)
+	if err != nil {
+		done(pick.Failure)
+		return nil, outcomeConnect, err
+	}
+	actx, cancel := context.WithCancel(ctx)
+	var timedOut atomic.Bool
+	var timer *time.Timer
+	if r.retry.perTry > 0 {
+		timer = time.AfterFunc(r.retry.perTry, func() { timedOut.Store(true); cancel() })
+	}
+	out := req.Clone(actx)
+	out.URL.Host = ep.Address
+	if st.TLS != nil {
+		out.URL.Scheme = "https" // mutual TLS to the endpoint
+	}
+	out.Host = req.Host
+	if out.Host == "" {
+		out.Host = req.URL.Host
+	}
+	if n > 1 && req.GetBody != nil {
+		body, err := req.GetBody()
+		if err != nil {
+			cancel()
+			done(pick.Success) // not the endpoint's fault
+			return nil, outcomeConnect, err
+		}
+		out.Body = body
+	}
+	resp, err := rt.RoundTrip(out)
+	if timer != nil {
+		timer.Stop() // the per-try timeout bounds the wait for the response headers
+	}
+	if err != nil {
+		cancel()
+		switch {
+		case timedOut.Load():
+			done(pick.GatewayFailure)
+			return gatewayTimeout(req), outcomeTimeout, nil
+		case isConnectError(err):
+			done(pick.GatewayFailure)
+			return nil, outcomeConnect, fmt.Errorf("mesh: %s: %w", ep.Address, err)
+		case ctx.Err() != nil:
+			done(pick.Success)
+			return nil, outcomeReset, err
+		default:
+			done(pick.GatewayFailure)
+			return nil, outcomeReset, fmt.Errorf("mesh: %s: %w", ep.Address, err)
+		}
+	}
+	switch code := resp.StatusCode; {
+	case code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout:
+		done(pick.GatewayFailure)
+	case code >= 500:
+		done(pick.Failure)
+	default:
+		done(pick.Success)
+	}
+	return releaseOnClose(resp, cancel), outcomeStatus, nil
+}
+
+func isConnectError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// releaseOnClose makes closing resp's body call release.
+func releaseOnClose(resp *http.Response, release context.CancelFunc) *http.Response {
+	if resp == nil {
+		release()
+		return nil
+	}
+	resp.Body = &releasingBody{ReadCloser: resp.Body, release: release}
+	return resp
+}
+
+type releasingBody struct {
+	io.ReadCloser
+	release context.CancelFunc
+	once    sync.Once
+}
+
+func (b *releasingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.release)
+	return err
+}
+
+func synthetic(req *http.Request, code int, header http.Header, body string) *http.Response {
+	if header == nil {
+		header = http.Header{}
+	}
+	header.Set("Content-Type", "text/plain; charset=utf-8")
+	return &http.Response{
+		Status: fmt.Sprintf("%d %s", code, http.StatusText(code)), StatusCode: code,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: header, Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)),
+		Request: req,
+	}
+}
+
+func overloaded(req *http.Request) *http.Response {
+	return synthetic(req, http.StatusServiceUnavailable, http.Header{"X-Envoy-Overloaded": {"true"}}, "upstream overloaded")
+}
+
+func serviceUnavailable(req *http.Request, why string) *http.Response {
+	return synthetic(req, http.StatusServiceUnavailable, nil, why)
+}
+
+func gatewayTimeout(req *http.Request) *http.Response {
+	return synthetic(req, http.StatusGatewayTimeout, nil, "upstream request timeout")
+}
+
+// hashOf is the request's hash for ring hash: the route's hash policy
+// (a header, or the Transport itself for useSourceIp), else random.
+func (t *Transport) hashOf(r *httpRoute, headers map[string][]string) uint64 {
+	switch {
+	case r.hashHeader != "":
+		if v := headers[r.hashHeader]; len(v) > 0 {
+			return xxhash.Sum64String(strings.Join(v, ","))
+		}
+	case r.hashChannel:
+		return t.chash
+	}
+	return rand.Uint64()
+}
+
+// httpRoute is what the HTTP client needs of a route, converted once per
+// route configuration.
+type httpRoute struct {
+	clusters    []weightedCluster
+	total       uint32
+	timeout     time.Duration
+	retry       httpRetry
+	fault       *httpFault
+	hashHeader  string
+	hashChannel bool
+}
+
+type weightedCluster struct {
+	name   string
+	weight uint32
+}
+
+func (r *httpRoute) pickCluster() string {
+	if len(r.clusters) == 1 || r.total == 0 {
+		return r.clusters[0].name
+	}
+	n := rand.Uint32N(r.total)
+	for _, c := range r.clusters {
+		if n < c.weight {
+			return c.name
+		}
+		n -= c.weight
+	}
+	return r.clusters[len(r.clusters)-1].name
+}
+
+// httpRetry is a route's retry policy for HTTP, as Envoy reads it.
+type httpRetry struct {
+	attempts  int
+	on        map[string]bool
+	codes     []int
+	perTry    time.Duration
+	base, max time.Duration
+}
+
+// retriable reports whether an attempt's outcome may be retried.
+func (p *httpRetry) retriable(resp *http.Response, o outcome) bool {
+	if p.attempts <= 1 {
+		return false
+	}
+	on := p.on
+	switch o {
+	case outcomeConnect:
+		return on["connect-failure"] || on["5xx"] || on["gateway-error"] || on["reset"]
+	case outcomeReset:
+		return on["reset"] || on["5xx"]
+	case outcomeTimeout:
+		return true // what a per-try timeout is for
+	case outcomeOverload, outcomeNoHealthy, outcomeOK:
+		return false
+	}
+	if resp == nil {
+		return false
+	}
+	code := resp.StatusCode
+	switch {
+	case on["5xx"] && code >= 500:
+		return true
+	case on["gateway-error"] && (code == 502 || code == 503 || code == 504):
+		return true
+	case on["retriable-4xx"] && code == http.StatusConflict:
+		return true
+	case on["retriable-status-codes"] && slices.Contains(p.codes, code):
+		return true
+	}
+	return false
+}
+
+// httpFault is a route's fault injection.
+type httpFault struct {
+	delay    time.Duration
+	delayPPM uint32
+	abort    int // HTTP status; 0: none
+	abortPPM uint32
+}
+
+// inject applies the fault to req: it waits the delay, if chosen, and
+// answers with the abort, if chosen.
+func (f *httpFault) inject(req *http.Request) (*http.Response, bool) {
+	if f == nil {
+		return nil, false
+	}
+	if f.delay > 0 && rand.Uint32N(1_000_000) < f.delayPPM {
+		t := time.NewTimer(f.delay)
+		select {
+		case <-t.C:
+		case <-req.Context().Done():
+			t.Stop()
+		}
+	}
+	if f.abort > 0 && rand.Uint32N(1_000_000) < f.abortPPM {
+		closeBody(req)
+		return synthetic(req, f.abort, nil, "fault filter abort"), true
+	}
+	return nil, false
+}
+
+// httpRouteOf converts a route for the HTTP client.
+func httpRouteOf(route *v3routepb.Route) *httpRoute {
+	a := route.GetRoute()
+	if a == nil {
+		return nil
+	}
+	r := &httpRoute{timeout: a.GetMaxStreamDuration().GetMaxStreamDuration().AsDuration()}
+	if c := a.GetCluster(); c != "" {
+		r.clusters = []weightedCluster{{name: c, weight: 1}}
+	}
+	for _, wc := range a.GetWeightedClusters().GetClusters() {
+		w := wc.GetWeight().GetValue()
+		r.clusters = append(r.clusters, weightedCluster{name: wc.GetName(), weight: w})
+		r.total += w
+	}
+	if rp := a.GetRetryPolicy(); rp != nil {
+		r.retry.attempts = 2
+		if n := rp.GetNumRetries(); n != nil {
+			r.retry.attempts = int(n.GetValue()) + 1
+		}
+		r.retry.on = map[string]bool{}
+		for _, s := range strings.Split(rp.GetRetryOn(), ",") {
+			r.retry.on[strings.TrimSpace(strings.ToLower(s))] = true
+		}
+		for _, c := range rp.GetRetriableStatusCodes() {
+			r.retry.codes = append(r.retry.codes, int(c))
+		}
+		r.retry.perTry = rp.GetPerTryTimeout().AsDuration()
+		r.retry.base = rp.GetRetryBackOff().GetBaseInterval().AsDuration()
+		r.retry.max = rp.GetRetryBackOff().GetMaxInterval().AsDuration()
+	}
+	for _, hp := range a.GetHashPolicy() {
+		if h := hp.GetHeader(); h != nil {
+			r.hashHeader = strings.ToLower(h.GetHeaderName())
+			break
+		}
+		if hp.GetFilterState().GetKey() == "io.grpc.channel_id" {
+			r.hashChannel = true
+			break
+		}
+	}
+	if cfg := route.GetTypedPerFilterConfig()["envoy.filters.http.fault"]; cfg != nil {
+		f := new(v3faultpb.HTTPFault)
+		if cfg.UnmarshalTo(f) == nil {
+			hf := &httpFault{}
+			if d := f.GetDelay(); d != nil {
+				hf.delay = d.GetFixedDelay().AsDuration()
+				hf.delayPPM = perMillion(d.GetPercentage().GetNumerator(), d.GetPercentage().GetDenominator().String())
+			}
+			if ab := f.GetAbort(); ab != nil {
+				hf.abortPPM = perMillion(ab.GetPercentage().GetNumerator(), ab.GetPercentage().GetDenominator().String())
+				if s := ab.GetHttpStatus(); s != 0 {
+					hf.abort = int(s)
+				} else {
+					hf.abort = httpStatusOf(codes.Code(ab.GetGrpcStatus()))
+				}
+			}
+			r.fault = hf
+		}
+	}
+	return r
+}
+
+func perMillion(n uint32, denominator string) uint32 {
+	switch denominator {
+	case "HUNDRED":
+		n *= 10_000
+	case "TEN_THOUSAND":
+		n *= 100
+	}
+	return min(n, 1_000_000)
+}
+
+// httpStatusOf maps a gRPC code to the HTTP status gRPC's HTTP mapping
+// gives it, for a fault abort written with a gRPC status on an HTTP route.
+func httpStatusOf(c codes.Code) int {
+	switch c {
+	case codes.OK:
+		return http.StatusOK
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange:
+		return http.StatusBadRequest
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.NotFound:
+		return http.StatusNotFound
+	case codes.AlreadyExists, codes.Aborted:
+		return http.StatusConflict
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
+	case codes.Unimplemented:
+		return http.StatusNotImplemented
+	case codes.Unavailable:
+		return http.StatusServiceUnavailable
+	case codes.DeadlineExceeded:
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusInternalServerError
+}
+
+// meshCluster is one cluster's endpoints, picker and transport.
+type meshCluster struct {
+	cancel func()
+	ready  chan struct{}
+	once   sync.Once
+
+	mu     sync.Mutex
+	state  *xdscluster.State
+	picker *pick.Picker
+	tlsKey string
+	tls    *http.Transport
+}
+
+func (t *Transport) cluster(name string) (*meshCluster, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, errors.New("mesh: transport closed")
+	}
+	c := t.clusters[name]
+	if c == nil {
+		c = &meshCluster{ready: make(chan struct{})}
+		t.clusters[name] = c
+		c.cancel = xdscluster.Watch(t.shared.client, name, c.update)
+	}
+	return c, nil
+}
+
+func (c *meshCluster) update(st *xdscluster.State) {
+	c.mu.Lock()
+	c.state = st
+	if st.Err == nil {
+		cfg, eps := pickConfig(st)
+		if c.picker == nil {
+			c.picker = pick.New(cfg, eps)
+		} else {
+			c.picker.Update(cfg, eps)
+		}
+	}
+	c.mu.Unlock()
+	c.once.Do(func() { close(c.ready) })
+}
+
+func pickConfig(st *xdscluster.State) (pick.Config, []pick.Endpoint) {
+	cfg := pick.Config{
+		Policy:      st.LB.Policy,
+		ChoiceCount: st.LB.ChoiceCount,
+		MinRingSize: st.LB.MinRingSize,
+		MaxRequests: st.MaxRequests,
+	}
+	if cfg.MaxRequests == 0 {
+		cfg.MaxRequests = defaultMaxRequests
+	}
+	if o := st.Outlier; o != nil {
+		cfg.Outlier = &pick.Outlier{
+			ConsecutiveErrors:        o.ConsecutiveErrors,
+			ConsecutiveGatewayErrors: o.ConsecutiveGatewayErrors,
+			Interval:                 o.Interval,
+			BaseEjectionTime:         o.BaseEjectionTime,
+			MaxEjectionPercent:       o.MaxEjectionPercent,
+			MinHealthPercent:         o.MinHealthPercent,
+		}
+	}
+	eps := make([]pick.Endpoint, len(st.Endpoints))
+	for i, e := range st.Endpoints {
+		eps[i] = pick.Endpoint{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Priority: e.Priority}
+	}
+	return cfg, eps
+}
+
+// wait returns the cluster's state and picker once known.
+func (c *meshCluster) wait(ctx context.Context) (*xdscluster.State, *pick.Picker, error) {
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.Err != nil {
+		return nil, nil, fmt.Errorf("mesh: cluster %s: %w", c.state.Name, c.state.Err)
+	}
+	if c.picker == nil {
+		return nil, nil, fmt.Errorf("mesh: cluster %s has no endpoints", c.state.Name)
+	}
+	return c.state, c.picker, nil
+}
+
+// transport returns the round tripper for the cluster's endpoints:
+// plaintext, or mutual TLS accepting exactly the cluster's SPIFFE IDs.
+func (c *meshCluster) transport(t *Transport, st *xdscluster.State) (http.RoundTripper, error) {
+	if st.TLS == nil {
+		return t.plain, nil
+	}
+	if t.id == nil {
+		return nil, fmt.Errorf("mesh: cluster %s requires mutual TLS and this process has no identity (see WithJoinToken)", st.Name)
+	}
+	key := strings.Join(st.TLS.SANs, ",")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tls != nil && c.tlsKey == key {
+		return c.tls, nil
+	}
+	var ids []spiffeid.ID
+	for _, san := range st.TLS.SANs {
+		id, err := spiffeid.FromString(san)
+		if err != nil {
+			continue // a SAN no SPIFFE certificate carries: never matches
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("mesh: cluster %s: no SPIFFE ID to accept", st.Name)
+	}
+	cfg, err := mtls.ClientConfig(t.id, ids...)
+	if err != nil {
+		return nil, err
+	}
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	if c.tls != nil {
+		c.tls.CloseIdleConnections()
+	}
+	c.tls = &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	c.tlsKey = key
+	return c.tls, nil
+}
+
+func (c *meshCluster) closeIdle() {
+	c.mu.Lock()
+	tr := c.tls
+	c.mu.Unlock()
+	if tr != nil {
+		tr.CloseIdleConnections()
+	}
+}
