@@ -25,9 +25,9 @@
 //	xdsserver/       the control plane (go-control-plane ADS, Istio config, registration API)
 //	cmd/xdsserver/   the control-plane command
 //	cmd/trellisctl/  validate configuration before it ships
-//	examples/        quickstart, canary, secure and the greeter service they run
-//	balancer/        LB policies grpc-go selects through xDS custom LB
-//	resolver/xdsroute/ a target's routes from xDS, matched as grpc-go matches them
+//	examples/        quickstart, canary, secure, http and the greeter service they run
+//	balancer/        LB policies grpc-go selects through xDS custom LB; pick (HTTP pickers)
+//	resolver/        xdsroute (a target's routes), xdscluster (a cluster's endpoints and policy)
 //	retry/           the retry engine: attempts, per-try timeouts, backoff
 //	authz/           authorization engine (Envoy RBAC with Istio's semantics); authz/jwt: JWT
 //	telemetry/       to come (see its status)

@@ -45,5 +45,14 @@
 // Calls are retried by the mesh's retry engine (package retry): the route's
 // attempts, codes and per-try timeout, within a retry budget.
 //
-// Not implemented yet: the HTTP client and handler, and mesh telemetry.
+// Plain net/http gets the same mesh: an *http.Client whose requests to mesh
+// hosts follow the same routes and policies, and a server for any
+// http.Handler that registers and enforces the same security policy:
+//
+//	client := mesh.HTTPClient()
+//	resp, err := client.Get("http://ratings:8080/ratings/7")
+//
+//	err = mesh.ListenAndServe(":8080", mux, mesh.WithService("ratings", "v1"))
+//
+// Not implemented yet: mesh telemetry.
 package mesh
