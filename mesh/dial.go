@@ -65,6 +65,12 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	tel, err := o.newTelemetry()
+	if err != nil {
+		return nil, err
+	}
+	telOuter, telInner := clientTelemetry(tel)
+	dialOpts = append(dialOpts, telOuter...)
 	var releases []func()
 	release := func() {
 		for _, r := range releases {
@@ -88,6 +94,7 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 		releases = append(releases, rel)
 		dialOpts = append(dialOpts, retryOpts...)
 	}
+	dialOpts = append(dialOpts, telInner...)
 	dialOpts = append(dialOpts, o.dialOptions...)
 	cc, err := grpc.NewClient(uri, dialOpts...)
 	if err != nil {

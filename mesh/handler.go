@@ -76,12 +76,16 @@ func NewHTTPServer(h http.Handler, opts ...Option) (*HTTPServer, error) {
 		return nil, err
 	}
 	s := &HTTPServer{opts: o}
+	tel, err := o.newTelemetry()
+	if err != nil {
+		return nil, err
+	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	protocols.SetUnencryptedHTTP2(true)
 	s.http = &http.Server{
-		Handler:           &guard{h: h, opts: o},
+		Handler:           tel.Handler(&guard{h: tel.Admitted(h), opts: o}),
 		Protocols:         &protocols,
 		ReadHeaderTimeout: httpReadHeaderTimeout,
 		ErrorLog:          slog.NewLogLogger(o.logger.Handler(), slog.LevelDebug),

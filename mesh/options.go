@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/trellismesh/trellis/retry"
+	"github.com/trellismesh/trellis/telemetry"
 )
 
 // DefaultControlPlane is the control-plane address used when neither
@@ -45,6 +46,8 @@ type options struct {
 	dialOptions   []grpc.DialOption
 	serverOptions []grpc.ServerOption
 	retryBudget   retry.Budget
+	telemetry     []telemetry.Option
+	telemetryOn   bool
 
 	joinToken     string
 	trustBundle   string

@@ -63,11 +63,12 @@ func NewServer(opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: o}
-	sopts := []grpc.ServerOption{
-		grpc.Creds(&serverCreds{s: s}),
-		grpc.ChainUnaryInterceptor(s.unaryPolicy),
-		grpc.ChainStreamInterceptor(s.streamPolicy),
+	tel, err := o.newTelemetry()
+	if err != nil {
+		return nil, err
 	}
+	sopts := []grpc.ServerOption{grpc.Creds(&serverCreds{s: s})}
+	sopts = append(sopts, serverInterceptors(tel, s.unaryPolicy, s.streamPolicy)...)
 	s.grpc = grpc.NewServer(append(sopts, o.serverOptions...)...)
 	return s, nil
 }

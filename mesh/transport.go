@@ -26,6 +26,7 @@ import (
 	"github.com/trellismesh/trellis/resolver/xdscluster"
 	"github.com/trellismesh/trellis/resolver/xdsroute"
 	"github.com/trellismesh/trellis/retry"
+	"github.com/trellismesh/trellis/telemetry"
 )
 
 // meshLookup bounds how long the first request to a host waits to learn
@@ -68,6 +69,7 @@ type Transport struct {
 
 	shared *sharedXDSClient
 	id     *workloadIdentity
+	tel    *telemetry.Telemetry // nil: off
 
 	mu       sync.Mutex
 	closed   bool
@@ -92,6 +94,9 @@ func NewTransport(opts ...Option) *Transport {
 		budget:   retry.NewBudgetTracker(o.retryBudget),
 	}
 	addr, _, err := o.controlPlane()
+	if err == nil {
+		t.tel, err = o.newTelemetry()
+	}
 	if err == nil {
 		t.shared, err = o.acquireXDSClient(addr)
 	}
@@ -207,6 +212,10 @@ func (h *meshHost) isMesh(ctx context.Context) bool {
 
 // RoundTrip implements http.RoundTripper.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.tel.RoundTrip(req, t.roundTrip)
+}
+
+func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	if t.err != nil {
 		closeBody(req)
 		return nil, t.err
@@ -259,6 +268,7 @@ func (t *Transport) meshRoundTrip(req *http.Request, h *meshHost) (*http.Respons
 		return nil, fmt.Errorf("%w for %s%s", ErrNoRoute, req.URL.Host, path)
 	}
 	if resp, done := r.fault.inject(req); done {
+		t.tel.Event(ctx, telemetry.EventFaultAbort, req.URL.Host, "")
 		return resp, nil
 	}
 	if r.timeout > 0 {
@@ -344,9 +354,11 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 		tried[ep.Address] = true
 	}
 	if errors.Is(err, pick.ErrOverloaded) {
+		t.tel.Event(ctx, telemetry.EventCircuitBreaker, req.URL.Host, st.Name)
 		return overloaded(req), outcomeOverload, nil
 	}
 	if err != nil {
+		t.tel.Event(ctx, telemetry.EventNoHealthy, req.URL.Host, st.Name)
 		return serviceUnavailable(req, "no healthy upstream"), outcomeNoHealthy, nil
 	}
 	rt, err := c.transport(t, st)
@@ -378,7 +390,9 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 		}
 		out.Body = body
 	}
+	end := t.tel.StartAttempt(out, n, ep.Address, st.Name)
 	resp, err := rt.RoundTrip(out)
+	end(resp, err)
 	if timer != nil {
 		timer.Stop() // the per-try timeout bounds the wait for the response headers
 	}
