@@ -54,5 +54,6 @@
 //
 //	err = mesh.ListenAndServe(":8080", mux, mesh.WithService("ratings", "v1"))
 //
-// Not implemented yet: mesh telemetry.
+// Telemetry (OpenTelemetry metrics and traces with Istio's mesh dimensions,
+// and access logs) is opt-in with WithTelemetry; see package telemetry.
 package mesh

@@ -1,6 +1,7 @@
 // Package telemetry gives mesh clients and servers OpenTelemetry metrics,
 // traces and access logs, for gRPC and HTTP. Package mesh installs it on
-// everything it builds (see mesh.WithTelemetry); it works as well on a
+// everything it builds when asked to (mesh.WithTelemetry; opt-in for now);
+// it works as well on a
 // plain grpc.ClientConn, grpc.Server, http.Handler or http.RoundTripper:
 //
 //	tel, err := telemetry.New(
