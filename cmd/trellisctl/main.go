@@ -1,6 +1,9 @@
-// Command trellisctl inspects Trellis configuration.
+// Command trellisctl inspects Trellis configuration and control planes.
 //
 //	trellisctl validate [-o text|json] [-strict] DIR
+//	trellisctl status [-admin ADDR] [-token T] [-o text|json]
+//	trellisctl config-dump [-admin ADDR] [-token T] [-client NODE]
+//	trellisctl describe [-admin ADDR] [-token T] [-n NAMESPACE] [-o text|json] SERVICE
 //
 // validate loads DIR as the control plane would (every *.yaml, *.yml and
 // *.json file directly inside it) and prints every error, naming file,
@@ -10,6 +13,15 @@
 // configuration would be rejected (or, with -strict, if there are
 // warnings), 2 on a usage error, 0 otherwise. Run it in CI before a change
 // reaches the control plane.
+//
+// status, config-dump and describe read a running control plane's admin
+// endpoint (-admin, default 127.0.0.1:15014; a bearer token with -token when
+// the admin endpoint requires one): status lists the connected xDS clients
+// and whether each accepted what it was last sent (SYNCED, PENDING or
+// NACKED, with the last NACK's reason), config-dump prints what the control
+// plane serves, and describe shows a service's listeners, routes, clusters
+// and endpoints, and for each registered workload its identity, mTLS mode
+// and the authorization policies on its port.
 package main
 
 import (
@@ -32,7 +44,7 @@ const usage = `usage: trellisctl <command> [flags]
 
 commands:
   validate [-o text|json] [-strict] DIR   check a configuration directory
-`
+` + adminUsage
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -42,6 +54,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "validate":
 		return validate(args[1:], stdout, stderr)
+	case "status":
+		return status(args[1:], stdout, stderr)
+	case "config-dump":
+		return configDump(args[1:], stdout, stderr)
+	case "describe":
+		return describe(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
