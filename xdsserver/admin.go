@@ -60,7 +60,12 @@ type ConfigStatus struct {
 }
 
 // AdminHandler returns the admin endpoints: /healthz, /readyz, /metrics
-// (Prometheus text format) and /debug/config_dump.
+// (Prometheus text format), and the JSON debug endpoints /debug/config_dump
+// (configuration in force, last load errors, registrations, clients, xDS
+// resources), /debug/clients (connected xDS clients and their ACK/NACK
+// state), /debug/registry (registered endpoints) and /debug/ca (the CA and
+// the certificates it issued). With WithAdminToken the /debug/ endpoints
+// require it as a bearer token.
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -77,13 +82,12 @@ func (s *Server) AdminHandler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /debug/ca", s.serveCA)
-	mux.HandleFunc("GET /debug/config_dump", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(s.ConfigDump())
-	})
+	mux.HandleFunc("GET /debug/ca", s.guard(s.serveCA))
+	mux.HandleFunc("GET /debug/clients", s.guard(s.serveClients))
+	mux.HandleFunc("GET /debug/registry", s.guard(s.serveRegistry))
+	mux.HandleFunc("GET /debug/config_dump", s.guard(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, s.ConfigDump())
+	}))
 	return mux
 }
 

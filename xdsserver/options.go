@@ -27,6 +27,7 @@ type options struct {
 	trustDomain  string
 	joinTokens   map[string]WorkloadIdentity
 	servingNames []string
+	adminToken   string
 }
 
 // WithConfigDir loads the Istio resources in dir (every *.yaml, *.yml and

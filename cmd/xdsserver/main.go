@@ -18,7 +18,9 @@
 // -join-tokens names a JSON file mapping each join token to the identity
 // the CA issues for it, {"<token>": {"namespace": "default",
 // "serviceAccount": "reviews"}}; -ca-cert and -ca-key use a given root
-// instead of the generated one.
+// instead of the generated one. The /debug/ admin endpoints require the
+// -admin-token bearer token when one is set; an -admin-addr that is not a
+// loopback address needs one.
 package main
 
 import (
@@ -57,6 +59,7 @@ func run() error {
 		caKey       = flag.String("ca-key", "", "PEM file of the CA root key, with -ca-cert")
 		trustDomain = flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 		joinTokens  = flag.String("join-tokens", "", "JSON file mapping join tokens to the identity each grants")
+		adminToken  = flag.String("admin-token", os.Getenv("TRELLIS_ADMIN_TOKEN"), "bearer token the /debug/ admin endpoints require (env TRELLIS_ADMIN_TOKEN); required when -admin-addr is not a loopback address")
 		grace       = flag.Duration("registration-grace", 5*time.Second, "how long an endpoint whose registration stream broke stays in EDS")
 		logFormat   = flag.String("log-format", "text", "log format: text or json")
 		logLevel    = flag.String("log-level", "info", "log level: debug, info, warn or error")
@@ -83,6 +86,9 @@ func run() error {
 		return fmt.Errorf("-data-dir: %w", err)
 	}
 
+	if *adminToken == "" && !loopback(*adminAddr) {
+		return fmt.Errorf("-admin-addr %s is not a loopback address: set -admin-token (or TRELLIS_ADMIN_TOKEN) to protect /debug/", *adminAddr)
+	}
 	if (*caCert == "") != (*caKey == "") {
 		return fmt.Errorf("-ca-cert and -ca-key go together")
 	}
@@ -91,6 +97,9 @@ func run() error {
 		xdsserver.WithRegistrationGrace(*grace),
 		xdsserver.WithDataDir(*dataDir),
 		xdsserver.WithTrustDomain(*trustDomain),
+	}
+	if *adminToken != "" {
+		opts = append(opts, xdsserver.WithAdminToken(*adminToken))
 	}
 	if *caCert != "" {
 		opts = append(opts, xdsserver.WithCAFiles(*caCert, *caKey))
@@ -158,6 +167,19 @@ func run() error {
 			return err
 		}
 	}
+}
+
+// loopback reports whether addr ("host:port") listens on loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // readJoinTokens reads the -join-tokens file.

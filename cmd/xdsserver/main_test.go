@@ -46,6 +46,13 @@ func TestCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("public admin address needs a token", func(t *testing.T) {
+		out, err := exec.CommandContext(ctx, bin, "-admin-addr", "0.0.0.0:0", "-xds-addr", "127.0.0.1:0", "-secure-addr", "", "-data-dir", t.TempDir()).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "set -admin-token") {
+			t.Errorf("exit = %v, output %q; want status 1 asking for -admin-token", err, out)
+		}
+	})
+
 	t.Run("unknown flag", func(t *testing.T) {
 		err := exec.CommandContext(ctx, bin, "-bogus").Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() == 0 {
