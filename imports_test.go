@@ -31,7 +31,7 @@ var allowedImports = map[string][]string{
 	"internal/...":   {"internal/..."},
 	"cmd/xdsserver":  {"xdsserver"},
 	"cmd/trellisctl": {"internal/..."},
-	"examples/...":   {"mesh", "xdsserver", "examples/..."},
+	"examples/...":   {"mesh", "xdsserver", "telemetry", "examples/..."},
 }
 
 func matches(pattern, pkg string) bool {

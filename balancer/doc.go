@@ -11,13 +11,15 @@
 //     consecutiveGatewayErrors, which grpc-go's own outlier detection lacks);
 //   - balancer/recycle: replaces a connection by a new one after it has
 //     carried a number of calls, draining the old one (DestinationRule
-//     connectionPool.http.maxRequestsPerConnection).
+//     connectionPool.http.maxRequestsPerConnection);
+//   - balancer/ewma: latency-aware power of two choices over a peak EWMA of
+//     latency weighted by outstanding RPCs, Finagle's and Linkerd's design
+//     (DestinationRule annotation trellis.io/load-balancer: EWMA).
 //
-// mesh imports all three, so every mesh.Dial connection has them.
+// mesh imports all four, so every mesh.Dial connection has them.
 //
 // balancer/pick is the HTTP client's endpoint picker: the same algorithms
 // (round robin, least request, random, ring hash) as grpc-go applies to the
 // same xDS, plus the outlier ejection and circuit breaking of the policies
-// above, in one allocation-free Pick. Planned: a latency-aware (peak EWMA)
-// policy for both.
+// above, in one allocation-free Pick, and the peak EWMA policy ("ewma").
 package balancer

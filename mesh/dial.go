@@ -15,6 +15,7 @@ import (
 	"github.com/trellismesh/trellis/internal/xdsbootstrap"
 
 	// The LB policies the control plane selects through xDS custom LB.
+	_ "github.com/trellismesh/trellis/balancer/ewma"
 	_ "github.com/trellismesh/trellis/balancer/outlier"
 	_ "github.com/trellismesh/trellis/balancer/random"
 	_ "github.com/trellismesh/trellis/balancer/recycle"
@@ -86,6 +87,13 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 			return nil, err
 		}
 		dialOpts = append(dialOpts, grpc.WithResolvers(builder))
+		limitOpts, relLimits, err := o.routeRateLimits(addr, strings.TrimPrefix(uri, "xds:///"), tel)
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+		}
+		releases = append(releases, relLimits)
+		dialOpts = append(dialOpts, limitOpts...) // before the retries: a limited call is not retried
 		retryOpts, rel, err := o.routeRetries(addr, strings.TrimPrefix(uri, "xds:///"))
 		if err != nil {
 			release()

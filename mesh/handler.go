@@ -389,6 +389,8 @@ func refuse(w http.ResponseWriter, err error, jwtFailure bool) {
 	switch err {
 	case errDenied:
 		http.Error(w, "RBAC: access denied", http.StatusForbidden)
+	case errLimited:
+		http.Error(w, "local_rate_limited", http.StatusTooManyRequests)
 	case errUnauthenticated:
 		if jwtFailure {
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)

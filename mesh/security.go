@@ -15,6 +15,7 @@ import (
 	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	v3jwtauthnpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
+	v3localratelimitpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	v3rbachttppb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	v3hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -65,6 +66,7 @@ type serverPolicy struct {
 	authz    *authz.Engine // nil: no policy
 	jwtCfg   *v3jwtauthnpb.JwtAuthentication
 	jwt      *jwt.Verifier // nil: no RequestAuthentication
+	limit    *serverLimit  // nil: no rate limit
 	notFound bool          // the control plane has no listener for the port: not serving
 }
 
@@ -216,6 +218,15 @@ func compilePolicy(l *v3listenerpb.Listener, old *serverPolicy, o *options) (*se
 				return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
 			}
 			p.jwtCfg = j
+		case tc.MessageIs(&v3localratelimitpb.LocalRateLimit{}):
+			l := new(v3localratelimitpb.LocalRateLimit)
+			if err := tc.UnmarshalTo(l); err != nil {
+				return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
+			}
+			var err error
+			if p.limit, err = compileServerLimit(l, old.rateLimit()); err != nil {
+				return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
+			}
 		case strings.HasSuffix(tc.GetTypeUrl(), ".Router"):
 		default:
 			if !f.GetIsOptional() {
@@ -388,6 +399,9 @@ func (p *serverPolicy) check(ctx context.Context, log *slog.Logger, c call) (ver
 	} else if c.path == "" || c.path[0] != '/' {
 		return v, errDenied // a malformed :path never reaches a handler
 	}
+	if p.limit != nil && !p.limit.allow(log, c) {
+		return v, errLimited
+	}
 	return v, nil
 }
 
@@ -400,6 +414,8 @@ func grpcStatus(err error) error {
 		return status.Error(codes.Unauthenticated, "unauthenticated")
 	case errNotServing:
 		return status.Error(codes.Unavailable, "not serving")
+	case errLimited:
+		return status.Error(codes.ResourceExhausted, "rate limited")
 	}
 	return status.FromContextError(err).Err()
 }

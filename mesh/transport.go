@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/trellismesh/trellis/balancer/pick"
+	"github.com/trellismesh/trellis/internal/lrs"
 	"github.com/trellismesh/trellis/internal/mtls"
 	"github.com/trellismesh/trellis/internal/secpolicy"
 	"github.com/trellismesh/trellis/resolver/xdscluster"
@@ -70,6 +71,7 @@ type Transport struct {
 	shared *sharedXDSClient
 	id     *workloadIdentity
 	tel    *telemetry.Telemetry // nil: off
+	lrs    *lrs.Reporter        // load reports to the control plane (LRS)
 
 	mu       sync.Mutex
 	closed   bool
@@ -99,6 +101,11 @@ func NewTransport(opts ...Option) *Transport {
 	}
 	if err == nil {
 		t.shared, err = o.acquireXDSClient(addr)
+	}
+	if err == nil { // the control plane sees HTTP load as it sees grpc-go's
+		node, nerr := o.node().Proto()
+		t.lrs, err = lrs.New(lrs.Config{Server: addr, Node: node, Logger: o.logger})
+		err = errors.Join(nerr, err)
 	}
 	if err != nil {
 		t.err = fmt.Errorf("mesh: %w", err)
@@ -146,6 +153,7 @@ func (t *Transport) Close() error {
 		releaseXDSClient(t.shared)
 	}
 	releaseIdentity(t.id)
+	t.lrs.Close()
 	return nil
 }
 
@@ -190,7 +198,7 @@ func (t *Transport) host(name string) (*meshHost, error) {
 	}
 	h := t.hosts[name]
 	if h == nil {
-		h = &meshHost{table: xdsroute.Watch(t.shared.client, name, httpRouteOf)}
+		h = &meshHost{table: xdsroute.WatchVirtualHost(t.shared.client, name, httpRouteWithLimit)}
 		t.hosts[name] = h
 	}
 	return h, nil
@@ -269,6 +277,9 @@ func (t *Transport) meshRoundTrip(req *http.Request, h *meshHost) (*http.Respons
 	}
 	if resp, done := r.fault.inject(req); done {
 		t.tel.Event(ctx, telemetry.EventFaultAbort, req.URL.Host, "")
+		return resp, nil
+	}
+	if resp, limited := t.rateLimited(req, r); limited {
 		return resp, nil
 	}
 	if r.timeout > 0 {
@@ -391,7 +402,9 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 		out.Body = body
 	}
 	end := t.tel.StartAttempt(out, n, ep.Address, st.Name)
+	load := t.lrs.Start(st.Name, ep.Locality)
 	resp, err := rt.RoundTrip(out)
+	load.Done(lrs.HTTPOutcome(resp, err))
 	end(resp, err)
 	if timer != nil {
 		timer.Stop() // the per-try timeout bounds the wait for the response headers
@@ -500,6 +513,7 @@ type httpRoute struct {
 	fault       *httpFault
 	hashHeader  string
 	hashChannel bool
+	limit       *routeLimit // client-side rate limit; nil: none
 }
 
 type weightedCluster struct {
@@ -742,6 +756,10 @@ func pickConfig(st *xdscluster.State) (pick.Config, []pick.Endpoint) {
 		ChoiceCount: st.LB.ChoiceCount,
 		MinRingSize: st.LB.MinRingSize,
 		MaxRequests: st.MaxRequests,
+		// EWMA's parameters (pick.EWMA is xdscluster.EWMA, "ewma").
+		Decay:          st.LB.Decay,
+		DefaultRTT:     st.LB.DefaultRTT,
+		FailurePenalty: st.LB.FailurePenalty,
 	}
 	if cfg.MaxRequests == 0 {
 		cfg.MaxRequests = defaultMaxRequests

@@ -38,7 +38,9 @@
 // the xDS cluster, "outbound|9080|v2|reviews...") and, on servers,
 // source_principal (the caller's SPIFFE ID from mutual TLS). Clients and
 // servers learn each other's workload as Istio's metadata exchange does,
-// from the PeerHeader each sends.
+// from the PeerHeader each sends: destination_version is the version the
+// serving workload declared (mesh.WithService), not the subset routed to.
+// Attribute sets are built once per method, status and peer and cached.
 //
 // # Traces
 //

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -19,20 +20,43 @@ import (
 	"github.com/trellismesh/trellis/internal/mtls"
 )
 
-// mdCarrier adapts gRPC metadata to a propagation.TextMapCarrier.
-type mdCarrier metadata.MD
+// incomingCarrier reads a server call's trace context from its incoming
+// metadata without copying all of it (metadata.FromIncomingContext does).
+type incomingCarrier struct{ ctx context.Context }
 
-func (c mdCarrier) Get(key string) string {
-	if v := metadata.MD(c).Get(key); len(v) > 0 {
+func (c incomingCarrier) Get(key string) string {
+	if v := metadata.ValueFromIncomingContext(c.ctx, key); len(v) > 0 {
 		return v[0]
 	}
 	return ""
 }
-func (c mdCarrier) Set(key, value string) { metadata.MD(c).Set(key, value) }
-func (c mdCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
+func (incomingCarrier) Set(string, string) {}
+func (c incomingCarrier) Keys() []string {
+	md, _ := metadata.FromIncomingContext(c.ctx)
+	keys := make([]string, 0, len(md))
+	for k := range md {
 		keys = append(keys, k)
+	}
+	return keys
+}
+
+// kvCarrier collects the metadata a propagator injects, as the key-value
+// list metadata.AppendToOutgoingContext takes.
+type kvCarrier []string
+
+func (c *kvCarrier) Get(key string) string {
+	for i := 0; i+1 < len(*c); i += 2 {
+		if (*c)[i] == key {
+			return (*c)[i+1]
+		}
+	}
+	return ""
+}
+func (c *kvCarrier) Set(key, value string) { *c = append(*c, key, value) }
+func (c *kvCarrier) Keys() []string {
+	keys := make([]string, 0, len(*c)/2)
+	for i := 0; i < len(*c); i += 2 {
+		keys = append(keys, (*c)[i])
 	}
 	return keys
 }
@@ -46,20 +70,30 @@ func splitMethod(full string) (service, method string) {
 	return s, ""
 }
 
-// rpcCall is one gRPC call in progress, client or server side.
-type rpcCall struct {
-	t      *Telemetry
-	ctx    context.Context
-	span   trace.Span
-	state  *callState
-	start  time.Time
-	server bool
-	full   string
-	host   string // client: the target's authority
-	base   []attribute.KeyValue
+// rpcMethod is what the calls of one method (to one host, on one side)
+// share: their base attributes and span options, built once.
+type rpcMethod struct {
+	full     string
+	host     string // client: the target's authority
+	server   bool
+	base     []attribute.KeyValue
+	active   *measure
+	spanName string
+	spanOpts []trace.SpanStartOption
+	attempts [codes.Unauthenticated + 1]atomic.Pointer[measure] // client attempts by status code
 }
 
-func (t *Telemetry) startRPC(ctx context.Context, full, host string, server bool) (context.Context, *rpcCall) {
+type methodKey struct {
+	full, host string
+	server     bool
+}
+
+// method returns the rpcMethod of full (and host, for clients).
+func (t *Telemetry) method(full, host string, server bool) *rpcMethod {
+	k := methodKey{full, host, server}
+	if v, ok := t.methods.Load(k); ok {
+		return v.(*rpcMethod)
+	}
 	service, method := splitMethod(full)
 	base := []attribute.KeyValue{
 		attribute.String("rpc.system", "grpc"),
@@ -70,78 +104,133 @@ func (t *Telemetry) startRPC(ctx context.Context, full, host string, server bool
 		base = append(base, attribute.String("server.address", host), attribute.String("destination_service", host))
 	}
 	kind := trace.SpanKindClient
-	active := t.rpcClientActive
 	if server {
 		kind = trace.SpanKindServer
-		active = t.rpcServerActive
-		if md, ok := metadata.FromIncomingContext(ctx); ok {
-			ctx = t.cfg.propagator.Extract(ctx, mdCarrier(md))
-		}
 	}
-	c := &rpcCall{t: t, state: &callState{}, start: time.Now(), server: server, full: full, host: host, base: base}
-	ctx = context.WithValue(ctx, callKey{}, c.state)
-	ctx, c.span = t.tracer.Start(ctx, strings.TrimPrefix(full, "/"), trace.WithSpanKind(kind), trace.WithAttributes(base...))
+	m := &rpcMethod{
+		full: full, host: host, server: server, base: base, active: newMeasure(base),
+		spanName: strings.TrimPrefix(full, "/"),
+		spanOpts: []trace.SpanStartOption{trace.WithSpanKind(kind), trace.WithAttributes(base...)},
+	}
+	if t.nmethods.Load() >= maxCachedSets {
+		return m
+	}
+	if v, loaded := t.methods.LoadOrStore(k, m); loaded {
+		return v.(*rpcMethod)
+	}
+	t.nmethods.Add(1)
+	return m
+}
+
+// attempt returns the measure of a client attempt that ended with code.
+func (m *rpcMethod) attempt(code codes.Code) *measure {
+	build := func() *measure {
+		return newMeasure(append(m.base[:len(m.base):len(m.base)], attribute.Int("rpc.grpc.status_code", int(code))))
+	}
+	if int(code) >= len(m.attempts) {
+		return build()
+	}
+	if p := m.attempts[code].Load(); p != nil {
+		return p
+	}
+	p := build()
+	m.attempts[code].Store(p)
+	return p
+}
+
+// rpcKey is what decides the attributes of a finished call.
+type rpcKey struct {
+	m         *rpcMethod
+	code      codes.Code
+	peer      Workload
+	principal string
+}
+
+// rpcCall is one gRPC call in progress, client or server side.
+type rpcCall struct {
+	state callState
+	t     *Telemetry
+	m     *rpcMethod
+	ctx   context.Context
+	span  trace.Span
+	start time.Time
+}
+
+func (t *Telemetry) startRPC(ctx context.Context, full, host string, server bool) (context.Context, *rpcCall) {
+	m := t.method(full, host, server)
+	active := t.rpcClientActive
+	if server {
+		active = t.rpcServerActive
+		ctx = t.cfg.propagator.Extract(ctx, incomingCarrier{ctx})
+	}
+	c := &rpcCall{t: t, m: m, start: time.Now()}
+	ctx = context.WithValue(ctx, callKey{}, &c.state)
+	ctx, c.span = t.tracer.Start(ctx, m.spanName, m.spanOpts...)
 	c.ctx = ctx
-	active.Add(ctx, 1, metric.WithAttributes(base...))
+	active.Add(ctx, 1, m.active.add...)
 	return ctx, c
 }
 
 // end records the call's metrics, span status and access log.
 func (c *rpcCall) end(err error) {
-	t := c.t
+	t, m := c.t, c.m
 	d := time.Since(c.start)
 	code := status.Code(err)
 	peer, _, _, principal, _ := c.state.snapshot()
-	kv := append(c.base[:len(c.base):len(c.base)], attribute.Int("rpc.grpc.status_code", int(code)))
 	var source, dest Workload
-	if c.server {
+	if m.server {
 		if principal == "" {
 			principal = t.principalOf(c.ctx)
 		}
 		source, dest = peer, t.cfg.workload
-		if principal != "" {
-			kv = append(kv, attribute.String("source_principal", principal))
-		}
 	} else {
 		source, dest = t.cfg.workload, peer
 	}
-	kv = source.attrs(kv, "source_")
-	kv = dest.attrs(kv, "destination_")
-	set := metric.WithAttributeSet(attribute.NewSet(kv...))
-	active := metric.WithAttributes(c.base...)
+	kv := func() []attribute.KeyValue {
+		kv := append(m.base[:len(m.base):len(m.base)], attribute.Int("rpc.grpc.status_code", int(code)))
+		if m.server && principal != "" {
+			kv = append(kv, attribute.String("source_principal", principal))
+		}
+		kv = source.attrs(kv, "source_")
+		return dest.attrs(kv, "destination_")
+	}
+	set := t.rpcSets.get(rpcKey{m, code, peer, principal}, kv)
 	n := int(c.state.attempts.Load())
-	if c.server {
-		t.rpcServerDuration.Record(c.ctx, float64(d)/float64(time.Millisecond), set)
-		t.rpcServerActive.Add(c.ctx, -1, active)
+	ms := float64(d) / float64(time.Millisecond)
+	if m.server {
+		t.rpcServerDuration.Record(c.ctx, ms, set.rec...)
+		t.rpcServerActive.Add(c.ctx, -1, m.active.add...)
 		if err != nil && !c.state.admitted.Load() && t.guarded.Load() {
 			if reason := refusal(code); reason != "" {
-				t.denials.Add(c.ctx, 1, metric.WithAttributes(append(kv, attribute.String("reason", reason), attribute.String("protocol", "grpc"))...))
+				t.denials.Add(c.ctx, 1, metric.WithAttributes(append(kv(), attribute.String("reason", reason), attribute.String("protocol", "grpc"))...))
 			}
 		}
 	} else {
-		t.rpcClientDuration.Record(c.ctx, float64(d)/float64(time.Millisecond), set)
-		t.rpcClientActive.Add(c.ctx, -1, active)
+		t.rpcClientDuration.Record(c.ctx, ms, set.rec...)
+		t.rpcClientActive.Add(c.ctx, -1, m.active.add...)
 		if n > 1 {
-			t.retries.Add(c.ctx, int64(n-1), set)
+			t.retries.Add(c.ctx, int64(n-1), set.add...)
 		}
 	}
-	c.span.SetAttributes(attribute.Int("rpc.grpc.status_code", int(code)))
-	if n > 0 {
-		c.span.SetAttributes(attribute.Int("trellis.attempts", n))
-	}
-	if err != nil && (!c.server || serverFault(code)) {
-		c.span.SetStatus(otelcodes.Error, code.String())
+	if c.span.IsRecording() {
+		c.span.SetAttributes(attribute.Int("rpc.grpc.status_code", int(code)))
+		if n > 0 {
+			c.span.SetAttributes(attribute.Int("trellis.attempts", n))
+		}
+		if err != nil && (!m.server || serverFault(code)) {
+			c.span.SetStatus(otelcodes.Error, code.String())
+		}
 	}
 	c.span.End()
 	if t.log != nil {
 		kind := "client"
-		if c.server {
+		if m.server {
 			kind = "server"
 		}
 		t.log.record(c.ctx, &entry{
-			start: c.start, duration: d, kind: kind, protocol: "grpc", method: "POST", path: c.full,
+			start: c.start, duration: d, kind: kind, protocol: "grpc", method: "POST", path: m.full,
 			status: code.String(), failed: err != nil, principal: principal, attempts: n,
-			source: source, dest: dest, host: c.host, traceID: traceID(c.span),
+			source: source, dest: dest, host: m.host, traceID: traceID(c.span),
 		})
 	}
 }
@@ -254,49 +343,46 @@ func (t *Telemetry) UnaryAttemptInterceptor() grpc.UnaryClientInterceptor {
 		}
 	}
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		var header, trailer metadata.MD
+		var md struct{ header, trailer metadata.MD }
 		ctx = t.outgoing(ctx)
-		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Header(&header), grpc.Trailer(&trailer))...)
-		t.attemptDone(ctx, method, cc, err, header, trailer)
+		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Header(&md.header), grpc.Trailer(&md.trailer))...)
+		t.attemptDone(ctx, method, cc, err, md.header, md.trailer)
 		return err
 	}
 }
 
 // outgoing adds the trace context and the local workload to the outgoing
-// metadata of ctx.
+// metadata of ctx. It appends to the metadata rather than copying it.
 func (t *Telemetry) outgoing(ctx context.Context) context.Context {
-	md, ok := metadata.FromOutgoingContext(ctx)
-	if ok {
-		md = md.Copy()
-	} else {
-		md = metadata.MD{}
+	if t.defaultPropagator && !trace.SpanContextFromContext(ctx).IsValid() {
+		// W3C trace context has nothing to send for a call without a span.
+		if t.peerKV == nil {
+			return ctx
+		}
+		return metadata.AppendToOutgoingContext(ctx, t.peerKV...)
 	}
-	t.cfg.propagator.Inject(ctx, mdCarrier(md))
+	kv := make(kvCarrier, 0, 6)
 	if t.peerMD != "" {
-		md.Set(PeerHeader, t.peerMD)
+		kv = append(kv, PeerHeader, t.peerMD)
 	}
-	return metadata.NewOutgoingContext(ctx, md)
+	t.cfg.propagator.Inject(ctx, &kv)
+	if len(kv) == 0 {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
 }
 
 func (t *Telemetry) attemptDone(ctx context.Context, method string, cc *grpc.ClientConn, err error, mds ...metadata.MD) {
-	s := stateOf(ctx)
-	if s != nil {
+	if s := stateOf(ctx); s != nil {
 		s.attempts.Add(1)
 		for _, md := range mds {
-			if v := md.Get(PeerHeader); len(v) > 0 {
-				s.setPeer(v[0])
+			if v := md[PeerHeader]; len(v) > 0 {
+				t.setPeer(s, v[0])
 				break
 			}
 		}
 	}
-	service, m := splitMethod(method)
-	t.attempts.Add(ctx, 1, metric.WithAttributes(
-		attribute.String("rpc.system", "grpc"),
-		attribute.String("rpc.service", service),
-		attribute.String("rpc.method", m),
-		attribute.String("destination_service", authority(cc.Target())),
-		attribute.Int("rpc.grpc.status_code", int(status.Code(err))),
-	))
+	t.attempts.Add(ctx, 1, t.method(method, authority(cc.Target()), false).attempt(status.Code(err)).add...)
 }
 
 // StreamClientInterceptor measures and traces each stream as a whole: it
@@ -354,7 +440,7 @@ func (s *clientStream) RecvMsg(m any) error {
 		s.done = true
 		if h, herr := s.ClientStream.Header(); herr == nil {
 			if v := h.Get(PeerHeader); len(v) > 0 {
-				s.c.state.setPeer(v[0])
+				s.c.t.setPeer(&s.c.state, v[0])
 			}
 		}
 		if errors.Is(err, io.EOF) {
@@ -384,13 +470,11 @@ func (t *Telemetry) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 
 func (t *Telemetry) startServerRPC(ctx context.Context, full string) (context.Context, *rpcCall) {
 	ctx, c := t.startRPC(ctx, full, "", true)
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(PeerHeader); len(v) > 0 {
-			c.state.setPeer(v[0])
-		}
+	if v := metadata.ValueFromIncomingContext(ctx, PeerHeader); len(v) > 0 {
+		t.setPeer(&c.state, v[0])
 	}
-	if t.peerMD != "" {
-		grpc.SetHeader(ctx, metadata.Pairs(PeerHeader, t.peerMD))
+	if t.peerHeader != nil {
+		grpc.SetHeader(ctx, t.peerHeader)
 	}
 	return ctx, c
 }

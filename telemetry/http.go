@@ -28,13 +28,17 @@ func (t *Telemetry) Handler(h http.Handler) http.Handler {
 		start := time.Now()
 		ctx := t.cfg.propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 		state := &callState{}
-		state.setPeer(r.Header.Get(PeerHeader))
+		t.setPeer(state, r.Header.Get(PeerHeader))
 		ctx = context.WithValue(ctx, callKey{}, state)
-		base := []attribute.KeyValue{attribute.String("http.request.method", r.Method)}
-		ctx, span := t.tracer.Start(ctx, r.Method, trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(append(base, attribute.String("url.path", r.URL.Path), attribute.String("server.address", r.Host))...))
-		active := metric.WithAttributes(base...)
-		t.httpServerActive.Add(ctx, 1, active)
+		base := func() []attribute.KeyValue {
+			return []attribute.KeyValue{attribute.String("http.request.method", r.Method)}
+		}
+		ctx, span := t.tracer.Start(ctx, r.Method, trace.WithSpanKind(trace.SpanKindServer))
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path), attribute.String("server.address", r.Host))
+		}
+		active := t.httpSets.get(httpKey{server: true, active: true, method: r.Method}, base)
+		t.httpServerActive.Add(ctx, 1, active.add...)
 		if t.peerMD != "" {
 			w.Header().Set(PeerHeader, t.peerMD)
 		}
@@ -49,27 +53,31 @@ func (t *Telemetry) Handler(h http.Handler) http.Handler {
 		if principal == "" {
 			principal = t.httpPrincipal(r)
 		}
-		kv := append(base, attribute.Int("http.response.status_code", code))
-		if principal != "" {
-			kv = append(kv, attribute.String("source_principal", principal))
+		kv := func() []attribute.KeyValue {
+			kv := append(base(), attribute.Int("http.response.status_code", code))
+			if principal != "" {
+				kv = append(kv, attribute.String("source_principal", principal))
+			}
+			kv = peer.attrs(kv, "source_")
+			return t.cfg.workload.attrs(kv, "destination_")
 		}
-		kv = peer.attrs(kv, "source_")
-		kv = t.cfg.workload.attrs(kv, "destination_")
-		set := metric.WithAttributeSet(attribute.NewSet(kv...))
-		t.httpServerDuration.Record(ctx, d.Seconds(), set)
-		t.httpServerRespSize.Record(ctx, rw.n, set)
+		set := t.httpSets.get(httpKey{server: true, method: r.Method, code: code, principal: principal, peer: peer}, kv)
+		t.httpServerDuration.Record(ctx, d.Seconds(), set.rec...)
+		t.httpServerRespSize.Record(ctx, rw.n, set.rec...)
 		if r.ContentLength > 0 {
-			t.httpServerReqSize.Record(ctx, r.ContentLength, set)
+			t.httpServerReqSize.Record(ctx, r.ContentLength, set.rec...)
 		}
-		t.httpServerActive.Add(ctx, -1, active)
+		t.httpServerActive.Add(ctx, -1, active.add...)
 		if !state.admitted.Load() && t.guarded.Load() {
 			if reason := httpRefusal(code); reason != "" {
-				t.denials.Add(ctx, 1, metric.WithAttributes(append(kv, attribute.String("reason", reason), attribute.String("protocol", "http"))...))
+				t.denials.Add(ctx, 1, metric.WithAttributes(append(kv(), attribute.String("reason", reason), attribute.String("protocol", "http"))...))
 			}
 		}
-		span.SetAttributes(attribute.Int("http.response.status_code", code))
-		if code >= 500 {
-			span.SetStatus(otelcodes.Error, strconv.Itoa(code))
+		if span.IsRecording() {
+			span.SetAttributes(attribute.Int("http.response.status_code", code))
+			if code >= 500 {
+				span.SetStatus(otelcodes.Error, strconv.Itoa(code))
+			}
 		}
 		span.End()
 		t.log.record(ctx, &entry{
@@ -78,6 +86,17 @@ func (t *Telemetry) Handler(h http.Handler) http.Handler {
 			source: peer, dest: t.cfg.workload, host: r.Host, traceID: traceID(span),
 		})
 	})
+}
+
+// httpKey is what decides the attributes of an HTTP measurement.
+type httpKey struct {
+	server, active bool
+	method, host   string
+	code           int
+	errType        string
+	cluster        string
+	principal      string
+	peer           Workload
 }
 
 func httpRefusal(code int) string {
@@ -196,11 +215,15 @@ func (t *Telemetry) RoundTrip(req *http.Request, next func(*http.Request) (*http
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		name = h
 	}
-	base := []attribute.KeyValue{attribute.String("http.request.method", req.Method), attribute.String("server.address", name), attribute.String("destination_service", host)}
-	ctx, span := t.tracer.Start(ctx, req.Method, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(append(base, attribute.String("url.full", req.URL.Redacted()))...))
-	active := metric.WithAttributes(base...)
-	t.httpClientActive.Add(ctx, 1, active)
+	base := func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.String("http.request.method", req.Method), attribute.String("server.address", name), attribute.String("destination_service", host)}
+	}
+	ctx, span := t.tracer.Start(ctx, req.Method, trace.WithSpanKind(trace.SpanKindClient))
+	if span.IsRecording() {
+		span.SetAttributes(append(base(), attribute.String("url.full", req.URL.Redacted()))...)
+	}
+	active := t.httpSets.get(httpKey{active: true, method: req.Method, host: host}, base)
+	t.httpClientActive.Add(ctx, 1, active.add...)
 	out := req.Clone(ctx)
 	t.cfg.propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
 	if t.peerMD != "" {
@@ -209,40 +232,49 @@ func (t *Telemetry) RoundTrip(req *http.Request, next func(*http.Request) (*http
 	resp, err := next(out)
 	d := time.Since(start)
 	if resp != nil {
-		state.setPeer(resp.Header.Get(PeerHeader))
+		t.setPeer(state, resp.Header.Get(PeerHeader))
 	}
 	peer, upstream, cluster, _, _ := state.snapshot()
-	kv := base
 	code := 0
+	errType := ""
 	if resp != nil {
 		code = resp.StatusCode
-		kv = append(kv, attribute.Int("http.response.status_code", code))
 	} else if err != nil {
-		kv = append(kv, attribute.String("error.type", errorType(ctx, err)))
+		errType = errorType(ctx, err)
 	}
-	if cluster != "" {
-		kv = append(kv, attribute.String("destination_cluster", cluster))
+	kv := func() []attribute.KeyValue {
+		kv := base()
+		if code != 0 {
+			kv = append(kv, attribute.Int("http.response.status_code", code))
+		} else if errType != "" {
+			kv = append(kv, attribute.String("error.type", errType))
+		}
+		if cluster != "" {
+			kv = append(kv, attribute.String("destination_cluster", cluster))
+		}
+		kv = t.cfg.workload.attrs(kv, "source_")
+		return peer.attrs(kv, "destination_")
 	}
-	kv = t.cfg.workload.attrs(kv, "source_")
-	kv = peer.attrs(kv, "destination_")
-	set := metric.WithAttributeSet(attribute.NewSet(kv...))
-	t.httpClientDuration.Record(ctx, d.Seconds(), set)
-	t.httpClientActive.Add(ctx, -1, active)
+	set := t.httpSets.get(httpKey{method: req.Method, host: host, code: code, errType: errType, cluster: cluster, peer: peer}, kv)
+	t.httpClientDuration.Record(ctx, d.Seconds(), set.rec...)
+	t.httpClientActive.Add(ctx, -1, active.add...)
 	n := int(state.attempts.Load())
 	if n > 1 {
-		t.retries.Add(ctx, int64(n-1), set)
+		t.retries.Add(ctx, int64(n-1), set.add...)
 	}
-	if code != 0 {
-		span.SetAttributes(attribute.Int("http.response.status_code", code))
-	}
-	if n > 0 {
-		span.SetAttributes(attribute.Int("trellis.attempts", n))
-	}
-	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(otelcodes.Error, err.Error())
-	} else if code >= 400 {
-		span.SetStatus(otelcodes.Error, strconv.Itoa(code))
+	if span.IsRecording() {
+		if code != 0 {
+			span.SetAttributes(attribute.Int("http.response.status_code", code))
+		}
+		if n > 0 {
+			span.SetAttributes(attribute.Int("trellis.attempts", n))
+		}
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(otelcodes.Error, err.Error())
+		} else if code >= 400 {
+			span.SetStatus(otelcodes.Error, strconv.Itoa(code))
+		}
 	}
 	span.End()
 	status := strconv.Itoa(code)

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/metadata"
 )
 
 // ScopeName is the instrumentation scope of Trellis's meters and tracers.
@@ -138,11 +139,24 @@ func Disabled() Option {
 // Telemetry measures, traces and logs the calls of one client or server.
 // It is safe for concurrent use. A nil *Telemetry is valid and does nothing.
 type Telemetry struct {
-	cfg     config
-	tracer  trace.Tracer
-	peerMD  string // the local workload, encoded for PeerHeader
-	log     *accessLogger
-	guarded atomic.Bool // admitted interceptors are installed
+	cfg    config
+	tracer trace.Tracer
+	peerMD string // the local workload, encoded for PeerHeader
+	// peerHeader is PeerHeader: peerMD as gRPC metadata; nil if empty.
+	peerHeader metadata.MD
+	peerKV     []string // PeerHeader, peerMD; nil if empty
+	// defaultPropagator: W3C trace context, which injects nothing
+	// without a valid span context.
+	defaultPropagator bool
+	log               *accessLogger
+	guarded           atomic.Bool // admitted interceptors are installed
+
+	methods  sync.Map // methodKey → *rpcMethod
+	nmethods atomic.Int64
+	peers    sync.Map // PeerHeader value → Workload
+	npeers   atomic.Int64
+	rpcSets  attrCache[rpcKey]
+	httpSets attrCache[httpKey]
 
 	rpcClientDuration  metric.Float64Histogram
 	rpcServerDuration  metric.Float64Histogram
@@ -197,10 +211,15 @@ func New(opts ...Option) (*Telemetry, error) {
 	if c.tracers == nil {
 		c.tracers = otel.GetTracerProvider()
 	}
-	if c.propagator == nil {
+	defaultPropagator := c.propagator == nil
+	if defaultPropagator {
 		c.propagator = propagation.TraceContext{}
 	}
-	t := &Telemetry{cfg: c, tracer: c.tracers.Tracer(ScopeName), peerMD: c.workload.encode(), log: newAccessLogger(c.accessLog)}
+	t := &Telemetry{cfg: c, tracer: c.tracers.Tracer(ScopeName), peerMD: c.workload.encode(), log: newAccessLogger(c.accessLog), defaultPropagator: defaultPropagator}
+	if t.peerMD != "" {
+		t.peerHeader = metadata.Pairs(PeerHeader, t.peerMD)
+		t.peerKV = []string{PeerHeader, t.peerMD}
+	}
 	m := c.meters.Meter(ScopeName)
 	var errs []error
 	hist := func(name, unit, desc string, bounds []float64) metric.Float64Histogram {
@@ -273,12 +292,29 @@ func stateOf(ctx context.Context) *callState {
 	return s
 }
 
-func (s *callState) setPeer(v string) {
-	if w, ok := decodeWorkload(v); ok {
-		s.mu.Lock()
-		s.peer, s.peerKnown = w, true
-		s.mu.Unlock()
+// setPeer records in s the peer's workload, v from its PeerHeader.
+// Decoded values are cached: a mesh has few workloads.
+func (t *Telemetry) setPeer(s *callState, v string) {
+	if v == "" {
+		return
 	}
+	var w Workload
+	if c, ok := t.peers.Load(v); ok {
+		w = c.(Workload)
+	} else {
+		var ok bool
+		if w, ok = decodeWorkload(v); !ok {
+			return
+		}
+		if t.npeers.Load() < maxCachedSets {
+			if _, loaded := t.peers.LoadOrStore(v, w); !loaded {
+				t.npeers.Add(1)
+			}
+		}
+	}
+	s.mu.Lock()
+	s.peer, s.peerKnown = w, true
+	s.mu.Unlock()
 }
 
 // snapshot returns the mutable fields under the lock.

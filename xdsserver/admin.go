@@ -64,8 +64,10 @@ type ConfigStatus struct {
 // (configuration in force, last load errors, registrations, clients, xDS
 // resources), /debug/clients (connected xDS clients and their ACK/NACK
 // state), /debug/registry (registered endpoints) and /debug/ca (the CA and
-// the certificates it issued). With WithAdminToken the /debug/ endpoints
-// require it as a bearer token.
+// the certificates it issued), /debug/graph (the service graph from the
+// clients' load reports, see Graph) and the live page /dashboard. With
+// WithAdminToken the /debug/ endpoints and the dashboard require it, as a
+// bearer token or as the cookie /dashboard?token= sets.
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -88,6 +90,7 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("GET /debug/config_dump", s.guard(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, s.ConfigDump())
 	}))
+	s.handleDashboard(mux) // /debug/graph, /dashboard
 	return mux
 }
 

@@ -163,9 +163,11 @@ func (s *Server) ServeSecure(lis net.Listener) error {
 			grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 			grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 			grpc.MaxConcurrentStreams(1<<16),
+			grpc.ChainUnaryInterceptor(s.metrics.caInterceptor),
 		)
 		v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.secure, s.xds)
 		registrationpb.RegisterRegistrationServer(s.secure, &registrationService{s: s})
+		registerLRS(s.secure, s)
 		s.caService.Register(s.secure)
 	}
 	srv := s.secure

@@ -33,6 +33,8 @@ type TypeStatus struct {
 	// ConsecutiveNacks counts NACKs since the last ACK; the server slows
 	// its answers to a client that keeps rejecting them.
 	ConsecutiveNacks int `json:"consecutiveNacks,omitempty"`
+
+	requested time.Time // the last request of this type, for the push latency
 }
 
 // NACK backoff: a client that rejects a response is sent the same
@@ -89,11 +91,11 @@ func (c *clientTracker) callbacks() v3server.Callbacks {
 			c.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "", r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil, r.GetResourceNamesSubscribe())
 			return nil
 		},
-		StreamResponseFunc: func(_ context.Context, _ int64, _ *v3discoverypb.DiscoveryRequest, resp *v3discoverypb.DiscoveryResponse) {
-			c.metrics.pushes.WithLabelValues(shortType(resp.GetTypeUrl())).Inc()
+		StreamResponseFunc: func(_ context.Context, id int64, _ *v3discoverypb.DiscoveryRequest, resp *v3discoverypb.DiscoveryResponse) {
+			c.pushed(id, resp.GetTypeUrl())
 		},
-		StreamDeltaResponseFunc: func(_ int64, _ *v3discoverypb.DeltaDiscoveryRequest, resp *v3discoverypb.DeltaDiscoveryResponse) {
-			c.metrics.pushes.WithLabelValues(shortType(resp.GetTypeUrl())).Inc()
+		StreamDeltaResponseFunc: func(id int64, _ *v3discoverypb.DeltaDiscoveryRequest, resp *v3discoverypb.DeltaDiscoveryResponse) {
+			c.pushed(id, resp.GetTypeUrl())
 		},
 	}
 }
@@ -105,6 +107,22 @@ func (c *clientTracker) open(id int64, delta bool) {
 	c.metrics.streams.Inc()
 }
 
+// pushed counts a response sent on stream id and observes its push
+// latency.
+func (c *clientTracker) pushed(id int64, typeURL string) {
+	t := shortType(typeURL)
+	c.metrics.pushes.WithLabelValues(t).Inc()
+	var requested time.Time
+	c.mu.Lock()
+	if st, ok := c.streams[id]; ok {
+		if ts, ok := st.Types[t]; ok {
+			requested = ts.requested
+		}
+	}
+	c.mu.Unlock()
+	c.metrics.pushed(t, requested, time.Now())
+}
+
 func (c *clientTracker) close(id int64) {
 	c.mu.Lock()
 	st, ok := c.streams[id]
@@ -112,6 +130,9 @@ func (c *clientTracker) close(id int64) {
 	c.mu.Unlock()
 	if ok {
 		c.metrics.streams.Dec()
+		if st.Node != "" {
+			c.metrics.clients.Dec()
+		}
 		c.log.Debug("xDS stream closed", "node", st.Node, "stream", id)
 	}
 }
@@ -126,6 +147,7 @@ func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, v
 	}
 	if st.Node == "" && node.GetId() != "" {
 		st.Node = node.GetId()
+		c.metrics.clients.Inc()
 		c.log.Info("xDS client connected", "node", st.Node, "stream", id, "delta", st.Delta)
 	}
 	ts, ok := st.Types[t]
@@ -136,6 +158,7 @@ func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, v
 	if names != nil {
 		ts.Subscribed = slices.Clone(names)
 	}
+	ts.requested = time.Now()
 	nodeID := st.Node
 	consecutive := ts.ConsecutiveNacks
 	switch {
@@ -153,7 +176,7 @@ func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, v
 	c.mu.Unlock()
 	switch {
 	case nack:
-		c.metrics.nacks.WithLabelValues(t).Inc()
+		c.metrics.nacks.WithLabelValues(t, nackReason(nackMsg)).Inc()
 		c.log.Warn("xDS client rejected a response (NACK)", "node", nodeID, "type", t, "nonce", nonce, "error", nackMsg)
 		if d := nackBackoff(consecutive + 1); d > 0 {
 			// Blocks only this stream's request processing; ends at once

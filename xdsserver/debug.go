@@ -1,7 +1,6 @@
 package xdsserver
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -22,10 +21,8 @@ func (s *Server) guard(h http.HandlerFunc) http.HandlerFunc {
 	if token == "" {
 		return h
 	}
-	want := []byte("Bearer " + token)
 	return func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		if !adminAuthorized(r, token) { // the header, or the dashboard's cookie
 			w.Header().Set("WWW-Authenticate", `Bearer realm="trellis-admin"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return

@@ -28,6 +28,7 @@ type options struct {
 	joinTokens   map[string]WorkloadIdentity
 	servingNames []string
 	adminToken   string
+	lrsInterval  time.Duration
 }
 
 // WithConfigDir loads the Istio resources in dir (every *.yaml, *.yml and

@@ -51,6 +51,7 @@ type Server struct {
 	grpc    *grpc.Server
 	metrics *metrics
 	clients *clientTracker
+	loads   *loadStore // load reports (LRS), for /debug/graph
 
 	ca        *ca.CA       // nil without WithDataDir or WithCAFiles
 	caService *ca.Service  // the CA's certificate API
@@ -128,7 +129,7 @@ func New(opts ...Option) (*Server, error) {
 			return nil, err
 		}
 		s.cfg, s.cfgLoaded, s.attempted = set, time.Now(), time.Now()
-		s.metrics.configLoaded(true)
+		s.metrics.configLoaded(true, 0)
 		s.log.Info("configuration loaded", "dir", o.configDir, "files", len(set.Files), "resources", set.Len())
 		watcher, err = fsnotify.NewWatcher()
 		if err == nil {
@@ -150,6 +151,7 @@ func New(opts ...Option) (*Server, error) {
 	)
 	v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, s.xds)
 	registrationpb.RegisterRegistrationServer(s.grpc, &registrationService{s: s})
+	registerLRS(s.grpc, s)
 
 	warmup := o.warmup
 	if warmup == 0 {
@@ -244,6 +246,14 @@ func (s *Server) stopBackground() {
 	})
 }
 
+// loadErrors counts the errors of a configuration load.
+func loadErrors(err error) int {
+	if err == nil {
+		return 0
+	}
+	return max(len(config.Errors(err)), 1)
+}
+
 // Reload reads the configuration directory again now. It returns the load
 // error, if any; the last good configuration stays in force then.
 func (s *Server) Reload() error {
@@ -258,7 +268,7 @@ func (s *Server) Reload() error {
 		s.cfg, s.cfgLoaded = set, time.Now()
 	}
 	s.mu.Unlock()
-	s.metrics.configLoaded(err == nil)
+	s.metrics.configLoaded(err == nil, loadErrors(err))
 	if err != nil {
 		for _, e := range config.Errors(err) {
 			s.log.Error("configuration rejected; keeping the last good configuration", "error", e.Error())

@@ -165,7 +165,7 @@ func TestNACKIsCountedAndReported(t *testing.T) {
 	})
 	rec := httptest.NewRecorder()
 	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	if !strings.Contains(rec.Body.String(), `trellis_xds_nacks_total{type="LDS"} 1`) {
+	if !strings.Contains(rec.Body.String(), `trellis_xds_nacks_total{reason="unsupported",type="LDS"} 1`) {
 		t.Errorf("/metrics lacks the NACK count:\n%s", rec.Body.String())
 	}
 }

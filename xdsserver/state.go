@@ -115,6 +115,7 @@ func (s *Server) rebuild() {
 			}
 		}
 		if len(upd) > 0 {
+			s.metrics.changedType(shortType(t), time.Now())
 			if err := c.UpdateResources(upd, nil); err != nil {
 				s.log.Error("updating xDS cache", "type", t, "error", err)
 			}
@@ -128,6 +129,7 @@ func (s *Server) rebuild() {
 	for i := len(typeURLs) - 1; i >= 0; i-- {
 		t := typeURLs[i]
 		if len(deletes[t]) > 0 {
+			s.metrics.changedType(shortType(t), time.Now())
 			if err := s.caches[t].UpdateResources(nil, deletes[t]); err != nil {
 				s.log.Error("updating xDS cache", "type", t, "error", err)
 			}

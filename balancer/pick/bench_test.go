@@ -15,6 +15,7 @@ func BenchmarkPick(b *testing.B) {
 		{"least_request", Config{Policy: LeastRequest, MaxRequests: 1 << 30}, endpoints(10)},
 		{"random", Config{Policy: Random, MaxRequests: 1 << 30}, endpoints(10)},
 		{"ring_hash", Config{Policy: RingHash, MaxRequests: 1 << 30}, endpoints(10)},
+		{"ewma", Config{Policy: EWMA, MaxRequests: 1 << 30}, endpoints(10)},
 		{"round_robin_outlier", Config{Policy: RoundRobin, MaxRequests: 1 << 30, Outlier: &Outlier{ConsecutiveErrors: 5, MaxEjectionPercent: 10}}, endpoints(10)},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

@@ -10,7 +10,12 @@
 //   - "ring_hash": the request's hash on a ring of xxhash64 entries of at
 //     least MinRingSize, built from the weighted endpoints exactly as
 //     grpc-go builds it (gRFC A42), so a hash lands on the same address in
-//     both paths.
+//     both paths;
+//   - "ewma": two endpoints sampled at random (by weight), the one whose
+//     peak EWMA latency times outstanding requests plus one is lower wins,
+//     the algorithm of the gRPC policy trellis_ewma (balancer/ewma). A
+//     request's latency runs from Pick to done; Failure and GatewayFailure
+//     count as at least Config.FailurePenalty; Ignored is not counted.
 //
 // Around the algorithm come what the mesh adds: consecutive-error outlier
 // ejection with Envoy's and Istio's semantics (see [Outlier]), circuit

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/trellismesh/trellis/internal/peakewma"
 )
 
 // Names of the policies, the values of Config.Policy.
@@ -15,6 +17,7 @@ const (
 	LeastRequest = "least_request"
 	Random       = "random"
 	RingHash     = "ring_hash"
+	EWMA         = "ewma"
 )
 
 // Defaults of Config's zero fields.
@@ -62,8 +65,8 @@ type Endpoint struct {
 // Config configures a Picker. The zero value is round robin with grpc-go's
 // circuit breaker of 1024 requests and no outlier ejection.
 type Config struct {
-	// Policy is RoundRobin, LeastRequest, Random or RingHash. If empty or
-	// unknown, RoundRobin.
+	// Policy is RoundRobin, LeastRequest, Random, RingHash or EWMA. If
+	// empty or unknown, RoundRobin.
 	Policy string
 	// ChoiceCount is how many endpoints LeastRequest samples. If below 2,
 	// 2; above 10, 10 (grpc-go's bounds).
@@ -77,6 +80,20 @@ type Config struct {
 	MaxRequests uint32
 	// Outlier configures outlier ejection. If nil, no endpoint is ejected.
 	Outlier *Outlier
+	// Decay is EWMA's time constant τ: a response faster than an
+	// endpoint's estimate moves it by 1-exp(-Δt/τ). If zero, 10s.
+	Decay time.Duration
+	// DefaultRTT is EWMA's estimate of an endpoint that has not responded
+	// yet. If zero, the mean estimate of the endpoints that have, or 10ms
+	// when none has.
+	DefaultRTT time.Duration
+	// FailurePenalty is the least latency EWMA counts a Failure or
+	// GatewayFailure as. If zero, 1s.
+	FailurePenalty time.Duration
+}
+
+func (c Config) ewmaParams() peakewma.Params {
+	return peakewma.Params{Decay: c.Decay, DefaultRTT: c.DefaultRTT, FailurePenalty: c.FailurePenalty}
 }
 
 // Result is the outcome of a request, given to the done function of Pick.
@@ -129,6 +146,7 @@ type endpoint struct {
 
 	pub         atomic.Pointer[Endpoint] // a copy of Endpoint, what Pick returns
 	done        func(Result)             // created once, so Pick does not allocate
+	est         *peakewma.Estimate       // latency estimate, used by EWMA
 	outstanding atomic.Int64
 	errors      atomic.Uint32 // consecutive errors
 	gateway     atomic.Uint32 // consecutive gateway errors
@@ -145,6 +163,7 @@ type endpoint struct {
 // priority in use. It is immutable but for next.
 type snapshot struct {
 	policy      string
+	ewma        peakewma.Params
 	maxRequests int64
 	choiceCount int
 	eps         []*endpoint // round robin, least request, random: the usable endpoints
@@ -171,6 +190,12 @@ func (p *Picker) Update(cfg Config, eps []Endpoint) {
 	p.cfg = cfg
 	byAddr := make(map[string]*endpoint, len(eps))
 	list := make([]*endpoint, 0, len(eps))
+	// New endpoints warm up from the estimates of those already known.
+	now := timeNow().UnixNano()
+	peers := make([]*peakewma.Estimate, 0, len(p.eps))
+	for _, ep := range p.eps {
+		peers = append(peers, ep.est)
+	}
 	for _, e := range eps {
 		if _, dup := byAddr[e.Address]; dup {
 			continue
@@ -178,7 +203,7 @@ func (p *Picker) Update(cfg Config, eps []Endpoint) {
 		e.Weight, e.LocalityWeight = max(e.Weight, 1), max(e.LocalityWeight, 1)
 		ep := p.byAddr[e.Address]
 		if ep == nil {
-			ep = &endpoint{}
+			ep = &endpoint{est: peakewma.New(cfg.ewmaParams(), now, peers)}
 			ep.done = func(r Result) { p.finish(ep, r) }
 		}
 		ep.Endpoint = e
@@ -209,7 +234,8 @@ func (p *Picker) Update(cfg Config, eps []Endpoint) {
 // Pick returns the endpoint for a request whose hash (used by RingHash
 // only) is hash, and a function to call exactly once with the request's
 // result when it ends; calling it again corrupts the counts. The error is
-// ErrNoEndpoints or ErrOverloaded.
+// ErrNoEndpoints or ErrOverloaded. With EWMA, the request's latency runs
+// from Pick to done, and Pick allocates the done function that times it.
 func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
 	if next := p.nextSweep.Load(); next != 0 && timeNow().UnixNano() >= next && p.mu.TryLock() {
 		p.sweepLocked()
@@ -226,6 +252,8 @@ func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
 		e = s.pickLeastRequest()
 	case s.policy == Random:
 		e = s.eps[s.sample()]
+	case s.policy == EWMA:
+		e = s.pickEWMA(timeNow())
 	default:
 		e = s.eps[s.nextIndex()]
 	}
@@ -234,7 +262,28 @@ func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
 		return Endpoint{}, nil, ErrOverloaded
 	}
 	e.outstanding.Add(1)
+	if s.policy == EWMA {
+		start, params := timeNow(), s.ewma
+		e.est.Start()
+		return *e.pub.Load(), func(r Result) { p.finishEWMA(e, params, start, r) }, nil
+	}
 	return *e.pub.Load(), e.done, nil
+}
+
+// finishEWMA is the done function of a request picked by EWMA: it feeds
+// the request's latency to the endpoint's estimate, then counts it as
+// finish does.
+func (p *Picker) finishEWMA(ep *endpoint, params peakewma.Params, start time.Time, r Result) {
+	now := timeNow()
+	switch r {
+	case Success:
+		ep.est.Observe(params, now.UnixNano(), now.Sub(start))
+	case Failure, GatewayFailure:
+		ep.est.Fail(params, now.UnixNano(), now.Sub(start))
+	default:
+		ep.est.Cancel()
+	}
+	p.finish(ep, r)
 }
 
 // finish is an endpoint's done function.
@@ -292,7 +341,7 @@ func (p *Picker) rebuildLocked() {
 		ep.out.Store(!usable(ep))
 	}
 
-	s := &snapshot{policy: p.cfg.Policy, maxRequests: int64(p.cfg.MaxRequests), choiceCount: p.cfg.ChoiceCount}
+	s := &snapshot{policy: p.cfg.Policy, ewma: p.cfg.ewmaParams(), maxRequests: int64(p.cfg.MaxRequests), choiceCount: p.cfg.ChoiceCount}
 	if s.maxRequests == 0 {
 		s.maxRequests = defaultMaxRequests
 	}
@@ -317,7 +366,7 @@ func (p *Picker) rebuildLocked() {
 			ringSize = defaultMinRingSize
 		}
 		s.ring = newRing(members, weights(members), min(ringSize, ringSizeCap))
-	case LeastRequest, Random:
+	case LeastRequest, Random, EWMA:
 	default:
 		s.policy = RoundRobin
 	}
@@ -447,4 +496,31 @@ func (s *snapshot) pickLeastRequest() *endpoint {
 		}
 	}
 	return best
+}
+
+// pickEWMA samples two distinct endpoints at random (by weight) and returns
+// the one whose latency estimate times outstanding requests is lower, the
+// first on a tie (power of two choices over peak EWMA).
+func (s *snapshot) pickEWMA(now time.Time) *endpoint {
+	n := len(s.eps)
+	if n == 1 {
+		return s.eps[0]
+	}
+	var i, j int
+	if s.cumulative == nil {
+		i, j = peakewma.TwoIndexes(n, randUint64(), randUint64())
+	} else {
+		i, j = s.sample(), s.sample()
+		for try := 0; j == i && try < 8; try++ {
+			j = s.sample()
+		}
+		if j == i {
+			j = (i + 1) % n
+		}
+	}
+	a, b := s.eps[i], s.eps[j]
+	if peakewma.Choose(s.ewma, now.UnixNano(), a.est, b.est) == b.est {
+		return b
+	}
+	return a
 }

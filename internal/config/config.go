@@ -131,6 +131,9 @@ type Set struct {
 	PeerAuthentications    []*PeerAuthentication
 	AuthorizationPolicies  []*AuthorizationPolicy
 	RequestAuthentications []*RequestAuthentication
+	// Telemetries are Istio Telemetry resources (see Telemetry: only
+	// their selector is accepted).
+	Telemetries []*Telemetry
 	// Files lists the files the Set was read from, sorted.
 	Files []string
 }
@@ -138,7 +141,7 @@ type Set struct {
 // Len returns the number of resources in the set.
 func (s *Set) Len() int {
 	return len(s.ServiceEntries) + len(s.WorkloadEntries) + len(s.VirtualServices) + len(s.DestinationRules) +
-		len(s.PeerAuthentications) + len(s.AuthorizationPolicies) + len(s.RequestAuthentications)
+		len(s.PeerAuthentications) + len(s.AuthorizationPolicies) + len(s.RequestAuthentications) + len(s.Telemetries)
 }
 
 // LoadDir reads every *.yaml, *.yml and *.json file directly inside dir

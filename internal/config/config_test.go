@@ -1592,7 +1592,7 @@ var rejections = []struct {
 	{
 		name: "unsupported kind",
 		yaml: "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {}\n",
-		want: []string{`mesh.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)`},
+		want: []string{`mesh.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry)`},
 	},
 	{
 		name: "missing kind",
@@ -1800,7 +1800,7 @@ spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
 		},
 		want: []string{
 			`a.yaml:2: VirtualService default/reviews: spec.http[0].mirror: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`b.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)`,
+			`b.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry)`,
 			`c.yml:1: invalid YAML: yaml: did not find expected key`,
 		},
 	},
@@ -1923,7 +1923,7 @@ func TestLoadLines(t *testing.T) {
 		{
 			"not separators",
 			"kind: Gateway\nx: |\n  ---\n----: 1\n",
-			[]string{`mesh.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)`},
+			[]string{`mesh.yaml:1: kind: unsupported kind "Gateway" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry)`},
 		},
 	}
 	for _, tt := range tests {

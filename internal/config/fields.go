@@ -39,6 +39,7 @@ var supported = map[string]map[string]bool{
 		"http.route.destination.port", "http.route.destination.port.number",
 	),
 	KindDestinationRule: destinationRuleFields(),
+	KindTelemetry:       telemetryFields(),
 	KindPeerAuthentication: set(
 		"selector", "selector.match_labels",
 		"mtls", "mtls.mode",

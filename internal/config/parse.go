@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
+	istiotelemetry "istio.io/api/telemetry/v1alpha1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -25,6 +26,7 @@ var apiVersions = map[string][]string{
 	KindPeerAuthentication:    {"security.istio.io/v1", "security.istio.io/v1beta1"},
 	KindAuthorizationPolicy:   {"security.istio.io/v1", "security.istio.io/v1beta1"},
 	KindRequestAuthentication: {"security.istio.io/v1", "security.istio.io/v1beta1"},
+	KindTelemetry:             telemetryAPIVersions,
 }
 
 // document is one YAML document of a file.
@@ -123,7 +125,7 @@ func parseDocument(set *Set, file string, doc document) []error {
 	meta.Kind = kind
 	versions, ok := apiVersions[kind]
 	if !ok {
-		return fail("", "kind", "unsupported kind %q (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)", kind)
+		return fail("", "kind", "unsupported kind %q (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry)", kind)
 	}
 	if md, ok := obj["metadata"].(map[string]any); ok {
 		meta.Name, _ = md["name"].(string)
@@ -191,6 +193,11 @@ func parseDocument(set *Set, file string, doc document) []error {
 		m := &security.RequestAuthentication{}
 		set.RequestAuthentications = append(set.RequestAuthentications, &RequestAuthentication{Meta: meta, Spec: m})
 		msg = m
+	case KindTelemetry:
+		m := &istiotelemetry.Telemetry{}
+		set.Telemetries = append(set.Telemetries, &Telemetry{Meta: meta, Spec: m})
+		msg = m
+		telemetrySpec(spec, add)
 	}
 	before := len(errs)
 	// Istio's Location enum has MESH_EXTERNAL as its zero value, so only the
@@ -255,6 +262,7 @@ func parseMetadata(meta *Meta, v any, add func(field, format string, args ...any
 				meta.Labels = out
 			} else {
 				meta.Annotations = out
+				checkTrellisAnnotations(meta.Kind, out, add)
 			}
 		case "resourceVersion", "uid", "generation", "creationTimestamp", "managedFields":
 			// Kubernetes bookkeeping; carries no configuration.

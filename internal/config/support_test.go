@@ -35,7 +35,7 @@ func TestSupportMatrix(t *testing.T) {
 			documented[KindDestinationRule] = append(documented[KindDestinationRule], level+f)
 		}
 	}
-	for _, k := range []string{KindServiceEntry, KindWorkloadEntry, KindVirtualService, KindDestinationRule, KindPeerAuthentication, KindAuthorizationPolicy, KindRequestAuthentication} {
+	for _, k := range []string{KindServiceEntry, KindWorkloadEntry, KindVirtualService, KindDestinationRule, KindPeerAuthentication, KindAuthorizationPolicy, KindRequestAuthentication, KindTelemetry} {
 		got := documented[k]
 		slices.Sort(got)
 		if diff := cmp.Diff(got, Supported(k)); diff != "" {

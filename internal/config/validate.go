@@ -245,6 +245,7 @@ func validateVirtualService(vs *VirtualService) []error {
 			p.add(f+".route[0].weight", "a single destination takes all traffic: weight must be 100 or unset, not %d", r.Route[0].Weight)
 		}
 	}
+	validateVirtualServiceRateLimits(p, vs)
 	return p.errs
 }
 
@@ -271,6 +272,8 @@ func validateDestinationRule(dr *DestinationRule) []error {
 		validateTrafficPolicy(p, f+".trafficPolicy", sub.TrafficPolicy)
 	}
 	validateTrafficPolicy(p, "spec.trafficPolicy", s.TrafficPolicy)
+	validateDestinationRuleRateLimits(p, dr.Annotations)
+	validateLoadBalancerAnnotation(p, dr)
 	return p.errs
 }
 

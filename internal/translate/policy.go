@@ -37,6 +37,7 @@ const (
 	RandomPolicy  = "trellis_random"
 	OutlierPolicy = "trellis_outlier"
 	RecyclePolicy = "trellis_recycle"
+	EWMAPolicy    = "trellis_ewma"
 )
 
 // FaultFilterName is the name of the HTTP fault filter in listeners, and the
@@ -52,6 +53,7 @@ type policy struct {
 	pool    *networking.ConnectionPoolSettings
 	outlier *networking.OutlierDetection
 	tls     *networking.ClientTLSSettings
+	ewma    bool // the rule's trellis.io/load-balancer annotation is EWMA
 }
 
 // override replaces the settings that o sets.
@@ -92,7 +94,7 @@ func (b *builder) policyFor(host string, port uint32, subset string) policy {
 	if !ok {
 		return policy{}
 	}
-	p := policy{}.apply(dr.Spec.TrafficPolicy, port)
+	p := policy{ewma: dr.Annotations[config.LoadBalancerAnnotation] == config.LoadBalancerEWMA}.apply(dr.Spec.TrafficPolicy, port)
 	if subset != "" {
 		for _, s := range dr.Spec.Subsets {
 			if s.Name == subset {
@@ -140,6 +142,14 @@ func applyPolicy(c *v3clusterpb.Cluster, p policy) {
 	case networking.LoadBalancerSettings_RANDOM:
 		trellis = map[string]any{RandomPolicy: map[string]any{}}
 		extra = append(extra, typed("envoy.load_balancing_policies.random", &v3randompb.Random{}))
+		useTrellis = true
+	}
+	if p.ewma {
+		// Peak EWMA (balancer/ewma); clients without it get least request,
+		// the nearest standard policy.
+		child = typed("envoy.load_balancing_policies.least_request", &v3leastrequestpb.LeastRequest{ChoiceCount: wrapperspb.UInt32(2)})
+		trellis = map[string]any{EWMAPolicy: map[string]any{}}
+		extra = nil
 		useTrellis = true
 	}
 	if n := p.pool.GetHttp().GetMaxRequestsPerConnection(); n > 0 {

@@ -124,6 +124,8 @@ func (b *builder) addServerListeners(registered []registry.Endpoint) {
 		if err != nil {
 			b.warn("registered endpoint %s: security policy cannot be translated; its server listener denies every request: %v", r.Key(), err)
 			filters = denyAll()
+		} else {
+			filters = b.serverRateLimit(r, filters)
 		}
 		l := serverListener(name, r.Address, r.Port, mode, filters)
 		if prev, ok := b.res.ServerListeners[name]; ok && !proto.Equal(prev, l) {

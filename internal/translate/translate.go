@@ -379,16 +379,17 @@ func (b *builder) addListenersAndRoutes() {
 			if conditional {
 				b.res.RouteConditions[routeName] = conds
 			}
+			vh := &v3routepb.VirtualHost{Name: routeName, Domains: domains, Routes: routes}
+			limited := b.clientRateLimits(s.host, vsByHost[s.host], vh)
 			for _, d := range domains {
 				b.res.Listeners[d] = apiListener(d, routeName, faults)
+				if limited {
+					b.res.Listeners[d] = withLocalRateLimitFilter(b.res.Listeners[d])
+				}
 			}
 			b.res.Routes[routeName] = &v3routepb.RouteConfiguration{
-				Name: routeName,
-				VirtualHosts: []*v3routepb.VirtualHost{{
-					Name:    routeName,
-					Domains: domains,
-					Routes:  routes,
-				}},
+				Name:         routeName,
+				VirtualHosts: []*v3routepb.VirtualHost{vh},
 			}
 		}
 	}
@@ -539,6 +540,7 @@ func (b *builder) addCluster(s *service, port uint32, subset string) {
 	}
 	pol := b.policyFor(s.host, port, subset)
 	applyPolicy(b.res.Clusters[name], pol)
+	reportLoad(b.res.Clusters[name])
 	if ls := pol.lb.GetLocalityLbSetting(); ls != nil && (ls.Enabled == nil || ls.Enabled.Value) {
 		b.res.Locality[name] = ls
 	}

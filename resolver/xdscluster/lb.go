@@ -27,6 +27,7 @@ const (
 	outlierPolicy = "trellis_outlier"
 	recyclePolicy = "trellis_recycle"
 	randomPolicy  = "trellis_random"
+	ewmaPolicy    = "trellis_ewma"
 )
 
 // maxDepth bounds the nesting of policies, as grpc-go's converter does.
@@ -175,6 +176,9 @@ func jsonPolicy(name string, js json.RawMessage, depth int) (lb, bool, error) {
 		return lb{cfg: LBConfig{Policy: RoundRobin}}, true, nil
 	case randomPolicy:
 		return lb{cfg: LBConfig{Policy: Random}}, true, nil
+	case ewmaPolicy:
+		cfg, err := ewmaConfig(js)
+		return lb{cfg: cfg}, err == nil, wrap(err)
 	case "least_request_experimental":
 		var raw struct {
 			ChoiceCount *float64 `json:"choiceCount"`
@@ -312,6 +316,39 @@ func outlierConfig(js json.RawMessage, depth int) (*OutlierConfig, lb, error) {
 	}
 	child, err := jsonList(raw.ChildPolicy, depth+1)
 	return o, child, err
+}
+
+// ewmaConfig reads a trellis_ewma config: optional positive durations, as
+// balancer/ewma parses them.
+func ewmaConfig(js json.RawMessage) (LBConfig, error) {
+	var raw struct {
+		Decay          *string `json:"decay"`
+		DefaultRTT     *string `json:"defaultRTT"`
+		FailurePenalty *string `json:"failurePenalty"`
+	}
+	if err := decode(js, &raw); err != nil {
+		return LBConfig{}, err
+	}
+	cfg := LBConfig{Policy: EWMA}
+	for _, f := range []struct {
+		name string
+		v    *string
+		dst  *time.Duration
+	}{
+		{"decay", raw.Decay, &cfg.Decay},
+		{"defaultRTT", raw.DefaultRTT, &cfg.DefaultRTT},
+		{"failurePenalty", raw.FailurePenalty, &cfg.FailurePenalty},
+	} {
+		if f.v == nil {
+			continue
+		}
+		d, err := time.ParseDuration(*f.v)
+		if err != nil || d <= 0 {
+			return LBConfig{}, fmt.Errorf("%s is %q, must be a positive duration", f.name, *f.v)
+		}
+		*f.dst = d
+	}
+	return cfg, nil
 }
 
 // choiceCount checks a least-request choice count as grpc-go does: at

@@ -137,6 +137,32 @@ func TestParseCluster(t *testing.T) {
 		want: &cluster{eds: "c", lb: LBConfig{Policy: Random},
 			outlier: &OutlierConfig{ConsecutiveErrors: 5, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 10}},
 	}, {
+		name: "ewma defaults",
+		c: edsCluster(func(c *v3clusterpb.Cluster) {
+			c.LoadBalancingPolicy = wrr(t, typedStructPolicy(t, "trellis_ewma", `{}`), typed(t, &v3leastrequestpb.LeastRequest{}))
+		}),
+		want: &cluster{eds: "c", lb: LBConfig{Policy: EWMA}},
+	}, {
+		name: "ewma with parameters, under outlier and recycle",
+		c: edsCluster(func(c *v3clusterpb.Cluster) {
+			c.LoadBalancingPolicy = wrr(t, typedStructPolicy(t, "trellis_outlier", `{"childPolicy": [{"trellis_recycle": {"maxRequestsPerConnection": 9,
+				"childPolicy": [{"trellis_ewma": {"decay": "5s", "defaultRTT": "20ms", "failurePenalty": "2s"}}]}}]}`))
+		}),
+		want: &cluster{eds: "c", lb: LBConfig{Policy: EWMA, MaxRequestsPerConnection: 9, Decay: 5 * time.Second, DefaultRTT: 20 * time.Millisecond, FailurePenalty: 2 * time.Second},
+			outlier: &OutlierConfig{ConsecutiveErrors: 5, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 10}},
+	}, {
+		name: "ewma with a bad decay",
+		c: edsCluster(func(c *v3clusterpb.Cluster) {
+			c.LoadBalancingPolicy = wrr(t, typedStructPolicy(t, "trellis_ewma", `{"decay": "-1s"}`), typed(t, &v3roundrobinpb.RoundRobin{}))
+		}),
+		wantErr: `trellis_ewma: decay is "-1s", must be a positive duration`,
+	}, {
+		name: "ewma with an unknown field",
+		c: edsCluster(func(c *v3clusterpb.Cluster) {
+			c.LoadBalancingPolicy = wrr(t, typedStructPolicy(t, "trellis_ewma", `{"tau": "1s"}`), typed(t, &v3roundrobinpb.RoundRobin{}))
+		}),
+		wantErr: `unknown field "tau"`,
+	}, {
 		name: "unknown policies skipped",
 		c: edsCluster(func(c *v3clusterpb.Cluster) {
 			c.LoadBalancingPolicy = wrr(t, typedStructPolicy(t, "someone_elses", `{"x": 1}`),

@@ -20,6 +20,7 @@ const (
 	LeastRequest = "least_request"
 	Random       = "random"
 	RingHash     = "ring_hash"
+	EWMA         = "ewma"
 )
 
 // State is the state of a cluster. It is immutable: the slices and
@@ -69,7 +70,7 @@ type Endpoint struct {
 
 // LBConfig is a cluster's load-balancing policy.
 type LBConfig struct {
-	// Policy is RoundRobin, LeastRequest, Random or RingHash.
+	// Policy is RoundRobin, LeastRequest, Random, RingHash or EWMA.
 	Policy string
 	// ChoiceCount is how many endpoints LeastRequest samples, 2 to 10;
 	// zero for the other policies.
@@ -81,6 +82,10 @@ type LBConfig struct {
 	// before it is replaced (the trellis_recycle policy); zero for no
 	// limit.
 	MaxRequestsPerConnection uint32
+	// Decay, DefaultRTT and FailurePenalty are EWMA's parameters (the
+	// trellis_ewma policy, see balancer/ewma.Config); zero when unset, the
+	// picker then applies its defaults.
+	Decay, DefaultRTT, FailurePenalty time.Duration
 }
 
 // OutlierConfig is the configuration of the trellis_outlier policy, with

@@ -29,7 +29,7 @@ import (
 type Table[T any] struct {
 	client    *xdsclient.Client
 	authority string
-	convert   func(*v3routepb.Route) T
+	convert   func(*v3routepb.VirtualHost, *v3routepb.Route) T
 
 	ready     chan struct{} // closed when the first outcome is known
 	readyOnce sync.Once
@@ -46,6 +46,13 @@ type Table[T any] struct {
 // authority grpc-go's xDS resolver uses) and its route configuration. It
 // does not block. Call Close to stop.
 func Watch[T any](c *xdsclient.Client, target string, convert func(*v3routepb.Route) T) *Table[T] {
+	return WatchVirtualHost(c, target, func(_ *v3routepb.VirtualHost, r *v3routepb.Route) T { return convert(r) })
+}
+
+// WatchVirtualHost is Watch with a convert function that also sees the
+// virtual host a route belongs to, for what a virtual host gives its routes
+// (such as typed_per_filter_config).
+func WatchVirtualHost[T any](c *xdsclient.Client, target string, convert func(*v3routepb.VirtualHost, *v3routepb.Route) T) *Table[T] {
 	t := &Table[T]{client: c, authority: target, convert: convert, ready: make(chan struct{})}
 	cancel := c.Watch(resourcev3.ListenerType, target, xdsclient.WatcherFuncs{
 		UpdateFunc:   t.onListener,
@@ -200,7 +207,7 @@ type compiledRoute[T any] struct {
 // compile selects the virtual host for authority, as gRFC A28 and Envoy
 // choose it (exact domain, then the longest suffix wildcard, then the
 // longest prefix wildcard, then "*"), and prepares its routes.
-func compile[T any](rc *v3routepb.RouteConfiguration, authority string, convert func(*v3routepb.Route) T) *compiled[T] {
+func compile[T any](rc *v3routepb.RouteConfiguration, authority string, convert func(*v3routepb.VirtualHost, *v3routepb.Route) T) *compiled[T] {
 	vh := pickVirtualHost(rc.GetVirtualHosts(), authority)
 	c := &compiled[T]{}
 	for _, r := range vh.GetRoutes() {
@@ -208,7 +215,7 @@ func compile[T any](rc *v3routepb.RouteConfiguration, authority string, convert 
 		if !ok {
 			continue // a matcher this client cannot evaluate never matches
 		}
-		cr.value = convert(r)
+		cr.value = convert(vh, r)
 		c.routes = append(c.routes, cr)
 	}
 	return c

@@ -23,7 +23,8 @@ func prefix(p string, headers ...*v3routepb.HeaderMatcher) *v3routepb.RouteMatch
 
 // table returns a Table holding rc, as if the control plane had sent it.
 func table(rc *v3routepb.RouteConfiguration, authority string) *Table[string] {
-	t := &Table[string]{authority: authority, convert: (*v3routepb.Route).GetName, ready: make(chan struct{})}
+	name := func(_ *v3routepb.VirtualHost, r *v3routepb.Route) string { return r.GetName() }
+	t := &Table[string]{authority: authority, convert: name, ready: make(chan struct{})}
 	t.install(rc)
 	return t
 }
@@ -100,7 +101,7 @@ func TestPickVirtualHost(t *testing.T) {
 // TestLookupWaitsForRoutes: before the routes arrive a lookup waits, within
 // its context, and matches nothing if they don't come.
 func TestLookupWaitsForRoutes(t *testing.T) {
-	tbl := &Table[string]{authority: "a", convert: (*v3routepb.Route).GetName, ready: make(chan struct{})}
+	tbl := &Table[string]{authority: "a", convert: func(_ *v3routepb.VirtualHost, r *v3routepb.Route) string { return r.GetName() }, ready: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if _, _, ok := tbl.Lookup(ctx, "/x/y", nil); ok {
