@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -62,7 +63,8 @@ type ConfigStatus struct {
 // AdminHandler returns the admin endpoints: /healthz, /readyz, /metrics
 // (Prometheus text format), and the JSON debug endpoints /debug/config_dump
 // (configuration in force, last load errors, registrations, clients, xDS
-// resources), /debug/clients (connected xDS clients and their ACK/NACK
+// resources; ?client=NODE: that client's status and the resources as it
+// gets them — routes for its labels, endpoints for its locality), /debug/clients (connected xDS clients and their ACK/NACK
 // state), /debug/registry (registered endpoints) and /debug/ca (the CA and
 // the certificates it issued), /debug/graph (the service graph from the
 // clients' load reports, see Graph) and the live page /dashboard. With
@@ -87,8 +89,20 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("GET /debug/ca", s.guard(s.serveCA))
 	mux.HandleFunc("GET /debug/clients", s.guard(s.serveClients))
 	mux.HandleFunc("GET /debug/registry", s.guard(s.serveRegistry))
-	mux.HandleFunc("GET /debug/config_dump", s.guard(func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, s.ConfigDump())
+	mux.HandleFunc("GET /debug/config_dump", s.guard(func(w http.ResponseWriter, r *http.Request) {
+		d := s.ConfigDump()
+		if client := r.URL.Query().Get("client"); client != "" {
+			// One client's view: its status, and the resources as it gets
+			// them (routes for its labels, endpoints for its locality).
+			node := s.clients.node(client)
+			if node == nil {
+				http.Error(w, "no connected client "+client, http.StatusNotFound)
+				return
+			}
+			d.Resources = s.resourcesFor(node)
+			d.Clients = slices.DeleteFunc(d.Clients, func(c ClientStatus) bool { return c.Node != client })
+		}
+		writeJSON(w, d)
 	}))
 	s.handleDashboard(mux) // /debug/graph, /dashboard
 	return mux
@@ -142,8 +156,25 @@ func (s *Server) ConfigDump() *ConfigDump {
 		d.Endpoints[name] = addrs
 	}
 	d.Clients = s.clients.snapshot()
+	d.Resources = s.resourcesFor(nil)
+	return d
+}
+
+// resourcesFor returns the xDS resources as the client with node sees them
+// (routes by its labels, endpoints by its locality), or the base
+// resources if node is nil; protojson by type and name.
+func (s *Server) resourcesFor(node *v3corepb.Node) map[string]json.RawMessage {
+	out := map[string]json.RawMessage{}
 	for _, t := range typeURLs {
 		res := s.caches[t].GetResources()
+		if node != nil {
+			switch t {
+			case resource.RouteType:
+				res = s.rds.cacheFor(node).GetResources()
+			case resource.EndpointType:
+				res = s.eds.cacheFor(node).GetResources()
+			}
+		}
 		m := map[string]json.RawMessage{}
 		for _, name := range slices.Sorted(maps.Keys(res)) {
 			b, err := protojson.Marshal(res[name].(proto.Message))
@@ -153,7 +184,7 @@ func (s *Server) ConfigDump() *ConfigDump {
 			m[name] = b
 		}
 		b, _ := json.Marshal(m)
-		d.Resources[shortType(t)] = b
+		out[shortType(t)] = b
 	}
-	return d
+	return out
 }

@@ -10,6 +10,9 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -110,6 +113,33 @@ func TestCAIssuesJoinTokenIdentity(t *testing.T) {
 	if dump.TrustDomain != "cluster.local" || !found {
 		t.Errorf("/debug/ca = %s, want trust domain cluster.local and the issued SVID", rec.Body)
 	}
+
+	// An xDS client on the secure port with its certificate shows its
+	// identity in /debug/clients.
+	cert, err := src.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := dialer(addr, root)(ctx, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	stream, err := v3discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&v3discoverypb.DiscoveryRequest{Node: &v3corepb.Node{Id: "secure-client"}, TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, func() bool {
+		for _, c := range s.ConfigDump().Clients {
+			if c.Node == "secure-client" {
+				return c.Identity == "spiffe://cluster.local/ns/default/sa/reviews"
+			}
+		}
+		return false
+	})
 
 	s2, err := New(opts...)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,7 +16,17 @@ import (
 
 // ClientStatus is what the control plane knows of one connected xDS stream.
 type ClientStatus struct {
-	Node      string                 `json:"node"`
+	Node string `json:"node"`
+	// Service, Namespace, Version and Locality are what the client's node
+	// says of it (the mesh library's node metadata); empty for clients
+	// that say nothing.
+	Service   string `json:"service,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	Version   string `json:"version,omitempty"`
+	Locality  string `json:"locality,omitempty"`
+	// Identity is the SPIFFE ID the client proved with a certificate on
+	// the secure port; empty on the plaintext port.
+	Identity  string                 `json:"identity,omitempty"`
 	Stream    int64                  `json:"stream"`
 	Delta     bool                   `json:"delta"`
 	Connected time.Time              `json:"connected"`
@@ -66,19 +77,22 @@ type clientTracker struct {
 	metrics *metrics
 
 	stop <-chan struct{} // closed when the server stops
+	// identify returns the SPIFFE ID a stream's client proved, or "".
+	identify func(ctx context.Context) string
 
 	mu      sync.Mutex
 	streams map[int64]*ClientStatus
+	nodes   map[int64]*v3corepb.Node // each stream's node, for its view of the resources
 }
 
 func newClientTracker(log *slog.Logger, m *metrics, stop <-chan struct{}) *clientTracker {
-	return &clientTracker{log: log, metrics: m, stop: stop, streams: map[int64]*ClientStatus{}}
+	return &clientTracker{log: log, metrics: m, stop: stop, streams: map[int64]*ClientStatus{}, nodes: map[int64]*v3corepb.Node{}}
 }
 
 func (c *clientTracker) callbacks() v3server.Callbacks {
 	return v3server.CallbackFuncs{
-		StreamOpenFunc:      func(_ context.Context, id int64, _ string) error { c.open(id, false); return nil },
-		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error { c.open(id, true); return nil },
+		StreamOpenFunc:      func(ctx context.Context, id int64, _ string) error { c.open(ctx, id, false); return nil },
+		DeltaStreamOpenFunc: func(ctx context.Context, id int64, _ string) error { c.open(ctx, id, true); return nil },
 		StreamClosedFunc:    func(id int64, _ *v3corepb.Node) { c.close(id) },
 		DeltaStreamClosedFunc: func(id int64, _ *v3corepb.Node) {
 			c.close(id)
@@ -100,9 +114,13 @@ func (c *clientTracker) callbacks() v3server.Callbacks {
 	}
 }
 
-func (c *clientTracker) open(id int64, delta bool) {
+func (c *clientTracker) open(ctx context.Context, id int64, delta bool) {
+	identity := ""
+	if c.identify != nil {
+		identity = c.identify(ctx)
+	}
 	c.mu.Lock()
-	c.streams[id] = &ClientStatus{Stream: id, Delta: delta, Connected: time.Now(), Types: map[string]*TypeStatus{}}
+	c.streams[id] = &ClientStatus{Stream: id, Delta: delta, Identity: identity, Connected: time.Now(), Types: map[string]*TypeStatus{}}
 	c.mu.Unlock()
 	c.metrics.streams.Inc()
 }
@@ -127,6 +145,7 @@ func (c *clientTracker) close(id int64) {
 	c.mu.Lock()
 	st, ok := c.streams[id]
 	delete(c.streams, id)
+	delete(c.nodes, id)
 	c.mu.Unlock()
 	if ok {
 		c.metrics.streams.Dec()
@@ -147,6 +166,14 @@ func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, v
 	}
 	if st.Node == "" && node.GetId() != "" {
 		st.Node = node.GetId()
+		md := node.GetMetadata().GetFields()
+		st.Service = md["SERVICE"].GetStringValue()
+		st.Namespace = md["NAMESPACE"].GetStringValue()
+		st.Version = md["VERSION"].GetStringValue()
+		if l := node.GetLocality(); l != nil {
+			st.Locality = strings.Trim(l.GetRegion()+"/"+l.GetZone()+"/"+l.GetSubZone(), "/")
+		}
+		c.nodes[id] = node
 		c.metrics.clients.Inc()
 		c.log.Info("xDS client connected", "node", st.Node, "stream", id, "delta", st.Delta)
 	}
@@ -207,4 +234,16 @@ func (c *clientTracker) snapshot() []ClientStatus {
 		out = append(out, st)
 	}
 	return out
+}
+
+// node returns the node of the first stream whose client is nodeID.
+func (c *clientTracker) node(nodeID string) *v3corepb.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range slices.Sorted(maps.Keys(c.streams)) {
+		if c.streams[id].Node == nodeID {
+			return c.nodes[id]
+		}
+	}
+	return nil
 }

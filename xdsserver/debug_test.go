@@ -6,10 +6,12 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/trellismesh/trellis/internal/registrationpb"
 )
@@ -98,4 +100,35 @@ func TestDebugClientsAndRegistry(t *testing.T) {
 	if code := get("/debug/clients?node=nobody", &none); code != http.StatusNotFound {
 		t.Errorf("GET /debug/clients?node=nobody = %d, want 404", code)
 	}
+
+	// One client's view of the configuration.
+	var dump ConfigDump
+	if code := get("/debug/config_dump?client=raw-client", &dump); code != http.StatusOK {
+		t.Fatalf("GET /debug/config_dump?client=raw-client = %d", code)
+	}
+	if len(dump.Clients) != 1 || dump.Clients[0].Node != "raw-client" || dump.Resources["LDS"] == nil {
+		t.Errorf("per-client dump: clients %+v, resource types %d; want raw-client only, with resources", dump.Clients, len(dump.Resources))
+	}
+	if code := get("/debug/config_dump?client=nobody", &dump); code != http.StatusNotFound {
+		t.Errorf("GET /debug/config_dump?client=nobody = %d, want 404", code)
+	}
+
+	// A mesh client's node metadata shows in its status.
+	meta, _ := structpb.NewStruct(map[string]any{"SERVICE": "ratings", "NAMESPACE": "shop", "VERSION": "v3"})
+	s2, err := v3discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Send(&v3discoverypb.DiscoveryRequest{Node: &v3corepb.Node{Id: "meta-client", Metadata: meta, Locality: &v3corepb.Locality{Region: "eu", Zone: "a"}},
+		TypeUrl: resource.ListenerType, ResourceNames: []string{"reviews:9080"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, func() bool {
+		var clients []ClientStatus
+		if get("/debug/clients?node=meta-client", &clients) != 200 || len(clients) != 1 {
+			return false
+		}
+		c := clients[0]
+		return c.Service == "ratings" && c.Namespace == "shop" && c.Version == "v3" && c.Locality == "eu/a"
+	})
 }

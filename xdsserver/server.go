@@ -106,6 +106,13 @@ func New(opts ...Option) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.clients = newClientTracker(s.log, s.metrics, s.ctx.Done())
+	s.clients.identify = func(ctx context.Context) string {
+		id, err := s.peerIdentity(ctx)
+		if err != nil || id.IsZero() {
+			return ""
+		}
+		return id.String()
+	}
 	s.reg = registry.New(o.grace, s.triggerRebuild)
 	mux := &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },

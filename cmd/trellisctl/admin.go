@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -19,7 +20,7 @@ import (
 const adminUsage = `  status [-admin ADDR] [-token T] [-o text|json]
                                connected clients and whether they are in sync
   config-dump [-admin ADDR] [-token T] [-client NODE]
-                               what the control plane serves (JSON)
+                               what the control plane serves (JSON), or what one client gets
   describe [-admin ADDR] [-token T] [-n NAMESPACE] [-o text|json] SERVICE
                                routes, subsets, endpoints and policies of a service
 `
@@ -200,22 +201,17 @@ func configDump(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, "usage: trellisctl config-dump [-admin ADDR] [-token T] [-client NODE]\n")
 		return 2
 	}
-	d, raw, err := a.dump()
+	path := "/debug/config_dump"
+	if *client != "" {
+		path += "?client=" + url.QueryEscape(*client) // that client's status and view of the resources
+	}
+	raw, err := a.fetch(path)
 	if err != nil {
 		fmt.Fprintln(stderr, "trellisctl:", err)
 		return 1
 	}
-	if *client == "" {
-		stdout.Write(raw)
-		return 0
-	}
-	for _, c := range d.Clients {
-		if c.Node == *client {
-			return writeJSON(stdout, stderr, c)
-		}
-	}
-	fmt.Fprintf(stderr, "trellisctl: no connected client %q\n", *client)
-	return 1
+	stdout.Write(raw)
+	return 0
 }
 
 // description is what describe finds about a service.
