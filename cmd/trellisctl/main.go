@@ -9,7 +9,8 @@
 // *.json file directly inside it) and prints every error, naming file,
 // line, resource and field, then the findings of an analysis of the valid
 // configuration: routes that can never match, hosts no ServiceEntry
-// defines, selectors and subsets that select nothing. It exits 1 if the
+// defines, selectors and subsets that select nothing, authorization
+// policies that allow nothing or match nothing. It exits 1 if the
 // configuration would be rejected (or, with -strict, if there are
 // warnings), 2 on a usage error, 0 otherwise. Run it in CI before a change
 // reaches the control plane.
@@ -109,6 +110,7 @@ func validate(args []string, stdout, stderr io.Writer) int {
 			config.KindPeerAuthentication:    len(set.PeerAuthentications),
 			config.KindAuthorizationPolicy:   len(set.AuthorizationPolicies),
 			config.KindRequestAuthentication: len(set.RequestAuthentications),
+			config.KindTelemetry:             len(set.Telemetries),
 		}
 	}
 	if *format == "json" {

@@ -106,6 +106,7 @@ func Set(set *config.Set) []Finding {
 			}
 		}
 	}
+	out = append(out, securityFindings(set)...)
 	slices.SortStableFunc(out, func(a, b Finding) int {
 		return strings.Compare(fmt.Sprintf("%s:%09d:%s", a.File, a.Line, a.Field), fmt.Sprintf("%s:%09d:%s", b.File, b.Line, b.Field))
 	})

@@ -94,3 +94,57 @@ spec:
 		t.Errorf("Set() = %v, want no findings", f)
 	}
 }
+
+// TestSecurityFindings: an ALLOW policy without rules (denies everything),
+// a DENY policy without rules (matches nothing) and selectors that match
+// no defined workload are reported; a policy with rules selecting a
+// defined workload is not.
+func TestSecurityFindings(t *testing.T) {
+	set, err := config.Load(map[string][]byte{"mesh.yaml": []byte(`
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-1}
+spec: {address: 10.0.0.1, labels: {app: reviews}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing}
+spec:
+  selector: {matchLabels: {app: reviews}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-nothing}
+spec:
+  action: DENY
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: typo}
+spec:
+  selector: {matchLabels: {app: reveiws}}
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict-reviews}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: STRICT}
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range Set(set) {
+		got = append(got, f.Severity+": "+f.String())
+	}
+	want := []string{
+		"warning: mesh.yaml:7: AuthorizationPolicy default/allow-nothing: spec.rules: an ALLOW policy with no rules allows nothing: every request to the workloads it selects is denied (write rules: [{}] to allow all)",
+		"warning: mesh.yaml:13: AuthorizationPolicy default/deny-nothing: spec.rules: a DENY policy with no rules matches no request",
+		"info: mesh.yaml:19: AuthorizationPolicy default/typo: spec.selector.matchLabels: selects no workload the configuration defines in namespace default; it applies only to workloads that register with these labels",
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("Set() findings (-got +want):\n%s", diff)
+	}
+}
