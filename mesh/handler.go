@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/trellismesh/trellis/internal/mtls"
-	"github.com/trellismesh/trellis/internal/register"
 )
 
 // httpReadHeaderTimeout bounds how long an HTTPServer waits for a request's
@@ -60,12 +59,8 @@ type HTTPServer struct {
 	opts *options
 	http *http.Server
 
-	mu       sync.Mutex
-	closed   bool
-	id       *workloadIdentity
-	tls      *tls.Config // nil without an identity
-	regs     []*register.Client
-	policies policySet
+	member
+	tls *tls.Config // nil without an identity; guarded by mu
 }
 
 // NewHTTPServer returns an HTTPServer serving h. It does no I/O. It takes
@@ -152,10 +147,7 @@ func (s *HTTPServer) Serve(lis net.Listener) error {
 	if errors.Is(err, http.ErrServerClosed) {
 		return ErrServerClosed
 	}
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.isClosed() {
 		return ErrServerClosed
 	}
 	return err
@@ -167,10 +159,7 @@ func (s *HTTPServer) Serve(lis net.Listener) error {
 // requests. If ctx ends first, it closes the remaining connections and
 // returns ctx's error.
 func (s *HTTPServer) Shutdown(ctx context.Context) error {
-	regs := s.markClosed()
-	for _, r := range regs {
-		r.Stop(ctx)
-	}
+	s.leave(ctx)
 	err := s.http.Shutdown(ctx)
 	if err != nil {
 		s.http.Close()
@@ -182,35 +171,19 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 // Close deregisters without waiting for the control plane and closes the
 // listeners and all connections at once. It is idempotent.
 func (s *HTTPServer) Close() error {
-	regs := s.markClosed()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	for _, r := range regs {
-		r.Stop(ctx)
-	}
+	s.leaveNow()
 	err := s.http.Close()
 	s.release()
 	return err
 }
 
-func (s *HTTPServer) markClosed() []*register.Client {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	regs := s.regs
-	s.regs = nil
-	return regs
-}
-
-// release stops following policies and releases the identity, once the
-// server has stopped.
+// release forgets the TLS configuration, stops following policies and
+// releases the identity, once the server has stopped.
 func (s *HTTPServer) release() {
 	s.mu.Lock()
-	id := s.id
-	s.id, s.tls = nil, nil
+	s.tls = nil
 	s.mu.Unlock()
-	s.policies.closeAll()
-	releaseIdentity(id)
+	s.member.release()
 }
 
 // meshListener hands an HTTPServer the connections its port's mTLS mode

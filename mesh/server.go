@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -44,13 +43,9 @@ type Server struct {
 	opts *options
 	grpc *grpc.Server
 
-	mu         sync.Mutex
-	regs       []*register.Client
-	closed     bool
-	id         *workloadIdentity
-	strict     *mtls.Credentials // nil without an identity
+	member
+	strict     *mtls.Credentials // nil without an identity; guarded by mu
 	permissive *mtls.Credentials
-	policies   policySet
 }
 
 var _ grpc.ServiceRegistrar = (*Server)(nil)
@@ -146,10 +141,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	if err == nil || errors.Is(err, grpc.ErrServerStopped) {
 		return ErrServerClosed
 	}
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.isClosed() {
 		return ErrServerClosed
 	}
 	return err
@@ -234,45 +226,17 @@ func advertisedIP(ip net.IP) string {
 // waits for pending RPCs. If ctx ends first, remaining RPCs are cancelled and
 // ctx's error returned.
 func (s *Server) Shutdown(ctx context.Context) error {
-	regs := s.markClosed()
-	for _, r := range regs {
-		r.Stop(ctx)
-	}
+	s.leave(ctx)
 	err := grpcstop.Graceful(ctx, s.grpc)
 	s.release()
 	return err
 }
 
-// release stops following policies and releases the identity, once the
-// server has stopped.
-func (s *Server) release() {
-	s.mu.Lock()
-	id := s.id
-	s.id = nil
-	s.mu.Unlock()
-	s.policies.closeAll()
-	releaseIdentity(id)
-}
-
 // Close deregisters without waiting for the control plane and stops the
 // server at once, cancelling pending RPCs. It is idempotent.
 func (s *Server) Close() error {
-	regs := s.markClosed()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	for _, r := range regs {
-		r.Stop(ctx)
-	}
+	s.leaveNow()
 	s.grpc.Stop()
 	s.release()
 	return nil
-}
-
-func (s *Server) markClosed() []*register.Client {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	regs := s.regs
-	s.regs = nil
-	return regs
 }
