@@ -154,7 +154,7 @@ func (s *Server) ServeSecure(lis net.Listener) error {
 	}
 	if s.secure == nil {
 		cc := &servingCert{s: s}
-		s.secure = grpc.NewServer(
+		s.secure = grpc.NewServer(append([]grpc.ServerOption{
 			grpc.Creds(credentials.NewTLS(&tls.Config{
 				MinVersion:     tls.VersionTLS13,
 				GetCertificate: cc.get,
@@ -162,9 +162,9 @@ func (s *Server) ServeSecure(lis net.Listener) error {
 			})),
 			grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 			grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-			grpc.MaxConcurrentStreams(1<<16),
+			grpc.MaxConcurrentStreams(1 << 16),
 			grpc.ChainUnaryInterceptor(s.metrics.caInterceptor),
-		)
+		}, s.admissionOptions()...)...)
 		v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.secure, s.xds)
 		registrationpb.RegisterRegistrationServer(s.secure, &registrationService{s: s})
 		registerLRS(s.secure, s)

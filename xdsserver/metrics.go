@@ -16,23 +16,24 @@ import (
 // metrics are the control plane's Prometheus metrics, in a registry of the
 // Server's own so that several Servers can live in one process.
 type metrics struct {
-	reg             *prometheus.Registry
-	streams         prometheus.Gauge
-	acks            *prometheus.CounterVec
-	nacks           *prometheus.CounterVec
-	pushes          *prometheus.CounterVec
-	resources       *prometheus.GaugeVec
-	builds          prometheus.Counter
-	registered      prometheus.Gauge
-	registrations   *prometheus.CounterVec
-	configLoads     *prometheus.CounterVec
-	configValid     prometheus.Gauge
-	configTimestamp prometheus.Gauge
-	configErrors    prometheus.Gauge
-	clients         prometheus.Gauge
-	pushLatency     *prometheus.HistogramVec
-	certsIssued     prometheus.Counter
-	caErrors        *prometheus.CounterVec
+	reg               *prometheus.Registry
+	streams           prometheus.Gauge
+	acks              *prometheus.CounterVec
+	nacks             *prometheus.CounterVec
+	pushes            *prometheus.CounterVec
+	resources         *prometheus.GaugeVec
+	builds            prometheus.Counter
+	registered        prometheus.Gauge
+	registrations     *prometheus.CounterVec
+	configLoads       *prometheus.CounterVec
+	configValid       prometheus.Gauge
+	configTimestamp   prometheus.Gauge
+	configErrors      prometheus.Gauge
+	clients           prometheus.Gauge
+	pushLatency       *prometheus.HistogramVec
+	certsIssued       prometheus.Counter
+	caErrors          *prometheus.CounterVec
+	admissionRejected prometheus.Counter
 
 	mu      sync.Mutex
 	changed map[string]time.Time // short type → time of the last change pushed to the cache
@@ -76,11 +77,13 @@ func newMetrics() *metrics {
 			Name: "trellis_ca_certificates_issued_total", Help: "Workload certificates the mesh CA issued."}),
 		caErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_ca_errors_total", Help: "Certificate requests the mesh CA refused or failed, by reason (unauthenticated, rate_limited, invalid, denied, internal)."}, []string{"reason"}),
+		admissionRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trellis_xds_streams_rejected_total", Help: "New xDS streams turned away by the admission limit (clients retry after backing off)."}),
 		changed: map[string]time.Time{},
 	}
 	m.reg.MustRegister(m.streams, m.acks, m.nacks, m.pushes, m.resources, m.builds, m.registered,
 		m.registrations, m.configLoads, m.configValid, m.configTimestamp, m.configErrors,
-		m.clients, m.pushLatency, m.certsIssued, m.caErrors,
+		m.clients, m.pushLatency, m.certsIssued, m.caErrors, m.admissionRejected,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

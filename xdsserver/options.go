@@ -28,7 +28,11 @@ type options struct {
 	joinTokens   map[string]WorkloadIdentity
 	servingNames []string
 	adminToken   string
-	lrsInterval  time.Duration
+
+	admission      int
+	admissionBurst int
+	admissionSet   bool
+	lrsInterval    time.Duration
 }
 
 // WithConfigDir loads the Istio resources in dir (every *.yaml, *.yml and

@@ -51,7 +51,8 @@ type Server struct {
 	grpc    *grpc.Server
 	metrics *metrics
 	clients *clientTracker
-	loads   *loadStore // load reports (LRS), for /debug/graph
+	admit   grpc.StreamServerInterceptor // the admission limit on new xDS streams; nil if off
+	loads   *loadStore                   // load reports (LRS), for /debug/graph
 
 	ca        *ca.CA       // nil without WithDataDir or WithCAFiles
 	caService *ca.Service  // the CA's certificate API
@@ -151,11 +152,12 @@ func New(opts ...Option) (*Server, error) {
 		}
 	}
 	s.xds = v3server.NewServer(s.ctx, mux, s.clients.callbacks())
-	s.grpc = grpc.NewServer(
+	s.admit = s.admission()
+	s.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.MaxConcurrentStreams(1<<16),
-	)
+		grpc.MaxConcurrentStreams(1 << 16),
+	}, s.admissionOptions()...)...)
 	v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, s.xds)
 	registrationpb.RegisterRegistrationServer(s.grpc, &registrationService{s: s})
 	registerLRS(s.grpc, s)

@@ -59,6 +59,7 @@ func run() error {
 		caKey       = flag.String("ca-key", "", "PEM file of the CA root key, with -ca-cert")
 		trustDomain = flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 		joinTokens  = flag.String("join-tokens", "", "JSON file mapping join tokens to the identity each grants")
+		admission   = flag.Int("stream-admission", 500, "new xDS streams admitted per second (and at once); beyond it clients back off and retry; 0: no limit")
 		adminToken  = flag.String("admin-token", os.Getenv("TRELLIS_ADMIN_TOKEN"), "bearer token the /debug/ admin endpoints require (env TRELLIS_ADMIN_TOKEN); required when -admin-addr is not a loopback address")
 		grace       = flag.Duration("registration-grace", 5*time.Second, "how long an endpoint whose registration stream broke stays in EDS")
 		logFormat   = flag.String("log-format", "text", "log format: text or json")
@@ -97,6 +98,7 @@ func run() error {
 		xdsserver.WithRegistrationGrace(*grace),
 		xdsserver.WithDataDir(*dataDir),
 		xdsserver.WithTrustDomain(*trustDomain),
+		xdsserver.WithStreamAdmission(*admission, *admission),
 	}
 	if *adminToken != "" {
 		opts = append(opts, xdsserver.WithAdminToken(*adminToken))
