@@ -3,9 +3,7 @@ package ewma
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	rand "math/rand/v2"
 	"sync"
 	"time"
@@ -92,43 +90,11 @@ func (builder) Name() string { return Name }
 // defaultRTT and failurePenalty, each a positive Go duration string
 // ("250ms"). Unknown fields are rejected.
 func (builder) ParseConfig(js json.RawMessage) (serviceconfig.LoadBalancingConfig, error) {
-	cfg := &Config{}
-	trimmed := bytes.TrimSpace(js)
-	if len(trimmed) == 0 || string(trimmed) == "null" {
-		return cfg, nil
+	p, err := peakewma.ParseParams(js)
+	if err != nil {
+		return nil, fmt.Errorf("ewma: config %s: %w", bytes.TrimSpace(js), err)
 	}
-	var raw struct {
-		Decay          *string `json:"decay"`
-		DefaultRTT     *string `json:"defaultRTT"`
-		FailurePenalty *string `json:"failurePenalty"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&raw); err != nil {
-		return nil, fmt.Errorf("ewma: config %s: %w", trimmed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("ewma: config %s: must be a single JSON object", trimmed)
-	}
-	for _, f := range []struct {
-		name string
-		v    *string
-		dst  *time.Duration
-	}{
-		{"decay", raw.Decay, &cfg.Decay},
-		{"defaultRTT", raw.DefaultRTT, &cfg.DefaultRTT},
-		{"failurePenalty", raw.FailurePenalty, &cfg.FailurePenalty},
-	} {
-		if f.v == nil {
-			continue
-		}
-		d, err := time.ParseDuration(*f.v)
-		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("ewma: config %s: %s is %q, must be a positive duration", trimmed, f.name, *f.v)
-		}
-		*f.dst = d
-	}
-	return cfg, nil
+	return &Config{Decay: p.Decay, DefaultRTT: p.DefaultRTT, FailurePenalty: p.FailurePenalty}, nil
 }
 
 func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {

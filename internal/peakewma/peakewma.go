@@ -24,6 +24,11 @@
 package peakewma
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -193,4 +198,51 @@ func TwoIndexes(n int, r1, r2 uint64) (int, int) {
 		j++
 	}
 	return i, j
+}
+
+// ParseParams reads the JSON form of Params, the trellis_ewma LB policy's
+// configuration: an object with the optional fields decay, defaultRTT and
+// failurePenalty, each a positive Go duration string ("250ms"). Unknown
+// fields, trailing data and other values are errors; empty input or null
+// is the zero Params. The gRPC policy (balancer/ewma) and the HTTP client's
+// cluster reader (resolver/xdscluster) both parse with it, so the two
+// protocols read one configuration the same way.
+func ParseParams(js []byte) (Params, error) {
+	var p Params
+	trimmed := bytes.TrimSpace(js)
+	if len(trimmed) == 0 || string(trimmed) == "null" {
+		return p, nil
+	}
+	var raw struct {
+		Decay          *string `json:"decay"`
+		DefaultRTT     *string `json:"defaultRTT"`
+		FailurePenalty *string `json:"failurePenalty"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return p, err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return p, errors.New("must be a single JSON object")
+	}
+	for _, f := range []struct {
+		name string
+		v    *string
+		dst  *time.Duration
+	}{
+		{"decay", raw.Decay, &p.Decay},
+		{"defaultRTT", raw.DefaultRTT, &p.DefaultRTT},
+		{"failurePenalty", raw.FailurePenalty, &p.FailurePenalty},
+	} {
+		if f.v == nil {
+			continue
+		}
+		d, err := time.ParseDuration(*f.v)
+		if err != nil || d <= 0 {
+			return Params{}, fmt.Errorf("%s is %q, must be a positive duration", f.name, *f.v)
+		}
+		*f.dst = d
+	}
+	return p, nil
 }

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/trellismesh/trellis/internal/peakewma"
 )
 
 // Names of the Trellis policies in TypedStructs and JSON configs.
@@ -318,37 +320,13 @@ func outlierConfig(js json.RawMessage, depth int) (*OutlierConfig, lb, error) {
 	return o, child, err
 }
 
-// ewmaConfig reads a trellis_ewma config: optional positive durations, as
-// balancer/ewma parses them.
+// ewmaConfig reads a trellis_ewma config, as balancer/ewma does.
 func ewmaConfig(js json.RawMessage) (LBConfig, error) {
-	var raw struct {
-		Decay          *string `json:"decay"`
-		DefaultRTT     *string `json:"defaultRTT"`
-		FailurePenalty *string `json:"failurePenalty"`
-	}
-	if err := decode(js, &raw); err != nil {
+	p, err := peakewma.ParseParams(js)
+	if err != nil {
 		return LBConfig{}, err
 	}
-	cfg := LBConfig{Policy: EWMA}
-	for _, f := range []struct {
-		name string
-		v    *string
-		dst  *time.Duration
-	}{
-		{"decay", raw.Decay, &cfg.Decay},
-		{"defaultRTT", raw.DefaultRTT, &cfg.DefaultRTT},
-		{"failurePenalty", raw.FailurePenalty, &cfg.FailurePenalty},
-	} {
-		if f.v == nil {
-			continue
-		}
-		d, err := time.ParseDuration(*f.v)
-		if err != nil || d <= 0 {
-			return LBConfig{}, fmt.Errorf("%s is %q, must be a positive duration", f.name, *f.v)
-		}
-		*f.dst = d
-	}
-	return cfg, nil
+	return LBConfig{Policy: EWMA, Decay: p.Decay, DefaultRTT: p.DefaultRTT, FailurePenalty: p.FailurePenalty}, nil
 }
 
 // choiceCount checks a least-request choice count as grpc-go does: at
