@@ -21,23 +21,26 @@
 //
 // Map of the module:
 //
-//	mesh/            entry points: Dial, NewServer, options
-//	xdsserver/       the control plane (go-control-plane ADS, Istio config, registration API)
+//	mesh/            entry points: Dial, NewServer, HTTPClient, NewHTTPServer, options
+//	xdsserver/       the control plane (go-control-plane ADS, Istio config, registration,
+//	                 CA, LRS, admin endpoints and dashboard)
 //	cmd/xdsserver/   the control-plane command
-//	cmd/trellisctl/  validate configuration before it ships
-//	examples/        quickstart, canary, secure, http and the greeter service they run
-//	balancer/        LB policies grpc-go selects through xDS custom LB; pick (HTTP pickers)
+//	cmd/trellisctl/  validate configuration; status, config-dump, describe a running mesh
+//	examples/        quickstart, canary, secure, http, observability and the greeter they run
+//	balancer/        LB policies grpc-go selects through xDS custom LB (random, outlier,
+//	                 recycle, ewma); pick: the HTTP client's pickers
 //	resolver/        xdsroute (a target's routes), xdscluster (a cluster's endpoints and policy)
-//	retry/           the retry engine: attempts, per-try timeouts, backoff
+//	retry/           the retry engine: attempts, per-try timeouts, backoff, budgets
 //	authz/           authorization engine (Envoy RBAC with Istio's semantics); authz/jwt: JWT
-//	telemetry/       to come (see its status)
+//	telemetry/       OpenTelemetry metrics, traces and access logs for mesh calls
 //	internal/        engines: config (Istio YAML), analyze (probable mistakes),
 //	                 translate (to xDS), registry, ca and identity (SPIFFE
 //	                 certificates), mtls (SPIFFE TLS, PERMISSIVE sniffing),
 //	                 meshcert (grpc-go certificate provider), secpolicy
 //	                 (Istio security policy to xDS), xdsclient (our ADS client),
-//	                 register (client side of registration), xdsbootstrap
-//	                 (grpc-go's bootstrap seam), e2e (end-to-end tests)
+//	                 ratelimit (token buckets), peakewma (latency estimates),
+//	                 lrs (load reports), register (client side of registration),
+//	                 xdsbootstrap (grpc-go's bootstrap seam), e2e (end-to-end tests)
 //
 // docs/ARCHITECTURE.md explains how the pieces fit; docs/SUPPORT.md lists
 // which Istio fields are supported and which are rejected.
