@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -144,6 +145,11 @@ func (s *Set) Len() int {
 		len(s.PeerAuthentications) + len(s.AuthorizationPolicies) + len(s.RequestAuthentications) + len(s.Telemetries)
 }
 
+// MaxFileSize caps the size of one configuration file. A larger file is
+// an error, read no further: hostile or runaway input must not exhaust the
+// control plane's memory.
+const MaxFileSize = 16 << 20
+
 // LoadDir reads every *.yaml, *.yml and *.json file directly inside dir
 // (files whose names start with "." are skipped) and returns the validated
 // Set. If any resource is invalid it returns a nil Set and an error joining
@@ -159,7 +165,7 @@ func LoadDir(dir string) (*Set, error) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		data, err := os.ReadFile(p)
+		data, err := readCapped(p, MaxFileSize)
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
@@ -231,4 +237,21 @@ func Errors(err error) []*Error {
 	}
 	walk(err)
 	return out
+}
+
+// readCapped reads the file at p, failing if it holds more than limit bytes.
+func readCapped(p string, limit int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes, the most a configuration file may hold", p, limit)
+	}
+	return data, nil
 }
