@@ -20,18 +20,19 @@ const module = "github.com/trellismesh/trellis"
 // import each other; the policy packages import neither; internal engines
 // import no public shell; examples use only the public API.
 var allowedImports = map[string][]string{
-	".":              {},
-	"mesh":           {"internal/...", "balancer/...", "resolver/...", "retry/...", "authz/...", "telemetry/..."},
-	"xdsserver":      {"internal/..."},
-	"balancer/...":   {"internal/..."},
-	"resolver/...":   {"internal/..."},
-	"retry/...":      {"internal/..."},
-	"authz/...":      {"internal/..."},
-	"telemetry/...":  {"internal/..."},
-	"internal/...":   {"internal/..."},
-	"cmd/xdsserver":  {"xdsserver"},
-	"cmd/trellisctl": {"internal/..."},
-	"examples/...":   {"mesh", "xdsserver", "telemetry", "examples/..."},
+	".":                 {},
+	"mesh":              {"internal/...", "balancer/...", "resolver/...", "retry/...", "authz/...", "telemetry/..."},
+	"xdsserver":         {"internal/..."},
+	"balancer/...":      {"internal/..."},
+	"resolver/...":      {"internal/..."},
+	"retry/...":         {"internal/..."},
+	"authz/...":         {"internal/..."},
+	"telemetry/...":     {"internal/..."},
+	"internal/...":      {"internal/..."},
+	"cmd/xdsserver":     {"xdsserver"},
+	"cmd/trellisctl":    {"internal/..."},
+	"cmd/trellis-bench": {"mesh", "xdsserver", "internal/...", "examples/..."},
+	"examples/...":      {"mesh", "xdsserver", "telemetry", "examples/..."},
 }
 
 func matches(pattern, pkg string) bool {
