@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -17,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -244,14 +240,7 @@ spec:
 // by the policy that requires them.
 func TestRequestAuthenticationWithClaims(t *testing.T) {
 	ctx := testContext(t)
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "RS256", Use: "sig"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tk := scenarioTokens
 	m := startSecureMesh(t, fmt.Sprintf(peerAuthn, "PERMISSIVE")+`
 ---
 apiVersion: security.istio.io/v1
@@ -260,7 +249,7 @@ metadata: {name: jwt, namespace: default}
 spec:
   jwtRules:
   - issuer: https://issuer.example
-    jwks: '`+string(jwks)+`'
+    jwks: '`+tk.jwks+`'
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -273,33 +262,18 @@ spec:
 `)
 	m.startSecureGreeter(t)
 	client := m.dial(t, m.as("client-token")...)
-	sign := func(k *rsa.PrivateKey, group string) string {
-		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: k}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, err := josejwt.Signed(s).Claims(josejwt.Claims{Issuer: "https://issuer.example", Subject: "alice", Expiry: josejwt.NewNumericDate(time.Now().Add(time.Hour))}).Claims(map[string]any{"group": group}).Serialize()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return "Bearer " + tok
-	}
-	answering(ctx, t, client, "authorization", sign(key, "admins"))
+	answering(ctx, t, client, "authorization", tk.sign("admins", false))
 
-	other, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, tc := range []struct {
 		name string
 		md   []string
 		want codes.Code
 	}{
-		{"token signed by another key", []string{"authorization", sign(other, "admins")}, codes.Unauthenticated},
+		{"token signed by another key", []string{"authorization", tk.sign("admins", true)}, codes.Unauthenticated},
 		{"garbage token", []string{"authorization", "Bearer not.a.token"}, codes.Unauthenticated},
 		{"no token", nil, codes.PermissionDenied},
-		{"wrong claim", []string{"authorization", sign(key, "users")}, codes.PermissionDenied},
-		{"right claim", []string{"authorization", sign(key, "admins")}, codes.OK},
+		{"wrong claim", []string{"authorization", tk.sign("users", false)}, codes.PermissionDenied},
+		{"right claim", []string{"authorization", tk.sign("admins", false)}, codes.OK},
 	} {
 		_, err := client.SayHello(metadata.AppendToOutgoingContext(ctx, tc.md...), &greeterpb.HelloRequest{})
 		if got := status.Code(err); got != tc.want {
