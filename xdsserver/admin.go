@@ -49,7 +49,10 @@ type Registration struct {
 
 // ConfigStatus describes the configuration in force and the last load.
 type ConfigStatus struct {
-	Dir       string    `json:"dir,omitempty"`
+	Dir string `json:"dir,omitempty"`
+	// Source names the configuration source other than a directory
+	// (etcd, Kubernetes), if any.
+	Source    string    `json:"source,omitempty"`
 	Files     []string  `json:"files,omitempty"`
 	Resources int       `json:"resources"`
 	LoadedAt  time.Time `json:"loadedAt,omitzero"`
@@ -77,7 +80,7 @@ func (s *Server) AdminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
-		ready := s.built != nil && !s.closed
+		ready := s.built != nil && !s.closed && !s.awaiting
 		s.mu.Unlock()
 		if !ready {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
@@ -116,6 +119,7 @@ func (s *Server) ConfigDump() *ConfigDump {
 	d := &ConfigDump{
 		Config: ConfigStatus{
 			Dir:         s.opts.configDir,
+			Source:      s.configSourceName(),
 			LoadedAt:    s.cfgLoaded,
 			LastAttempt: s.attempted,
 			Valid:       s.cfgErr == nil,

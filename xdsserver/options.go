@@ -3,6 +3,9 @@ package xdsserver
 import (
 	"log/slog"
 	"time"
+
+	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/registry"
 )
 
 // An Option configures a Server.
@@ -28,6 +31,11 @@ type options struct {
 	joinTokens   map[string]WorkloadIdentity
 	servingNames []string
 	adminToken   string
+
+	// Sources other than a directory, set by WithStore and WithKubernetes.
+	configSource    config.Source
+	endpointSources []registry.Source
+	openStore       func(grace time.Duration, onChange func()) (registry.Store, error)
 
 	admission      int
 	admissionBurst int

@@ -43,7 +43,7 @@ var typeURLs = []string{resource.EndpointType, resource.ClusterType, resource.Ro
 type Server struct {
 	opts    options
 	log     *slog.Logger
-	reg     *registry.Registry
+	reg     registry.Store
 	caches  map[string]*cache.LinearCache
 	eds     *viewCache // EDS per client locality (localityLbSetting)
 	rds     *viewCache // RDS per client labels (sourceLabels)
@@ -74,6 +74,8 @@ type Server struct {
 	populated map[string]bool               // EDS resources that have had an endpoint
 	attempted time.Time                     // time of the last load, good or bad
 	version   uint64                        // number of builds
+	external  [][]registry.Endpoint         // the latest list of each endpoint source
+	awaiting  bool                          // a config source has not delivered its first update yet
 	closed    bool
 	closeOnce sync.Once
 }
@@ -114,7 +116,23 @@ func New(opts ...Option) (*Server, error) {
 		}
 		return id.String()
 	}
-	s.reg = registry.New(o.grace, s.triggerRebuild)
+	if o.openStore != nil {
+		st, err := o.openStore(o.grace, s.triggerRebuild)
+		if err != nil {
+			s.cancel()
+			return nil, err
+		}
+		s.reg = st
+	} else {
+		s.reg = registry.New(o.grace, s.triggerRebuild)
+	}
+	if o.configSource != nil && o.configDir != "" {
+		s.cancel()
+		s.reg.Close()
+		return nil, errors.New("xdsserver: a configuration directory and another configuration source are exclusive")
+	}
+	s.external = make([][]registry.Endpoint, len(o.endpointSources))
+	s.awaiting = o.configSource != nil
 	mux := &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
 		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
@@ -187,6 +205,7 @@ func New(opts ...Option) (*Server, error) {
 		s.wg.Add(1)
 		go s.watchConfig(watcher)
 	}
+	s.startSources()
 	return s, nil
 }
 
@@ -270,24 +289,31 @@ func (s *Server) Reload() error {
 		return nil
 	}
 	set, err := config.LoadDir(s.opts.configDir)
+	return s.applyConfig(set, err, "dir "+s.opts.configDir)
+}
+
+// applyConfig puts a newly read configuration in force, or records the
+// error that kept it out (the last good configuration stays in force).
+func (s *Server) applyConfig(set *config.Set, err error, from string) error {
 	s.mu.Lock()
 	s.cfgErr = err
 	s.attempted = time.Now()
 	if err == nil {
 		s.cfg, s.cfgLoaded = set, time.Now()
+		s.awaiting = false
 	}
 	s.mu.Unlock()
 	s.metrics.configLoaded(err == nil, loadErrors(err))
 	if err != nil {
 		for _, e := range config.Errors(err) {
-			s.log.Error("configuration rejected; keeping the last good configuration", "error", e.Error())
+			s.log.Error("configuration rejected; keeping the last good configuration", "source", from, "error", e.Error())
 		}
 		if len(config.Errors(err)) == 0 {
-			s.log.Error("configuration rejected; keeping the last good configuration", "error", err)
+			s.log.Error("configuration rejected; keeping the last good configuration", "source", from, "error", err)
 		}
 		return err
 	}
-	s.log.Info("configuration loaded", "dir", s.opts.configDir, "files", len(set.Files), "resources", set.Len())
+	s.log.Info("configuration loaded", "source", from, "files", len(set.Files), "resources", set.Len())
 	s.triggerRebuild()
 	return nil
 }

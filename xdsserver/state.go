@@ -55,7 +55,7 @@ func (s *Server) rebuildLoop() {
 // rebuild translates the current configuration and registrations and applies
 // what changed to the caches, resource by resource.
 func (s *Server) rebuild() {
-	registered := s.reg.Endpoints()
+	registered := s.endpoints()
 	s.mu.Lock()
 	set := s.cfg
 	// A registered service with an explicit service port stays defined

@@ -8,6 +8,7 @@
 package registry
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -76,8 +77,46 @@ func New(grace time.Duration, onChange func()) *Registry {
 	return &Registry{grace: grace, onChange: onChange, entries: map[string]*entry{}}
 }
 
+// Store keeps the endpoints workloads registered. Registry is the in-memory
+// Store of a single control plane; a shared Store (etcd) lets replicas serve
+// each other's registrations. Implementations call the change callback they
+// were made with after every change of the endpoint set, including changes
+// made through another replica.
+type Store interface {
+	// Add registers ep and returns the lease that keeps it. Adding an
+	// endpoint that is already registered (or in its grace period) takes it
+	// over with the new labels and locality.
+	Add(ep Endpoint) Lease
+	// Endpoints returns the registered endpoints, including those in their
+	// grace period, sorted by key.
+	Endpoints() []Endpoint
+	// Close stops the Store's background work; endpoints released after
+	// Close leave at once.
+	Close()
+}
+
 // Lease keeps an endpoint registered until it is released.
-type Lease struct {
+type Lease interface {
+	// Update replaces the labels and locality of the leased endpoint.
+	Update(labels map[string]string, locality string)
+	// Release ends the lease. If clean, the endpoint leaves at once (when
+	// no other lease holds it); otherwise it leaves after the grace period.
+	// Release is idempotent.
+	Release(clean bool)
+}
+
+// A Source supplies endpoints the control plane learns from elsewhere than
+// registrations (Kubernetes EndpointSlices).
+type Source interface {
+	// Run calls update with the complete endpoint list every time it
+	// changes, until ctx is done, and then returns.
+	Run(ctx context.Context, update func([]Endpoint)) error
+}
+
+var _ Store = (*Registry)(nil)
+
+// memLease is a Lease on a Registry.
+type memLease struct {
 	r    *Registry
 	key  string
 	once sync.Once
@@ -86,7 +125,7 @@ type Lease struct {
 // Add registers ep and returns the lease that keeps it. Adding an endpoint
 // that is already registered (or in its grace period) takes it over with the
 // new labels and locality.
-func (r *Registry) Add(ep Endpoint) *Lease {
+func (r *Registry) Add(ep Endpoint) Lease {
 	key := ep.Key()
 	r.mu.Lock()
 	e, ok := r.entries[key]
@@ -104,11 +143,11 @@ func (r *Registry) Add(ep Endpoint) *Lease {
 	}
 	r.mu.Unlock()
 	r.onChange()
-	return &Lease{r: r, key: key}
+	return &memLease{r: r, key: key}
 }
 
 // Update replaces the labels and locality of the leased endpoint.
-func (l *Lease) Update(labels map[string]string, locality string) {
+func (l *memLease) Update(labels map[string]string, locality string) {
 	l.r.mu.Lock()
 	e, ok := l.r.entries[l.key]
 	if ok {
@@ -125,7 +164,7 @@ func (l *Lease) Update(labels map[string]string, locality string) {
 // Release ends the lease. If clean, the endpoint leaves at once (when no
 // other lease holds it); otherwise it leaves after the grace period. Release
 // is idempotent.
-func (l *Lease) Release(clean bool) {
+func (l *memLease) Release(clean bool) {
 	l.once.Do(func() { l.r.release(l.key, clean) })
 }
 
