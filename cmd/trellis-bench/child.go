@@ -39,6 +39,7 @@ type childArgs struct {
 	ConfigDir  string
 	DataDir    string
 	Tokens     bool // accept the join tokens of joinTokens
+	Snapshot   bool // serve ConfigDir's endpoints from a snapshot cache instead (M9's baseline)
 
 	// Mode first-rpc: dial and make one call.
 	Variant      string // "plain" or "mesh"
@@ -90,6 +91,9 @@ func childMain() error {
 // childControlPlane serves a control plane until its stdin closes, and
 // answers "mem" on stdin with its heap in use and RSS after a GC.
 func childControlPlane(a childArgs) error {
+	if a.Snapshot {
+		return childSnapshotControlPlane(a)
+	}
 	var opts []xdsserver.Option
 	if a.ConfigDir != "" {
 		opts = append(opts, xdsserver.WithConfigDir(a.ConfigDir))
@@ -120,14 +124,44 @@ func childControlPlane(a childArgs) error {
 		secure = slis.Addr().String()
 	}
 	fmt.Printf("ready %s %s\n", lis.Addr(), secure)
+	answerParent()
+	return nil
+}
+
+// childSnapshotControlPlane serves M9's snapshot-cache baseline until its
+// stdin closes.
+func childSnapshotControlPlane(a childArgs) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := grpc.NewServer()
+	defer srv.Stop()
+	if err := serveSnapshot(ctx, a.ConfigDir, srv); err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", a.Addr)
+	if err != nil {
+		return err
+	}
+	go srv.Serve(lis)
+	fmt.Printf("ready %s -\n", lis.Addr())
+	answerParent()
+	return nil
+}
+
+// answerParent answers the parent's questions on stdin until it closes:
+// "mem" with the heap in use and RSS after a GC, "cpu" with the CPU time
+// used so far in nanoseconds.
+func answerParent() {
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		if sc.Text() == "mem" {
+		switch sc.Text() {
+		case "mem":
 			heap, rss := memNow()
 			fmt.Printf("mem %d %d\n", heap, rss)
+		case "cpu":
+			fmt.Printf("cpu %d\n", cpuTime().Nanoseconds())
 		}
 	}
-	return nil
 }
 
 // memNow returns the heap in use and the resident set size, after a GC.
@@ -275,6 +309,25 @@ func (c *child) mem() (heap, rss uint64, err error) {
 	heap, _ = strconv.ParseUint(f[0], 10, 64)
 	rss, _ = strconv.ParseUint(f[1], 10, 64)
 	return heap, rss, nil
+}
+
+// cpu asks a control plane child for the CPU time it has used.
+func (c *child) cpu() (time.Duration, error) {
+	if _, err := c.w.WriteString("cpu\n"); err != nil {
+		return 0, err
+	}
+	if err := c.w.Flush(); err != nil {
+		return 0, err
+	}
+	f, err := c.readLine("cpu")
+	if err != nil {
+		return 0, err
+	}
+	if len(f) != 1 {
+		return 0, errors.New("bad cpu line")
+	}
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	return time.Duration(ns), err
 }
 
 // stop closes the child's stdin, which ends it, and waits.

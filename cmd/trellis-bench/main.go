@@ -71,7 +71,7 @@ func runMain() error {
 		duration   = flag.Duration("duration", time.Second, "length of each load phase")
 		clients    = flag.Int("clients", 100, "lightweight xDS clients for M6 and M7")
 		variant    = flag.String("variant", "both", "data-path variants to run: both, plain or mesh (for profiling); not both skips M4 memory, M6 and M7")
-		only       = flag.String("only", "", "run one part alone: data (M1–M5 and M8), memory (M4 footprint) or cp (M6, M7)")
+		only       = flag.String("only", "", "run one part alone: data (M1–M5 and M8), memory (M4 footprint), cp (M6, M7, M9) or delta (M9)")
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 		memprofile = flag.String("memprofile", "", "write an allocation profile to this file at the end")
 		verbose    = flag.Bool("v", false, "report progress on stderr")
@@ -143,8 +143,8 @@ func (c config) validate() error {
 		return errors.New("-clients must be at least 1")
 	case c.variant != "both" && c.variant != "plain" && c.variant != "mesh":
 		return fmt.Errorf("-variant %q: want both, plain or mesh", c.variant)
-	case c.only != "" && c.only != "data" && c.only != "memory" && c.only != "cp":
-		return fmt.Errorf("-only %q: want data, memory or cp", c.only)
+	case c.only != "" && c.only != "data" && c.only != "memory" && c.only != "cp" && c.only != "delta":
+		return fmt.Errorf("-only %q: want data, memory, cp or delta", c.only)
 	}
 	return nil
 }
@@ -179,6 +179,14 @@ func run(ctx context.Context, cfg config) ([]row, error) {
 			return nil, fmt.Errorf("M6/M7: %w", err)
 		}
 		rows = append(rows, cp...)
+	}
+	if part("cp") || part("delta") {
+		cfg.logf("M9: cost of one endpoint change")
+		d, err := deltaCost(ctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("M9: %w", err)
+		}
+		rows = append(rows, d...)
 	}
 	cfg.logf("done")
 	return rows, nil

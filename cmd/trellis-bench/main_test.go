@@ -65,6 +65,8 @@ func TestQuickRun(t *testing.T) {
 		"M6 N=10 change → client p50 ms", "M6 N=10 change → client p99 ms", "M6 N=10 change → last client ms",
 		"M6 bytes received per client per change",
 		"M7 N=10 CP heap per client KiB", "M7 N=10 CP RSS per client KiB", "M7 N=10 restart → all reconverged s",
+		"M9 N=10 K=50 bytes/client/change SotW", "M9 N=10 K=50 bytes/client/change delta",
+		"M9 N=10 K=50 CP CPU ms/change SotW", "M9 N=10 K=50 CP CPU ms/change delta", "M9 N=10 K=50 last client ms SotW",
 	)
 	if len(rows) != len(want) {
 		t.Errorf("run() returned %d rows, want %d", len(rows), len(want))
@@ -98,6 +100,13 @@ func TestQuickRun(t *testing.T) {
 		p50, p90, p99 := byName["M1 "+p+" p50 µs"], byName["M1 "+p+" p90 µs"], byName["M1 "+p+" p99 µs"]
 		if !(p50.mesh <= p90.mesh && p90.mesh <= p99.mesh && p50.plain <= p90.plain && p90.plain <= p99.plain) {
 			t.Errorf("M1 %s: percentiles out of order: plain %v/%v/%v, mesh %v/%v/%v", p, p50.plain, p90.plain, p99.plain, p50.mesh, p90.mesh, p99.mesh)
+		}
+	}
+	// One endpoint change costs each client one endpoint list, not the 50
+	// it subscribes to, as the snapshot baseline does.
+	for _, name := range []string{"M9 N=10 K=50 bytes/client/change SotW", "M9 N=10 K=50 bytes/client/change delta"} {
+		if r := byName[name]; !(r.mesh*10 < r.plain) {
+			t.Errorf("row %q: %v bytes per client per change, want under a tenth of the snapshot cache's %v", name, r.mesh, r.plain)
 		}
 	}
 	if t.Failed() {
