@@ -2,10 +2,13 @@ package xdsserver
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -53,6 +56,17 @@ func WithCAFiles(certFile, keyFile string) Option {
 	return optionFunc(func(o *options) { o.caCert, o.caKey = certFile, keyFile })
 }
 
+// WithCATrustAnchors adds the roots in the PEM file bundleFile to the mesh's
+// trust bundle, beside the CA's own root, for a root rotation (Istio's
+// root-cert.pem holding several roots): workloads are given every root,
+// trust peers whose certificates chain to any of them, and may renew with
+// such a certificate. To move from root A to root B, each step lasting at
+// least the longest certificate lifetime: sign with A trusting B, then sign
+// with B trusting A, then sign with B alone.
+func WithCATrustAnchors(bundleFile string) Option {
+	return optionFunc(func(o *options) { o.caAnchors = bundleFile })
+}
+
 // WithTrustDomain sets the trust domain of a generated CA root. If not
 // given, DefaultTrustDomain. A root loaded from files or the data
 // directory must agree with it.
@@ -90,6 +104,13 @@ func (s *Server) newCA() error {
 		return fmt.Errorf("xdsserver: trust domain %q: %w", td, err)
 	}
 	caOpts := []ca.Option{ca.WithLogger(s.log.With("component", "ca")), ca.WithTrustDomain(tdID)}
+	if o.caAnchors != "" {
+		roots, err := readRoots(o.caAnchors)
+		if err != nil {
+			return fmt.Errorf("xdsserver: trust anchors: %w", err)
+		}
+		caOpts = append(caOpts, ca.WithTrustAnchors(roots...))
+	}
 	var authority *ca.CA
 	if o.caCert != "" {
 		authority, err = ca.LoadFiles(o.caCert, o.caKey, caOpts...)
@@ -124,8 +145,37 @@ func (s *Server) trustDomain() string {
 	return s.ca.TrustDomain().String()
 }
 
-// CARootPEM returns the mesh CA's root certificate, the trust anchor
-// workloads need to reach the secure port, or nil if the Server runs no CA.
+// readRoots reads every certificate of a PEM file.
+func readRoots(file string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var roots []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		roots = append(roots, c)
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return roots, nil
+}
+
+// CARootPEM returns the mesh's trust bundle — the CA's root, then the other
+// trust anchors (WithCATrustAnchors) — which workloads need to reach the
+// secure port, or nil if the Server runs no CA.
 func (s *Server) CARootPEM() []byte {
 	if s.ca == nil {
 		return nil

@@ -44,11 +44,12 @@ func (s *Server) peerIdentity(ctx context.Context) (spiffeid.ID, error) {
 	if s.ca == nil {
 		return spiffeid.ID{}, errNoCA
 	}
-	return verifyWorkloadCert(info.State.PeerCertificates, s.ca.Root(), s.ca.TrustDomain(), timeNow())
+	return verifyWorkloadCert(info.State.PeerCertificates, s.ca.Anchors(), s.ca.TrustDomain(), timeNow())
 }
 
-// verifyWorkloadCert verifies a client certificate chain, leaf first.
-func verifyWorkloadCert(chain []*x509.Certificate, root *x509.Certificate, td spiffeid.TrustDomain, now time.Time) (spiffeid.ID, error) {
+// verifyWorkloadCert verifies a client certificate chain, leaf first,
+// against the trust anchors.
+func verifyWorkloadCert(chain []*x509.Certificate, anchors []*x509.Certificate, td spiffeid.TrustDomain, now time.Time) (spiffeid.ID, error) {
 	leaf := chain[0]
 	if leaf.IsCA {
 		return spiffeid.ID{}, errors.New("the leaf certificate is a CA")
@@ -57,7 +58,9 @@ func verifyWorkloadCert(chain []*x509.Certificate, root *x509.Certificate, td sp
 		return spiffeid.ID{}, errors.New("the certificate is not for client authentication")
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(root)
+	for _, a := range anchors {
+		roots.AddCert(a)
+	}
 	intermediates := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		intermediates.AddCert(c)

@@ -225,7 +225,7 @@ func TestVerifyWorkloadCertRejectsBadCertificates(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := verifyWorkloadCert([]*x509.Certificate{tc.cert}, root.cert, td, tc.now)
+			id, err := verifyWorkloadCert([]*x509.Certificate{tc.cert}, []*x509.Certificate{root.cert}, td, tc.now)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("verifyWorkloadCert(%s) = %v, %v, want error %v", tc.name, id, err, tc.wantErr)
 			}

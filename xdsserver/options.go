@@ -27,6 +27,7 @@ type options struct {
 	dataDir      string
 	caCert       string
 	caKey        string
+	caAnchors    string
 	trustDomain  string
 	joinTokens   map[string]WorkloadIdentity
 	servingNames []string

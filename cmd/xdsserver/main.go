@@ -18,7 +18,9 @@
 // -join-tokens names a JSON file mapping each join token to the identity
 // the CA issues for it, {"<token>": {"namespace": "default",
 // "serviceAccount": "reviews"}}; -ca-cert and -ca-key use a given root
-// instead of the generated one. The /debug/ admin endpoints require the
+// instead of the generated one, and -ca-trust-anchors adds roots to the
+// trust bundle for a root rotation (see xdsserver.WithCATrustAnchors). The
+// /debug/ admin endpoints require the
 // -admin-token bearer token when one is set; an -admin-addr that is not a
 // loopback address needs one.
 package main
@@ -57,6 +59,7 @@ func run() error {
 		secureAddr  = flag.String("secure-addr", "127.0.0.1:15012", "address for xDS, registration and the CA API over TLS (empty: off)")
 		caCert      = flag.String("ca-cert", "", "PEM file of the CA root certificate (default: generated in -data-dir)")
 		caKey       = flag.String("ca-key", "", "PEM file of the CA root key, with -ca-cert")
+		caAnchors   = flag.String("ca-trust-anchors", "", "PEM file of further roots to trust beside the CA's own, during a root rotation")
 		trustDomain = flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 		joinTokens  = flag.String("join-tokens", "", "JSON file mapping join tokens to the identity each grants")
 		admission   = flag.Int("stream-admission", 500, "new xDS streams admitted per second (and at once); beyond it clients back off and retry; 0: no limit")
@@ -105,6 +108,9 @@ func run() error {
 	}
 	if *caCert != "" {
 		opts = append(opts, xdsserver.WithCAFiles(*caCert, *caKey))
+	}
+	if *caAnchors != "" {
+		opts = append(opts, xdsserver.WithCATrustAnchors(*caAnchors))
 	}
 	if *joinTokens != "" {
 		tokens, err := readJoinTokens(*joinTokens)

@@ -83,7 +83,8 @@ type IssuedCert struct {
 type CA struct {
 	td      spiffeid.TrustDomain
 	root    *x509.Certificate
-	rootPEM []byte
+	rootPEM []byte              // the trust bundle: root, then the other anchors
+	anchors []*x509.Certificate // root first, then WithTrustAnchors'
 	key     crypto.Signer
 	cfg     config
 
@@ -263,14 +264,46 @@ func parse(certPEM, keyPEM []byte, cfg config) (*CA, error) {
 	if !timeNow().Before(root.NotAfter) {
 		return nil, fmt.Errorf("root expired at %s", root.NotAfter.UTC().Format(time.RFC3339))
 	}
-	return &CA{
+	c := &CA{
 		td:      td,
 		root:    root,
 		rootPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}),
+		anchors: []*x509.Certificate{root},
 		key:     key,
 		cfg:     cfg,
 		issued:  map[string]IssuedCert{},
-	}, nil
+	}
+	for i, a := range cfg.anchors {
+		if err := checkAnchor(a, td); err != nil {
+			return nil, fmt.Errorf("trust anchor %d (%s): %w", i+1, a.Subject, err)
+		}
+		if a.Equal(root) || slices.ContainsFunc(c.anchors, a.Equal) {
+			continue
+		}
+		c.anchors = append(c.anchors, a)
+		c.rootPEM = append(c.rootPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.Raw})...)
+	}
+	return c, nil
+}
+
+// checkAnchor checks a root trusted beside the CA's own: a self-signed,
+// unexpired CA certificate of trust domain td if it names one.
+func checkAnchor(a *x509.Certificate, td spiffeid.TrustDomain) error {
+	if !a.BasicConstraintsValid || !a.IsCA {
+		return errors.New("not a CA certificate")
+	}
+	if err := a.CheckSignatureFrom(a); err != nil {
+		return fmt.Errorf("not self-signed: %w", err)
+	}
+	if !timeNow().Before(a.NotAfter) {
+		return fmt.Errorf("expired at %s", a.NotAfter.UTC().Format(time.RFC3339))
+	}
+	for _, u := range a.URIs {
+		if atd, err := spiffeid.TrustDomainFromURI(u); err == nil && atd != td {
+			return fmt.Errorf("for trust domain %q, not %q", atd, td)
+		}
+	}
+	return nil
 }
 
 func parseKey(der []byte) (crypto.Signer, error) {
@@ -293,15 +326,22 @@ func parseKey(der []byte) (crypto.Signer, error) {
 // TrustDomain returns the trust domain the CA issues identities in.
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
 
-// Root returns the root certificate. The caller must not modify it.
+// Root returns the root certificate the CA signs with. The caller must not
+// modify it.
 func (c *CA) Root() *x509.Certificate { return c.root }
 
-// RootPEM returns the root certificate, PEM-encoded.
+// Anchors returns the roots of the trust bundle: the CA's own first, then
+// those of WithTrustAnchors. The caller must not modify them.
+func (c *CA) Anchors() []*x509.Certificate { return slices.Clone(c.anchors) }
+
+// RootPEM returns the trust bundle, PEM-encoded: the CA's root, then the
+// other trust anchors.
 func (c *CA) RootPEM() []byte { return slices.Clone(c.rootPEM) }
 
-// Bundle returns the CA's trust bundle: its root, for its trust domain.
+// Bundle returns the CA's trust bundle for its trust domain: its root and
+// the other trust anchors.
 func (c *CA) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(c.td, []*x509.Certificate{c.root})
+	return x509bundle.FromX509Authorities(c.td, c.anchors)
 }
 
 // Sign issues an X.509 SVID for id to the public key of csrPEM, a

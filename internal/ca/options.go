@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"time"
@@ -26,6 +27,7 @@ type config struct {
 	tokens    map[string]Identity
 	callerRL  RateLimit
 	peerRL    RateLimit
+	anchors   []*x509.Certificate
 }
 
 // RateLimit is a token bucket: Burst requests at once, then one more every
@@ -76,6 +78,17 @@ func WithLogger(l *slog.Logger) Option {
 // has no SPIFFE URI SAN. CA only.
 func WithTrustDomain(td spiffeid.TrustDomain) Option {
 	return optionFunc(func(c *config) { c.td = td })
+}
+
+// WithTrustAnchors adds roots the mesh trusts beside the CA's own, for a
+// root rotation: a workload's trust bundle is the CA's root and these, and
+// a renewal may present a certificate that chains to any of them. Each
+// must be a self-signed CA certificate, unexpired, of the CA's trust
+// domain if it names one. Rotating from root A to root B takes three
+// steps, each lasting at least the longest certificate lifetime: sign with
+// A trusting B, sign with B trusting A, sign with B alone. CA only.
+func WithTrustAnchors(roots ...*x509.Certificate) Option {
+	return optionFunc(func(c *config) { c.anchors = append(c.anchors, roots...) })
 }
 
 // WithMaxTTL caps the lifetime of issued certificates. If zero or less,

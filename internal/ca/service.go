@@ -125,10 +125,13 @@ func (s *Service) CreateCertificate(ctx context.Context, req *securitypb.IstioCe
 		return nil, status.Error(codes.Internal, "internal error")
 	}
 	log.Info("ca: issued", "serial", chain[0].SerialNumber.Text(16), "not_after", chain[0].NotAfter)
+	// As istiod does, the last element is the whole trust bundle, which
+	// holds several roots during a root rotation.
 	resp := &securitypb.IstioCertificateResponse{}
-	for _, c := range chain {
+	for _, c := range chain[:len(chain)-1] {
 		resp.CertChain = append(resp.CertChain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
 	}
+	resp.CertChain = append(resp.CertChain, string(s.ca.RootPEM()))
 	return resp, nil
 }
 
@@ -194,7 +197,9 @@ func (s *Service) verifySVID(certs []*x509.Certificate, now time.Time) (spiffeid
 		return spiffeid.ID{}, errors.New("is a CA certificate")
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(s.ca.root)
+	for _, a := range s.ca.anchors {
+		roots.AddCert(a)
+	}
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
 		inter.AddCert(c)

@@ -217,9 +217,9 @@ func (s *CASource) request(ctx context.Context, clientCert *tls.Certificate) err
 }
 
 // validateChain checks what the CA returned (PEM certificates, leaf first,
-// root last) for key: an SVID of trust domain td, not a CA, verifying
-// against the root. It returns the SVID (without the root) and the root
-// as td's bundle.
+// the trust bundle's roots last) for key: an SVID of trust domain td, not
+// a CA, verifying against the roots. It returns the SVID (without the
+// roots) and the roots as td's bundle.
 func validateChain(chainPEM []string, key *ecdsa.PrivateKey, td spiffeid.TrustDomain) (*x509svid.SVID, *x509bundle.Bundle, error) {
 	var certs []*x509.Certificate
 	for _, p := range chainPEM {
@@ -240,11 +240,17 @@ func validateChain(chainPEM []string, key *ecdsa.PrivateKey, td spiffeid.TrustDo
 	if len(certs) < 2 {
 		return nil, nil, fmt.Errorf("%w: chain of %d certificates, want leaf and root", ErrInvalidSVID, len(certs))
 	}
-	root := certs[len(certs)-1]
-	if !root.IsCA || root.CheckSignatureFrom(root) != nil {
+	// The chain ends with the trust bundle: one root, or several during a
+	// root rotation.
+	n := len(certs)
+	for n > 1 && certs[n-1].IsCA && certs[n-1].CheckSignatureFrom(certs[n-1]) == nil {
+		n--
+	}
+	if n == len(certs) {
 		return nil, nil, fmt.Errorf("%w: last certificate is not a self-signed CA", ErrInvalidSVID)
 	}
-	svid := &x509svid.SVID{Certificates: certs[:len(certs)-1], PrivateKey: key}
+	roots := certs[n:]
+	svid := &x509svid.SVID{Certificates: certs[:n], PrivateKey: key}
 	leaf := svid.Certificates[0]
 	if leaf.IsCA {
 		return nil, nil, fmt.Errorf("%w: leaf is a CA", ErrInvalidSVID)
@@ -253,7 +259,7 @@ func validateChain(chainPEM []string, key *ecdsa.PrivateKey, td spiffeid.TrustDo
 	if !ok || !pub.Equal(&key.PublicKey) {
 		return nil, nil, fmt.Errorf("%w: leaf is not for our key", ErrInvalidSVID)
 	}
-	bundle := x509bundle.FromX509Authorities(td, []*x509.Certificate{root})
+	bundle := x509bundle.FromX509Authorities(td, roots)
 	id, _, err := x509svid.Verify(svid.Certificates, bundle, x509svid.WithTime(timeNow()))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrInvalidSVID, err)
