@@ -39,10 +39,11 @@ spec:
 )
 
 // slowMesh starts a control plane with yaml and three greeters, the first
-// with slow service time, the others 1ms, and
+// with slow service time, the others 1ms, each serving at most workers
+// calls at once (the rest queue) if workers > 0, and
 // returns a mesh.Dial client once all three answer, and the slow one's
 // address.
-func slowMesh(ctx context.Context, tb testing.TB, yaml string, slowDelay time.Duration) (grpc.ClientConnInterface, []*behaviour, string) {
+func slowMesh(ctx context.Context, tb testing.TB, yaml string, slowDelay time.Duration, workers int) (grpc.ClientConnInterface, []*behaviour, string) {
 	tb.Helper()
 	dir := tb.TempDir()
 	if yaml != "" {
@@ -54,6 +55,10 @@ func slowMesh(ctx context.Context, tb testing.TB, yaml string, slowDelay time.Du
 	for i := range 3 {
 		b := &behaviour{}
 		b.delay.Store(int64(time.Millisecond))
+		if workers > 0 {
+			w := make(chan struct{}, workers)
+			b.workers.Store(&w)
+		}
 		g := startGreeter(tb, cp.addr, "v1", mesh.WithServerOptions(grpc.UnaryInterceptor(b.intercept)))
 		if i == 0 {
 			b.delay.Store(int64(slowDelay))
@@ -152,7 +157,7 @@ func summarize(ss []sample, slow string) summary {
 // ratio large.)
 func TestEWMAAvoidsSlowBackend(t *testing.T) {
 	ctx := testContext(t)
-	cc, _, slow := slowMesh(ctx, t, ewmaRule, 30*time.Millisecond)
+	cc, _, slow := slowMesh(ctx, t, ewmaRule, 30*time.Millisecond, 0)
 	measureCalls(ctx, cc, 8, 300) // warm-up
 	ss, failed := measureCalls(ctx, cc, 8, 2000)
 	if failed > 0 {
@@ -165,11 +170,15 @@ func TestEWMAAvoidsSlowBackend(t *testing.T) {
 	t.Logf("slow backend share %.1f%%, p50 %v, p99 %v", 100*s.slowShare, s.p50, s.p99)
 }
 
-// BenchmarkSlowBackend sends the same load (8 concurrent callers through
-// mesh.Dial, the real control plane and three real greeters, one ten times
-// slower) with round robin, least request and peak EWMA, and reports the
-// latency percentiles of each, the p99 of the calls the fast backends
-// served, and the slow backend's share. Run it with a fixed count:
+// BenchmarkSlowBackend sends the same load (2 or 8 concurrent callers
+// through mesh.Dial, the real control plane and three real greeters, one
+// ten times slower) with round robin, least request and peak EWMA, and
+// reports the latency percentiles of each, the p99 of the calls the fast
+// backends served, and the slow backend's share. The backends either serve
+// every call at once after their delay ("concurrent": latency does not grow
+// with load) or serve one call at a time, the others queueing ("queueing":
+// a server with one worker, whose latency grows with its queue). Run it
+// with a fixed count:
 //
 //	go test ./internal/e2e -run '^$' -bench SlowBackend -benchtime 4000x
 func BenchmarkSlowBackend(b *testing.B) {
@@ -178,25 +187,30 @@ func BenchmarkSlowBackend(b *testing.B) {
 		{"least_request", leastRequestRule},
 		{"ewma", ewmaRule},
 	} {
-		for _, workers := range []int{2, 8} {
-			b.Run(fmt.Sprintf("%s/callers=%d", bc.name, workers), func(b *testing.B) {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-				defer cancel()
-				cc, _, slow := slowMesh(ctx, b, bc.yaml, 10*time.Millisecond)
-				measureCalls(ctx, cc, workers, 500) // warm-up: connections, estimates
-				b.ResetTimer()
-				ss, failed := measureCalls(ctx, cc, workers, b.N)
-				b.StopTimer()
-				if failed > 0 {
-					b.Fatalf("%d calls failed", failed)
-				}
-				s := summarize(ss, slow)
-				b.ReportMetric(float64(s.p50)/1e6, "p50-ms")
-				b.ReportMetric(float64(s.p99)/1e6, "p99-ms")
-				b.ReportMetric(float64(s.fastP99)/1e6, "fast-p99-ms")
-				b.ReportMetric(100*s.slowShare, "slow-%")
-				b.Logf("%s: p50 %v, p99 %v, fast backends' p99 %v, slow share %.1f%%", bc.name, s.p50, s.p99, s.fastP99, 100*s.slowShare)
-			})
+		for _, server := range []struct {
+			name    string
+			workers int
+		}{{"concurrent", 0}, {"queueing", 1}} {
+			for _, workers := range []int{2, 8} {
+				b.Run(fmt.Sprintf("%s/%s/callers=%d", bc.name, server.name, workers), func(b *testing.B) {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+					defer cancel()
+					cc, _, slow := slowMesh(ctx, b, bc.yaml, 10*time.Millisecond, server.workers)
+					measureCalls(ctx, cc, workers, 500) // warm-up: connections, estimates
+					b.ResetTimer()
+					ss, failed := measureCalls(ctx, cc, workers, b.N)
+					b.StopTimer()
+					if failed > 0 {
+						b.Fatalf("%d calls failed", failed)
+					}
+					s := summarize(ss, slow)
+					b.ReportMetric(float64(s.p50)/1e6, "p50-ms")
+					b.ReportMetric(float64(s.p99)/1e6, "p99-ms")
+					b.ReportMetric(float64(s.fastP99)/1e6, "fast-p99-ms")
+					b.ReportMetric(100*s.slowShare, "slow-%")
+					b.Logf("%s, %s backends: p50 %v, p99 %v, fast backends' p99 %v, slow share %.1f%%", bc.name, server.name, s.p50, s.p99, s.fastP99, 100*s.slowShare)
+				})
+			}
 		}
 	}
 }

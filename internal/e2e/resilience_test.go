@@ -29,6 +29,9 @@ type behaviour struct {
 	calls    atomic.Int64
 	// failEvery, if non-zero, fails every failEvery-th call with UNAVAILABLE.
 	failEvery atomic.Int64
+	// workers, if set, is a semaphore: calls beyond its capacity queue for
+	// a worker before their delay, as on a server with finite workers.
+	workers atomic.Pointer[chan struct{}]
 }
 
 // run applies the behaviour to one call: it returns the error the call
@@ -43,6 +46,14 @@ func (b *behaviour) run(ctx context.Context) error {
 	if g := b.gate.Load(); g != nil {
 		select {
 		case <-*g:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	if w := b.workers.Load(); w != nil {
+		select {
+		case *w <- struct{}{}:
+			defer func() { <-*w }()
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
