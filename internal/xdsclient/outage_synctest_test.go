@@ -95,8 +95,8 @@ func startMemControlPlane(t *testing.T, lis *memListener, resources map[string]m
 	cp.stop = func() {
 		once.Do(func() {
 			cancel()
+			gs.Stop() // before the listener closes, so that Serve returns nil
 			lis.Close()
-			gs.Stop()
 			if err := <-done; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				t.Errorf("Serve() = %v", err)
 			}
@@ -232,8 +232,10 @@ func dayLongOutage(t *testing.T, delta bool) {
 	}
 	took := time.Since(back0)
 	t.Logf("the control plane's new configuration arrived %v after it came back", took)
-	if took > backoffMax+10*time.Second {
-		t.Errorf("the new configuration arrived %v after the control plane came back, want within one BackoffMax (%v)", took, backoffMax)
+	// The next stream attempt comes within BackoffMax; the connection
+	// under it within grpc-go's own reconnect backoff (at most 120 s, ±20 %).
+	if limit := backoffMax + 144*time.Second; took > limit {
+		t.Errorf("the new configuration arrived %v after the control plane came back, want within %v", took, limit)
 	}
 	c.Close()
 	cp.stop()
