@@ -18,7 +18,10 @@
 // The control plane is found at the address given by WithControlPlane, else
 // the TRELLIS_CONTROL_PLANE environment variable, else a standard
 // GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG, else 127.0.0.1:15010 (what
-// `go run ./cmd/xdsserver` listens on).
+// `go run ./cmd/xdsserver` listens on). The address may list several
+// replicas of the control plane, "cp-a:15010,cp-b:15010": a process uses
+// one and moves to another when it fails, keeping its cached configuration
+// meanwhile.
 //
 // Everything here composes standard pieces: a Dial connection is a
 // *grpc.ClientConn and a Server wraps a *grpc.Server, so interceptors, stats

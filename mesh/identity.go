@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/trellismesh/trellis/internal/identity"
 	"github.com/trellismesh/trellis/internal/meshcert"
+	"github.com/trellismesh/trellis/internal/replicas"
 )
 
 // Environment variables of the workload identity options.
@@ -66,8 +66,10 @@ func WithTrustBundleFile(path string) Option {
 }
 
 // WithCAAddr sets the control plane's secure address ("host:port"), where
-// its CA serves. If not given, TRELLIS_CA_ADDR, then port 15012 on the
-// control plane's host. For Dial and NewServer.
+// its CA serves; with several replicas, a list of theirs
+// ("a:15012,b:15012"), of which the process uses one and moves to another
+// when it fails, as for WithControlPlane. If not given, TRELLIS_CA_ADDR,
+// then port 15012 on each control-plane host. For Dial and NewServer.
 func WithCAAddr(addr string) Option {
 	return optionFunc(func(o *options) { o.caAddr = addr })
 }
@@ -137,11 +139,7 @@ func (o *options) caAddress() string {
 	if err != nil {
 		return ""
 	}
-	host, _, err := net.SplitHostPort(cp)
-	if err != nil {
-		return ""
-	}
-	return net.JoinHostPort(host, DefaultCAPort)
+	return replicas.WithPort(cp, DefaultCAPort) // every replica's secure port
 }
 
 // A workloadIdentity is one identity shared by every mesh connection and
@@ -247,7 +245,11 @@ func (o *options) startIdentity(ctx context.Context) (identity.Source, error) {
 		if cert != nil {
 			cfg.Certificates = []tls.Certificate{*cert}
 		}
-		return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		target, err := replicas.Target(addr)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: the control plane's CA: %w", err)
+		}
+		return grpc.NewClient(target, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	}
 	iopts = append(iopts, identity.WithJoinToken(o.token()))
 	if o.certTTL > 0 {

@@ -111,3 +111,33 @@ func TestAdvertisedIP(t *testing.T) {
 		t.Errorf("advertisedIP(0.0.0.0) = %q, want a concrete IP", got)
 	}
 }
+
+// TestControlPlaneReplicas: the control-plane address may list replicas;
+// the CA is then each replica's secure port, and a malformed list is an
+// error from Dial rather than a channel that never connects.
+func TestControlPlaneReplicas(t *testing.T) {
+	t.Setenv(EnvCAAddr, "")
+	for _, tc := range []struct{ cp, wantCA string }{
+		{"10.0.0.1:15010", "10.0.0.1:15012"},
+		{"10.0.0.1:15010,10.0.0.2:15010", "10.0.0.1:15012,10.0.0.2:15012"},
+		{"dns:///xds.example:15010", "dns:///xds.example:15012"},
+	} {
+		if got := newOptions([]Option{WithControlPlane(tc.cp)}).caAddress(); got != tc.wantCA {
+			t.Errorf("WithControlPlane(%q): CA address %q, want %q", tc.cp, got, tc.wantCA)
+		}
+	}
+	if got := newOptions([]Option{WithControlPlane("a:1,b:2"), WithCAAddr("c:3,d:4")}).caAddress(); got != "c:3,d:4" {
+		t.Errorf("WithCAAddr(c:3,d:4): CA address %q, want it as given", got)
+	}
+	if cc, err := Dial("reviews:9080", WithControlPlane("10.0.0.1:15010,10.0.0.2")); err == nil {
+		cc.Close()
+		t.Error("Dial with the control plane 10.0.0.1:15010,10.0.0.2 succeeded, want an error naming the bad replica")
+	} else if !strings.Contains(err.Error(), `"10.0.0.2"`) {
+		t.Errorf("Dial with a bad replica list: %v, want the bad replica named", err)
+	}
+	cc, err := Dial("reviews:9080", WithControlPlane("127.0.0.1:1,127.0.0.1:2"))
+	if err != nil {
+		t.Fatalf("Dial with two replicas = %v", err)
+	}
+	cc.Close()
+}

@@ -21,7 +21,7 @@ import (
 const DefaultControlPlane = "127.0.0.1:15010"
 
 // EnvControlPlane names the environment variable holding the control-plane
-// address.
+// address, in any form WithControlPlane takes.
 const EnvControlPlane = "TRELLIS_CONTROL_PLANE"
 
 // An Option configures Dial, NewServer or both; each option says which.
@@ -78,10 +78,23 @@ func (o *options) explicitControlPlane() string {
 	return cmp.Or(o.cpAddr, os.Getenv(EnvControlPlane))
 }
 
-// WithControlPlane sets the control-plane address ("host:port"). If not
-// given, the TRELLIS_CONTROL_PLANE environment variable is used, then a
-// standard GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG, then
+// WithControlPlane sets the control-plane address: "host:port", several
+// replicas of the control plane ("a:15010,b:15010"), or any gRPC target
+// ("dns:///xds.example:15010"). If not given, the TRELLIS_CONTROL_PLANE
+// environment variable is used (same forms), then a standard
+// GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG, then
 // DefaultControlPlane. For Dial and NewServer.
+//
+// With several replicas each process takes them in an order of its own,
+// so a fleet spreads over them, and keeps all its streams — xDS for gRPC
+// and HTTP clients, registration, certificates (see WithCAAddr) — on the
+// first that answers. When that replica fails, every stream moves to a
+// live one; clients keep serving from their cached configuration while
+// they move and then follow the new replica's, and a server's registration
+// moves with it. Replicas should serve the same configuration (the same
+// files, or one store of registrations).
+//
+//	mesh.Dial("reviews:9080", mesh.WithControlPlane("cp-a:15010,cp-b:15010"))
 func WithControlPlane(addr string) Option {
 	return optionFunc(func(o *options) { o.cpAddr = addr })
 }

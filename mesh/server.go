@@ -19,6 +19,7 @@ import (
 	"github.com/trellismesh/trellis/internal/mtls"
 	"github.com/trellismesh/trellis/internal/register"
 	"github.com/trellismesh/trellis/internal/registrationpb"
+	"github.com/trellismesh/trellis/internal/replicas"
 )
 
 // ErrServerClosed is returned by Server.Serve after Shutdown or Close.
@@ -185,7 +186,13 @@ func (o *options) startRegistration(id *workloadIdentity, addr net.Addr) (*regis
 		creds = credentials.NewTLS(cfg)
 		cp = o.caAddress()
 	}
-	conn, err := grpc.NewClient(cp, grpc.WithTransportCredentials(creds))
+	// With several replicas, the registration stream re-opens on a live
+	// one when its replica fails (package replicas).
+	target, err := replicas.Target(cp)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mesh: control plane: %w", err)
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, nil, fmt.Errorf("mesh: control plane %s: %w", cp, err)
 	}

@@ -34,6 +34,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/trellismesh/trellis/internal/replicas"
 )
 
 // LatencyMetric is the name of the load metric carrying request latency in
@@ -49,8 +51,9 @@ var (
 
 // Config configures a Reporter.
 type Config struct {
-	// Server is the control plane address ("host:port" or any gRPC
-	// target). Required.
+	// Server is the control plane address ("host:port", several replicas
+	// "a:15010,b:15010" — see package replicas — or any gRPC target).
+	// Required.
 	Server string
 	// Node identifies the client; it is sent on the first request of each
 	// stream. The control plane attributes the load to the workload its
@@ -197,7 +200,11 @@ func (r *Reporter) run() {
 	if len(opts) == 0 {
 		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
-	cc, err := grpc.NewClient(r.cfg.Server, opts...)
+	var cc *grpc.ClientConn
+	target, err := replicas.Target(r.cfg.Server)
+	if err == nil {
+		cc, err = grpc.NewClient(target, opts...)
+	}
 	if err != nil {
 		r.log.Warn("load reporting disabled", "error", err)
 		return

@@ -5,6 +5,10 @@
 // exponential backoff whenever it breaks (the control plane restarted, the
 // network blipped), and re-sending the endpoint each time. Stop half-closes
 // the stream, which the control plane takes as a clean deregistration.
+//
+// The connection decides where a re-opened stream goes: one dialled to a
+// list of control-plane replicas (package replicas) re-opens it on a live
+// replica, so the registration moves to a survivor when its replica dies.
 package register
 
 import (
@@ -43,7 +47,9 @@ type Client struct {
 }
 
 // Start begins registering ep with the control plane reachable through conn
-// and returns at once. The Client owns conn and closes it on Stop.
+// (dialled to one control plane, or to its replicas with a target of
+// package replicas) and returns at once. The Client owns conn and closes it
+// on Stop.
 func Start(conn *grpc.ClientConn, ep *registrationpb.Endpoint, log *slog.Logger) *Client {
 	c := &Client{
 		conn:     conn,

@@ -9,6 +9,28 @@
 // every connection of the process that uses it. When the caller sets no
 // control plane and the standard variables are set, the standard "xds"
 // resolver and its process-wide bootstrap are used unchanged.
+//
+// # Several control-plane replicas
+//
+// A control-plane address may list replicas ("a:15010,b:15010"). The
+// bootstrap then has one xds_servers entry whose server_uri is a target of
+// package replicas' resolver listing them all, in an order drawn per
+// process. grpc-go gives that server one channel; its pick_first policy
+// connects to a live replica and, when the connection breaks, the ADS
+// stream restarts on another replica with every cached resource kept and
+// re-subscribed (grpc-go sends its last ACKed version; go-control-plane's
+// LinearCache, on a new stream, sends every subscribed resource whatever
+// the version, so the replicas' differing version strings do no harm).
+//
+// The replicas are deliberately not listed as several xds_servers (gRFC
+// A71 fallback). grpc-go falls back to a lower-priority server only when
+// the current one is unreachable and some watched resource is not cached,
+// it stays on a primary that dies after the resources are cached (so a
+// client would keep its stale configuration until the primary returns),
+// and it reverts to the primary as soon as that answers again. Failover
+// between identical replicas wants the opposite: move on any broken
+// stream, keep the cache, and stay where it works. A list of servers would
+// add nothing that the single multi-address server does not already do.
 package xdsbootstrap
 
 import (
@@ -24,6 +46,8 @@ import (
 	"google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/trellismesh/trellis/internal/replicas"
 )
 
 // Environment variables grpc-go reads its bootstrap from.
@@ -102,20 +126,27 @@ type CertPlugin struct {
 	Config map[string]any
 }
 
-// Contents returns the bootstrap JSON for a control plane at addr
-// ("host:port"). If certs is not nil, the bootstrap defines the
-// CertProviderInstance with it, so that clusters whose TLS contexts name
-// that instance get the workload's identity.
+// Contents returns the bootstrap JSON for a control plane at addr:
+// "host:port", several replicas "a:15010,b:15010", or any gRPC target (see
+// package replicas). A list becomes one xds_servers entry whose server_uri
+// is a replicas target, not one entry per replica; the package doc says
+// why. If certs is not nil, the bootstrap defines the CertProviderInstance
+// with it, so that clusters whose TLS contexts name that instance get the
+// workload's identity.
 func Contents(addr string, node Node, certs *CertPlugin) ([]byte, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("xdsbootstrap: no control-plane address")
+	}
+	uri, err := replicas.Target(addr)
+	if err != nil {
+		return nil, fmt.Errorf("xdsbootstrap: %w", err)
 	}
 	if node.ID == "" {
 		node.ID = NodeID()
 	}
 	b := bootstrap{
 		XDSServers: []serverConfig{{
-			ServerURI:      addr,
+			ServerURI:      uri,
 			ChannelCreds:   []map[string]any{{"type": "insecure"}},
 			ServerFeatures: []string{"xds_v3"},
 		}},

@@ -44,3 +44,36 @@ func TestProtoMatchesBootstrap(t *testing.T) {
 		t.Errorf("Node.Proto() differs from the bootstrap's node (-got +want):\n%s", diff)
 	}
 }
+
+// TestContentsListsReplicasAsOneServer: several control-plane replicas
+// are one xds_servers entry whose server_uri lists them all (not A71
+// fallback servers), and grpc-go accepts the bootstrap.
+func TestContentsListsReplicasAsOneServer(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"127.0.0.1:15010", "127.0.0.1:15010"},
+		{"cp-a:15010, cp-b:15010", "trellis-replicas:///cp-a:15010,cp-b:15010"},
+		{"dns:///xds.example:15010", "dns:///xds.example:15010"},
+	} {
+		contents, err := Contents(tc.addr, Node{ID: "n"}, nil)
+		if err != nil {
+			t.Fatalf("Contents(%q) = %v", tc.addr, err)
+		}
+		var b bootstrap
+		if err := json.Unmarshal(contents, &b); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, s := range b.XDSServers {
+			got = append(got, s.ServerURI)
+		}
+		if diff := cmp.Diff(got, []string{tc.want}); diff != "" {
+			t.Errorf("Contents(%q) xds_servers (-got +want):\n%s", tc.addr, diff)
+		}
+		if _, err := Resolver(contents); err != nil {
+			t.Errorf("Resolver(Contents(%q)) = %v", tc.addr, err)
+		}
+	}
+	if _, err := Contents("cp-a:15010,cp-b", Node{}, nil); err == nil {
+		t.Error(`Contents("cp-a:15010,cp-b") succeeded, want an error naming the bad replica`)
+	}
+}

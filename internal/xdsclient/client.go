@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/trellismesh/trellis/internal/replicas"
 )
 
 // Defaults of Config.
@@ -35,8 +37,11 @@ var ErrUnknownType = errors.New("xdsclient: unknown resource type")
 // Config configures a Client. The zero value of every field but Server is
 // valid.
 type Config struct {
-	// Server is the control plane address, "host:port" or any gRPC target.
-	// Required.
+	// Server is the control plane address: "host:port", several replicas
+	// of it ("a:15010,b:15010"), or any gRPC target. Required. With
+	// several replicas the Client connects to one (the order is drawn per
+	// process, see package replicas) and, when its stream breaks, to
+	// another, keeping its cache and subscribing again there.
 	Server string
 	// Node identifies this client to the control plane; it is sent on the
 	// first request of each stream. If nil, a node with a generated ID
@@ -148,7 +153,11 @@ func New(cfg Config) (*Client, error) {
 	if len(cfg.DialOptions) == 0 {
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
-	cc, err := grpc.NewClient(cfg.Server, append(opts, cfg.DialOptions...)...)
+	target, err := replicas.Target(cfg.Server)
+	if err != nil {
+		return nil, fmt.Errorf("xdsclient: %w", err)
+	}
+	cc, err := grpc.NewClient(target, append(opts, cfg.DialOptions...)...)
 	if err != nil {
 		return nil, fmt.Errorf("xdsclient: %w", err)
 	}

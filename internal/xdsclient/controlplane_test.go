@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	v3clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -38,6 +39,13 @@ spec:
 // a function that stops it (also run at cleanup).
 func startControlPlane(t *testing.T, addr, dir string) (string, func()) {
 	t.Helper()
+	_, addr, stop := startServer(t, addr, dir)
+	return addr, stop
+}
+
+// startServer is startControlPlane that also returns the server.
+func startServer(t *testing.T, addr, dir string) (*xdsserver.Server, string, func()) {
+	t.Helper()
 	srv, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithWarmup(-1))
 	if err != nil {
 		t.Fatalf("xdsserver.New() = %v", err)
@@ -64,7 +72,7 @@ func startControlPlane(t *testing.T, addr, dir string) (string, func()) {
 		}
 	}
 	t.Cleanup(stop)
-	return lis.Addr().String(), stop
+	return srv, lis.Addr().String(), stop
 }
 
 func configDir(t *testing.T, content string) string {
@@ -206,6 +214,74 @@ func TestControlPlaneRestart(t *testing.T) {
 			for _, r := range c.Status().Resources {
 				if r.Resource == nil || r.Err != nil {
 					t.Errorf("after the restart, Status(%s %s) = %+v, want a resource and no error", r.TypeURL, r.Name, r)
+				}
+			}
+		})
+	}
+}
+
+// TestReplicaFailover: with two replicas of the control plane (one config
+// directory) in Config.Server, the client follows one of them; when that
+// one dies the client keeps its cache, moves to the other, subscribes
+// again there — where every version string differs — and follows the
+// changes the survivor serves.
+func TestReplicaFailover(t *testing.T) {
+	entry := func(ip string) string { return greeterEntry + "  endpoints: [{address: " + ip + "}]\n" }
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			ctx := testContext(t)
+			dir := configDir(t, entry("10.0.0.1"))
+			a, addrA, stopA := startServer(t, "", dir)
+			b, addrB, stopB := startServer(t, "", dir)
+			c := newClient(t, Config{Server: addrA + "," + addrB, Delta: mode.delta})
+			ch := follow(ctx, t, c, "greeter:9080")
+
+			var survivor *xdsserver.Server
+			var kill func()
+			waitFor(ctx, t, "the client on one replica", func() bool {
+				na, nb := len(a.ConfigDump().Clients), len(b.ConfigDump().Clients)
+				switch {
+				case na == 1 && nb == 0:
+					survivor, kill = b, stopA
+				case na == 0 && nb == 1:
+					survivor, kill = a, stopB
+				}
+				return kill != nil
+			})
+			killed := time.Now()
+			kill()
+			waitFor(ctx, t, "the client on the surviving replica", func() bool {
+				clients := survivor.ConfigDump().Clients
+				// In delta the survivor sends nothing: the client's resource
+				// versions (content hashes) are its own.
+				return len(clients) == 1 && clients[0].Types["EDS"] != nil && len(clients[0].Types["EDS"].Subscribed) > 0
+			})
+			t.Logf("%s: on the surviving replica %v after the kill", mode.name, time.Since(killed))
+			for _, r := range c.Status().Resources {
+				if r.Resource == nil || r.NotFound {
+					t.Errorf("after the move, Status(%s %s) = %+v, want the cached resource", r.TypeURL, r.Name, r)
+				}
+			}
+
+			// A change now can only come from the survivor.
+			tmp := dir + "/.se.yaml.tmp"
+			if err := os.WriteFile(tmp, []byte(entry("10.0.0.2")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, dir+"/se.yaml"); err != nil {
+				t.Fatal(err)
+			}
+			ch.recorders[resource.EndpointType].waitUpdate(ctx, t, "the change served by the survivor", func(m proto.Message) bool {
+				return slices.Equal(addresses(m.(*v3endpointpb.ClusterLoadAssignment)), []string{"10.0.0.2:9080"})
+			})
+			t.Logf("%s: change followed %v after the kill", mode.name, time.Since(killed))
+			flush(ctx, t, c)
+			if n := ch.notFound(); n != 0 {
+				t.Errorf("%d NotFound across the failover, want none", n)
+			}
+			for _, r := range c.Status().Resources {
+				if r.Resource == nil || r.Err != nil {
+					t.Errorf("after the failover, Status(%s %s) = %+v, want a resource and no error", r.TypeURL, r.Name, r)
 				}
 			}
 		})

@@ -35,6 +35,12 @@
 //   - In state of the world, a listener or cluster missing from a response
 //     was deleted (NotFound); for routes and endpoints absence means
 //     nothing. In delta, removed_resources are deleted.
+//   - Config.Server may list several replicas of the control plane
+//     ("a:15010,b:15010"); a broken stream reopens on a live replica, with
+//     the cache kept and every subscription sent again. Replicas version
+//     their resources differently, which does no harm: a new stream's
+//     first response holds every subscribed resource, and only resources
+//     whose content differs reach the watchers.
 //   - A resource never received is declared not found after
 //     Config.ResourceTimeout, counted only while the stream is connected.
 //     A broken stream never drops cached resources: they are requested
