@@ -87,20 +87,13 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 			return nil, err
 		}
 		dialOpts = append(dialOpts, grpc.WithResolvers(builder))
-		limitOpts, relLimits, err := o.routeRateLimits(addr, strings.TrimPrefix(uri, "xds:///"), tel)
-		if err != nil {
-			release()
-			return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
-		}
-		releases = append(releases, relLimits)
-		dialOpts = append(dialOpts, limitOpts...) // before the retries: a limited call is not retried
-		retryOpts, rel, err := o.routeRetries(addr, strings.TrimPrefix(uri, "xds:///"))
+		routeOpts, rel, err := o.routeInterceptors(addr, strings.TrimPrefix(uri, "xds:///"), tel)
 		if err != nil {
 			release()
 			return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 		}
 		releases = append(releases, rel)
-		dialOpts = append(dialOpts, retryOpts...)
+		dialOpts = append(dialOpts, routeOpts...)
 	}
 	dialOpts = append(dialOpts, telInner...)
 	dialOpts = append(dialOpts, o.dialOptions...)

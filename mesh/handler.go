@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -20,9 +21,11 @@ var httpReadHeaderTimeout = 10 * time.Second
 
 // Context keys of the HTTP server side.
 type (
-	httpPeerKey     struct{} // the client's SPIFFE ID (spiffeid.ID), mutual TLS only
 	httpListenerKey struct{} // the *meshListener a connection came from
-	httpAdmittedKey struct{} // set once a request has passed the policy
+	// httpAdmittedKey is set once a request has passed the policy: a
+	// *peerCert, the client's SPIFFE ID when the server's own mutual
+	// TLS verified it, else noPeer.
+	httpAdmittedKey struct{}
 )
 
 // HTTPServer is a net/http server that joins the mesh, the HTTP
@@ -263,9 +266,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := g.opts.logger
 	var p *serverPolicy
 	if ml != nil && ml.watch != nil {
-		select {
-		case <-ml.watch.ready:
-		case <-ctx.Done():
+		if ml.watch.waitReady(ctx) != nil {
 			refuse(w, errNotServing, false)
 			return
 		}
@@ -274,11 +275,12 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	c := httpCall(r)
+	var c call
+	peerID := httpCall(&c, r, p.readsRequest())
 	var v verdict
 	if p != nil {
 		var err error
-		if v, err = p.check(ctx, log, c); err != nil {
+		if v, err = p.check(ctx, log, &c); err != nil {
 			jwtFailure := err == errUnauthenticated && (c.mutual || p.mode != modeStrict)
 			if err == errUnauthenticated && !jwtFailure {
 				w.Header().Set("Connection", "close")
@@ -287,48 +289,59 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ctx = context.WithValue(ctx, httpAdmittedKey{}, true)
+	admitted := noPeer
 	if c.mutual && ml != nil && ml.canTLS {
 		// Only the server's own mTLS listener verified the certificate.
-		ctx = context.WithValue(ctx, httpPeerKey{}, c.id)
+		admitted = peerID
 	}
-	r2 := r.WithContext(ctx)
-	r2.Header = r.Header.Clone()
-	r2.Header.Del("X-Forwarded-Client-Cert")
-	for _, name := range v.strip {
-		r2.Header.Del(name)
-	}
-	if v.payloadHeader != "" {
-		r2.Header.Set(v.payloadHeader, v.payload)
+	r2 := r.WithContext(context.WithValue(ctx, httpAdmittedKey{}, admitted))
+	// The handler gets its own copy of the headers only if some must go or
+	// change; otherwise it shares them, as a handler of http.Server does.
+	_, xfcc := r.Header["X-Forwarded-Client-Cert"]
+	if xfcc || len(v.strip) > 0 || v.payloadHeader != "" {
+		r2.Header = r.Header.Clone()
+		r2.Header.Del("X-Forwarded-Client-Cert")
+		for _, name := range v.strip {
+			r2.Header.Del(name)
+		}
+		if v.payloadHeader != "" {
+			r2.Header.Set(v.payloadHeader, v.payload)
+		}
 	}
 	g.h.ServeHTTP(w, r2)
 }
 
-// httpCall is what the policy checks of a request.
-func httpCall(r *http.Request) call {
-	c := call{
-		method:  r.Method,
-		path:    rawPath(r),
-		host:    canonicalHost(r),
-		headers: make(map[string][]string, len(r.Header)),
-		query:   r.URL.Query(),
-	}
-	for name, vals := range r.Header {
-		lower := strings.ToLower(name)
-		c.headers[lower] = append(c.headers[lower], vals...)
-	}
-	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		c.local = a
-	}
-	if a, err := net.ResolveTCPAddr("tcp", r.RemoteAddr); err == nil {
-		c.peer = a
-	}
-	if r.TLS != nil {
-		if id, err := mtls.PeerID(*r.TLS); err == nil {
-			c.id, c.mutual = id, true
+// httpCall fills c with what the policy checks of a request: the
+// connection's facts always, the headers, host and query if full. It
+// returns the peer's identity when c.mutual.
+func httpCall(c *call, r *http.Request, full bool) *peerCert {
+	c.method = r.Method
+	c.path = rawPath(r)
+	c.remote = r.RemoteAddr
+	if full {
+		c.host = canonicalHost(r)
+		c.headers = make(map[string][]string, len(r.Header))
+		c.query = r.URL.Query()
+		for name, vals := range r.Header {
+			lower := strings.ToLower(name)
+			c.headers[lower] = append(c.headers[lower], vals...)
 		}
 	}
-	return c
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if _, port, ok := addrPortOf(a); ok {
+			c.destPort = port
+		}
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		c.sourceIP = ap.Addr().Unmap()
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		if p := peerIDs.lookup(r.TLS.PeerCertificates[0]); p.ok {
+			c.id, c.mutual = p.id, true
+			return p
+		}
+	}
+	return nil
 }
 
 // rawPath returns the request's path as the client sent it, before any

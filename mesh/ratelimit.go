@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,17 +10,13 @@ import (
 	v3localratelimitpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	v3exprpb "github.com/envoyproxy/go-control-plane/envoy/extensions/rate_limit_descriptors/expr/v3"
 	v3typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/trellismesh/trellis/internal/ratelimit"
 	"github.com/trellismesh/trellis/internal/translate"
-	"github.com/trellismesh/trellis/resolver/xdsroute"
-	"github.com/trellismesh/trellis/telemetry"
 )
 
 // Local rate limits arrive as Envoy's local_ratelimit HTTP filter: per
@@ -95,42 +90,6 @@ func enforced(lrl *v3localratelimitpb.LocalRateLimit) bool {
 
 // errClientLimited is what a gRPC call over a client-side limit fails with.
 var errClientLimited = status.Error(codes.ResourceExhausted, "mesh: local rate limit exceeded")
-
-// routeRateLimits returns the interceptors that apply the client-side
-// limits of target's routes to a connection's calls, and the function that
-// releases the route watch.
-func (o *options) routeRateLimits(addr, target string, tel *telemetry.Telemetry) ([]grpc.DialOption, func(), error) {
-	shared, err := o.acquireXDSClient(addr)
-	if err != nil {
-		return nil, nil, err
-	}
-	table := xdsroute.WatchVirtualHost(shared.client, target, clientRouteLimit)
-	release := func() {
-		table.Close()
-		releaseXDSClient(shared)
-	}
-	admit := func(ctx context.Context, method string) error {
-		md, _ := metadata.FromOutgoingContext(ctx)
-		if _, l, _ := table.Lookup(ctx, method, md); !l.allow() {
-			tel.Event(ctx, eventRateLimited, target, "")
-			return errClientLimited
-		}
-		return nil
-	}
-	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if err := admit(ctx, method); err != nil {
-			return err
-		}
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
-	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		if err := admit(ctx, method); err != nil {
-			return nil, err
-		}
-		return streamer(ctx, desc, cc, method, opts...)
-	}
-	return []grpc.DialOption{grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream)}, release, nil
-}
 
 // httpRouteWithLimit converts a route for the HTTP client, with its limit.
 func httpRouteWithLimit(vh *v3routepb.VirtualHost, r *v3routepb.Route) *httpRoute {
@@ -228,7 +187,7 @@ func perCallerForm(lrl *v3localratelimitpb.LocalRateLimit, lim ratelimit.Limit) 
 // allow takes a token for call c: from the caller's bucket for a
 // per-caller limit and an mTLS caller, else from the shared bucket (keyed
 // "").
-func (l *serverLimit) allow(log *slog.Logger, c call) bool {
+func (l *serverLimit) allow(log *slog.Logger, c *call) bool {
 	key := ""
 	if l.perCaller && c.mutual {
 		key = c.id.String()
@@ -236,7 +195,7 @@ func (l *serverLimit) allow(log *slog.Logger, c call) bool {
 	if l.buckets.Allow(key, l.limit) {
 		return true
 	}
-	log.Debug("mesh: refused a call over the rate limit", "path", c.path, "caller", key, "peer", c.peer)
+	log.Debug("mesh: refused a call over the rate limit", "path", c.path, "caller", key, "peer", c.peerForLog())
 	return false
 }
 

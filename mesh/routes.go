@@ -8,12 +8,12 @@ import (
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/trellismesh/trellis/internal/xdsclient"
 	"github.com/trellismesh/trellis/resolver/xdsroute"
 	"github.com/trellismesh/trellis/retry"
+	"github.com/trellismesh/trellis/telemetry"
 )
 
 // The process shares one xDS client (one ADS stream) per control plane and
@@ -69,22 +69,15 @@ func releaseXDSClient(s *sharedXDSClient) {
 	}
 }
 
-// routePolicies gives each call of a connection the retry policy of the
-// route it takes, from the control plane's routes for the target.
-type routePolicies struct {
-	table  *xdsroute.Table[retry.Policy]
-	budget *retry.BudgetTracker // shared by all calls of the connection
+// routeCall is what a gRPC call takes from its route: its retry policy
+// and its client-side rate limit, converted once per route configuration.
+type routeCall struct {
+	retry retry.Policy
+	limit *routeLimit // nil: none
 }
 
-var _ retry.Selector = (*routePolicies)(nil)
-
-func (r *routePolicies) Policy(ctx context.Context, method string) retry.Policy {
-	md, _ := metadata.FromOutgoingContext(ctx)
-	_, p, _ := r.table.Lookup(ctx, method, md)
-	if p.Attempts > 1 {
-		p.Budget = r.budget
-	}
-	return p
+func routeCallOf(vh *v3routepb.VirtualHost, r *v3routepb.Route) routeCall {
+	return routeCall{retry: retryPolicy(r), limit: clientRouteLimit(vh, r)}
 }
 
 // retryPolicy reads a route's timeout and retry policy as grpc-go reads
@@ -123,24 +116,52 @@ var retryOnCodes = map[string]codes.Code{
 	"unavailable":        codes.Unavailable,
 }
 
-// routeRetries wires the mesh's retry engine into a connection to target:
-// it returns the dial options and the function that releases the route
-// watch.
-func (o *options) routeRetries(addr, target string) ([]grpc.DialOption, func(), error) {
+// routeInterceptors wires the client-side rate limits and the mesh's retry
+// engine into a connection to target: each call's route, looked up once,
+// gives its limit (enforced first: a limited call is never retried) and
+// its retry policy. It returns the dial options and the function that
+// releases the route watch.
+func (o *options) routeInterceptors(addr, target string, tel *telemetry.Telemetry) ([]grpc.DialOption, func(), error) {
 	shared, err := o.acquireXDSClient(addr)
 	if err != nil {
 		return nil, nil, err
 	}
-	table := xdsroute.Watch(shared.client, target, retryPolicy)
+	table := xdsroute.WatchVirtualHost(shared.client, target, routeCallOf)
 	release := func() {
 		table.Close()
 		releaseXDSClient(shared)
 	}
-	sel := &routePolicies{table: table, budget: retry.NewBudgetTracker(o.retryBudget)}
+	budget := retry.NewBudgetTracker(o.retryBudget) // shared by all calls of the connection
+	policy := func(ctx context.Context, method string) (retry.Policy, error) {
+		_, rc, _ := table.LookupOutgoing(ctx, method)
+		if !rc.limit.allow() {
+			tel.Event(ctx, eventRateLimited, target, "")
+			return retry.Policy{}, errClientLimited
+		}
+		p := rc.retry
+		if p.Attempts > 1 {
+			p.Budget = budget
+		}
+		return p, nil
+	}
+	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		p, err := policy(ctx, method)
+		if err != nil {
+			return err
+		}
+		return retry.Invoke(ctx, p, method, req, reply, cc, invoker, opts...)
+	}
+	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		p, err := policy(ctx, method)
+		if err != nil {
+			return nil, err
+		}
+		return retry.NewStream(ctx, p, desc, cc, method, streamer, opts...)
+	}
 	dopts := []grpc.DialOption{
 		grpc.WithDisableRetry(),
-		grpc.WithChainUnaryInterceptor(retry.UnaryClientInterceptor(sel)),
-		grpc.WithChainStreamInterceptor(retry.StreamClientInterceptor(sel)),
+		grpc.WithChainUnaryInterceptor(unary),
+		grpc.WithChainStreamInterceptor(stream),
 	}
 	return dopts, release, nil
 }

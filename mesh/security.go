@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -40,8 +41,8 @@ import (
 // request's context), authenticated by mutual TLS; ok is false for a
 // plaintext peer.
 func PeerID(ctx context.Context) (id spiffeid.ID, ok bool) {
-	if id, ok := ctx.Value(httpPeerKey{}).(spiffeid.ID); ok {
-		return id, true
+	if p, ok := ctx.Value(httpAdmittedKey{}).(*peerCert); ok && p.ok {
+		return p.id, true
 	}
 	return mtls.PeerIDFromContext(ctx)
 }
@@ -256,37 +257,60 @@ func compilePolicy(l *v3listenerpb.Listener, old *serverPolicy, o *options) (*se
 }
 
 // policySet holds the policies of a server's ports. It is safe for
-// concurrent use.
+// concurrent use: calls read an immutable snapshot, without a lock.
 type policySet struct {
-	mu     sync.Mutex
+	mu   sync.Mutex // serialises changes
+	snap atomic.Pointer[policySnapshot]
+}
+
+// policySnapshot is the ports of a policySet at one time. It is never
+// modified once published.
+type policySnapshot struct {
 	list   []*policyWatch
-	byAddr map[string]*policyWatch // by local "ip:port"
+	byAddr map[string]*policyWatch         // by local "ip:port"
+	byIP   map[netip.AddrPort]*policyWatch // the same, parsed (IPv4 unmapped)
 }
 
 func (ps *policySet) add(local string, w *policyWatch) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if ps.byAddr == nil {
-		ps.byAddr = map[string]*policyWatch{}
+	next := &policySnapshot{byAddr: map[string]*policyWatch{}, byIP: map[netip.AddrPort]*policyWatch{}}
+	if old := ps.snap.Load(); old != nil {
+		next.list = append(next.list, old.list...)
+		maps.Copy(next.byAddr, old.byAddr)
+		maps.Copy(next.byIP, old.byIP)
 	}
-	ps.list = append(ps.list, w)
-	ps.byAddr[local] = w
+	next.list = append(next.list, w)
+	next.byAddr[local] = w
+	if ap, err := netip.ParseAddrPort(local); err == nil {
+		next.byIP[unmapPort(ap)] = w
+	}
+	ps.snap.Store(next)
+}
+
+// unmapPort returns ap with an IPv4-mapped address unmapped, as
+// net.TCPAddr.String writes it.
+func unmapPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // forLocal returns the watch of the port at local (the first port's if
 // local is not one of them; nil if the server follows no policy).
 func (ps *policySet) forLocal(local net.Addr) *policyWatch {
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	if local != nil {
-		if w := ps.byAddr[local.String()]; w != nil {
+	snap := ps.snap.Load()
+	if snap == nil || len(snap.list) == 0 {
+		return nil
+	}
+	if len(snap.list) > 1 && local != nil {
+		if tcp, ok := local.(*net.TCPAddr); ok && tcp != nil {
+			if w := snap.byIP[unmapPort(tcp.AddrPort())]; w != nil {
+				return w
+			}
+		} else if w := snap.byAddr[local.String()]; w != nil {
 			return w
 		}
 	}
-	if len(ps.list) > 0 {
-		return ps.list[0]
-	}
-	return nil
+	return snap.list[0]
 }
 
 // current returns the known policy of the port at local, or nil.
@@ -305,18 +329,35 @@ func (ps *policySet) wait(ctx context.Context, local net.Addr) (*serverPolicy, e
 	if w == nil {
 		return nil, nil
 	}
-	select {
-	case <-w.ready:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := w.waitReady(ctx); err != nil {
+		return nil, err
 	}
 	return w.current.Load(), nil
 }
 
+// waitReady waits for the watch's first policy within ctx. Once it has
+// one it returns at once, without touching ctx (whose Done channel may be
+// made on demand).
+func (w *policyWatch) waitReady(ctx context.Context) error {
+	select {
+	case <-w.ready:
+		return nil
+	default:
+	}
+	select {
+	case <-w.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (ps *policySet) closeAll() {
 	ps.mu.Lock()
-	ws := ps.list
-	ps.list, ps.byAddr = nil, nil
+	var ws []*policyWatch
+	if old := ps.snap.Swap(nil); old != nil {
+		ws = old.list
+	}
 	ps.mu.Unlock()
 	for _, w := range ws {
 		w.close()
@@ -335,13 +376,58 @@ var (
 type call struct {
 	method  string              // HTTP method; POST for gRPC
 	path    string              // the raw :path (request-target)
-	host    string              // :authority
-	headers map[string][]string // lowercase names
-	query   url.Values          // HTTP only
-	peer    net.Addr
-	local   net.Addr
-	id      spiffeid.ID // the peer's SPIFFE ID, if mutual TLS
-	mutual  bool
+	host    string              // :authority; set only if the policy reads the request
+	headers map[string][]string // lowercase names; set only if the policy reads the request
+	query   url.Values          // HTTP only; set only if the policy reads the request
+	peer    net.Addr            // the peer's address, for logs (gRPC)
+	remote  string              // the peer's address, for logs (HTTP)
+	// sourceIP is the peer's IP (IPv4 unmapped), invalid if unknown;
+	// destPort the local port, 0 if unknown.
+	sourceIP netip.Addr
+	destPort int
+	id       spiffeid.ID // the peer's SPIFFE ID, if mutual TLS
+	mutual   bool
+}
+
+// peerForLog is the peer's address as the server's log shows it.
+func (c *call) peerForLog() any {
+	if c.peer == nil && c.remote != "" {
+		if a, err := net.ResolveTCPAddr("tcp", c.remote); err == nil {
+			return a
+		}
+	}
+	return c.peer
+}
+
+// addrPortOf returns a's IP (IPv4 unmapped) and port; ok is false if a
+// has no IP address and port.
+func addrPortOf(a net.Addr) (ip netip.Addr, port int, ok bool) {
+	switch a := a.(type) {
+	case nil:
+		return netip.Addr{}, 0, false
+	case *net.TCPAddr:
+		if a == nil {
+			return netip.Addr{}, 0, false
+		}
+		ap := a.AddrPort()
+		if !ap.Addr().IsValid() {
+			return netip.Addr{}, 0, false
+		}
+		return ap.Addr().Unmap(), int(ap.Port()), true
+	default:
+		ap, err := netip.ParseAddrPort(a.String())
+		if err != nil {
+			return netip.Addr{}, 0, false
+		}
+		return ap.Addr().Unmap(), int(ap.Port()), true
+	}
+}
+
+// readsRequest reports whether the policy looks at a call's headers, host
+// or query (JWT rules or authorization policies); without them a check
+// needs only the connection's facts and the path.
+func (p *serverPolicy) readsRequest() bool {
+	return p != nil && (p.jwt != nil || p.authz != nil)
 }
 
 // verdict is the outcome of an admitted call: the headers the handler must
@@ -354,49 +440,43 @@ type verdict struct {
 
 // check applies the port's policy to a call: mTLS mode, JWT
 // authentication, then authorization. It returns errDenied,
-// errUnauthenticated or errNotServing for a refused call.
-func (p *serverPolicy) check(ctx context.Context, log *slog.Logger, c call) (verdict, error) {
+// errUnauthenticated or errNotServing for a refused call. The call's
+// headers, host and query must be set if p.readsRequest().
+func (p *serverPolicy) check(ctx context.Context, log *slog.Logger, c *call) (verdict, error) {
 	var v verdict
 	if p.notFound {
 		return v, errNotServing
 	}
 	if p.mode == modeStrict && !c.mutual {
-		log.Info("mesh: refused a call without mutual TLS (STRICT)", "path", c.path, "peer", c.peer)
+		log.Info("mesh: refused a call without mutual TLS (STRICT)", "path", c.path, "peer", c.peerForLog())
 		return v, errUnauthenticated
 	}
-	req := &authz.Request{Method: c.method, Path: c.path, Host: c.host, Headers: c.headers}
-	if c.mutual {
-		req.Principal = c.id.String()
-	}
-	if c.peer != nil {
-		if ap, err := netip.ParseAddrPort(c.peer.String()); err == nil {
-			req.SourceIP = ap.Addr().Unmap()
+	if p.readsRequest() {
+		req := &authz.Request{Method: c.method, Path: c.path, Host: c.host, Headers: c.headers, SourceIP: c.sourceIP, DestinationPort: c.destPort}
+		if c.mutual {
+			req.Principal = c.id.String()
+		}
+		if p.jwt != nil {
+			res, err := p.jwt.Verify(ctx, c.headers, c.query)
+			if err != nil {
+				log.Info("mesh: refused a call with an invalid token", "path", c.path, "peer", c.peerForLog(), "error", err)
+				return v, errUnauthenticated
+			}
+			req.RequestPrincipal, req.Claims = res.Principal, res.Claims
+			v.strip, v.payloadHeader, v.payload = res.StripHeaders, res.PayloadHeader, res.Payload
+		}
+		if p.authz != nil {
+			d := p.authz.Authorize(req)
+			if len(d.Audit) > 0 {
+				log.Info("mesh: audited call", "path", c.path, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policies", d.Audit, "allowed", d.Allowed)
+			}
+			if !d.Allowed {
+				log.Info("mesh: denied a call", "path", c.path, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policy", d.Policy, "reason", d.Reason)
+				return v, errDenied
+			}
 		}
 	}
-	if c.local != nil {
-		if ap, err := netip.ParseAddrPort(c.local.String()); err == nil {
-			req.DestinationPort = int(ap.Port())
-		}
-	}
-	if p.jwt != nil {
-		res, err := p.jwt.Verify(ctx, c.headers, c.query)
-		if err != nil {
-			log.Info("mesh: refused a call with an invalid token", "path", c.path, "peer", c.peer, "error", err)
-			return v, errUnauthenticated
-		}
-		req.RequestPrincipal, req.Claims = res.Principal, res.Claims
-		v.strip, v.payloadHeader, v.payload = res.StripHeaders, res.PayloadHeader, res.Payload
-	}
-	if p.authz != nil {
-		d := p.authz.Authorize(req)
-		if len(d.Audit) > 0 {
-			log.Info("mesh: audited call", "path", c.path, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policies", d.Audit, "allowed", d.Allowed)
-		}
-		if !d.Allowed {
-			log.Info("mesh: denied a call", "path", c.path, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "policy", d.Policy, "reason", d.Reason)
-			return v, errDenied
-		}
-	} else if c.path == "" || c.path[0] != '/' {
+	if p.authz == nil && (c.path == "" || c.path[0] != '/') {
 		return v, errDenied // a malformed :path never reaches a handler
 	}
 	if p.limit != nil && !p.limit.allow(log, c) {
@@ -435,13 +515,25 @@ func (s *Server) admit(ctx context.Context, fullMethod string) (context.Context,
 	if p == nil {
 		return ctx, nil
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	c := call{method: "POST", path: fullMethod, headers: md, peer: remote, local: local}
-	if hosts := md.Get(":authority"); len(hosts) > 0 {
-		c.host = hosts[0]
+	c := call{method: "POST", path: fullMethod, peer: remote}
+	if ip, _, ok := addrPortOf(remote); ok {
+		c.sourceIP = ip
 	}
-	c.id, c.mutual = mtls.PeerIDFromContext(ctx)
-	v, err := p.check(ctx, s.opts.logger, c)
+	if _, port, ok := addrPortOf(local); ok {
+		c.destPort = port
+	}
+	var md metadata.MD
+	if p.readsRequest() { // only then are the headers read: no copy otherwise
+		md, _ = metadata.FromIncomingContext(ctx)
+		c.headers = md
+		if hosts := md.Get(":authority"); len(hosts) > 0 {
+			c.host = hosts[0]
+		}
+	}
+	if pr != nil {
+		c.id, c.mutual = peerIDOf(pr.AuthInfo)
+	}
+	v, err := p.check(ctx, s.opts.logger, &c)
 	if err != nil {
 		return ctx, grpcStatus(err)
 	}
@@ -456,6 +548,17 @@ func (s *Server) admit(ctx context.Context, fullMethod string) (context.Context,
 		ctx = metadata.NewIncomingContext(ctx, md)
 	}
 	return ctx, nil
+}
+
+// peerIDOf returns the SPIFFE ID of a gRPC peer from its connection's
+// AuthInfo, as mtls.PeerIDFromContext does; the ID of each peer
+// certificate is parsed once (see peerIDs).
+func peerIDOf(ai credentials.AuthInfo) (spiffeid.ID, bool) {
+	info, ok := ai.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return spiffeid.ID{}, false
+	}
+	return peerIDs.of(info.State.PeerCertificates[0])
 }
 
 func (s *Server) unaryPolicy(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -73,11 +74,14 @@ type Transport struct {
 	tel    *telemetry.Telemetry // nil: off
 	lrs    *lrs.Reporter        // load reports to the control plane (LRS)
 
-	mu       sync.Mutex
-	closed   bool
-	hosts    map[string]*meshHost
-	clusters map[string]*meshCluster
+	// hosts and clusters are read without a lock on every request; they
+	// are replaced (copied) under mu when one is added.
+	hosts    atomic.Pointer[map[string]*meshHost]
+	clusters atomic.Pointer[map[string]*meshCluster]
 	budget   *retry.BudgetTracker
+
+	mu     sync.Mutex // serialises changes to hosts and clusters
+	closed bool
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -87,14 +91,14 @@ var _ http.RoundTripper = (*Transport)(nil)
 func NewTransport(opts ...Option) *Transport {
 	o := newOptions(opts)
 	t := &Transport{
-		opts:     o,
-		base:     http.DefaultTransport,
-		plain:    &http.Transport{Proxy: nil, ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
-		chash:    rand.Uint64(),
-		hosts:    map[string]*meshHost{},
-		clusters: map[string]*meshCluster{},
-		budget:   retry.NewBudgetTracker(o.retryBudget),
+		opts:   o,
+		base:   http.DefaultTransport,
+		plain:  &http.Transport{Proxy: nil, ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
+		chash:  rand.Uint64(),
+		budget: retry.NewBudgetTracker(o.retryBudget),
 	}
+	t.hosts.Store(&map[string]*meshHost{})
+	t.clusters.Store(&map[string]*meshCluster{})
 	addr, _, err := o.controlPlane()
 	if err == nil {
 		t.tel, err = o.newTelemetry()
@@ -138,8 +142,9 @@ func (t *Transport) Close() error {
 		return nil
 	}
 	t.closed = true
-	hosts, clusters := t.hosts, t.clusters
-	t.hosts, t.clusters = nil, nil
+	hosts, clusters := *t.hosts.Load(), *t.clusters.Load()
+	t.hosts.Store(&map[string]*meshHost{})
+	t.clusters.Store(&map[string]*meshCluster{})
 	t.mu.Unlock()
 	for _, h := range hosts {
 		h.table.Close()
@@ -161,13 +166,7 @@ func (t *Transport) Close() error {
 // http.DefaultTransport's, as http.Client.CloseIdleConnections expects).
 func (t *Transport) CloseIdleConnections() {
 	t.plain.CloseIdleConnections()
-	t.mu.Lock()
-	cs := make([]*meshCluster, 0, len(t.clusters))
-	for _, c := range t.clusters {
-		cs = append(cs, c)
-	}
-	t.mu.Unlock()
-	for _, c := range cs {
+	for _, c := range *t.clusters.Load() {
 		c.closeIdle()
 	}
 	if ci, ok := t.base.(interface{ CloseIdleConnections() }); ok {
@@ -177,8 +176,9 @@ func (t *Transport) CloseIdleConnections() {
 
 // meshHost is a host's routes.
 type meshHost struct {
-	table   *xdsroute.Table[*httpRoute]
-	decided atomic.Bool // the first lookup has had its answer or its time
+	table     *xdsroute.Table[*httpRoute]
+	authority []string    // the host, as the ":authority" header's values
+	decided   atomic.Bool // the first lookup has had its answer or its time
 }
 
 // external reports whether a host is never a mesh host.
@@ -190,28 +190,44 @@ func external(host string) bool {
 	return h == "localhost" || net.ParseIP(strings.Trim(h, "[]")) != nil
 }
 
+// knownHost returns the host's routes if a request has asked for them
+// before; it takes no lock.
+func (t *Transport) knownHost(name string) *meshHost {
+	return (*t.hosts.Load())[name]
+}
+
 func (t *Transport) host(name string) (*meshHost, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return nil, errors.New("mesh: transport closed")
 	}
-	h := t.hosts[name]
-	if h == nil {
-		h = &meshHost{table: xdsroute.WatchVirtualHost(t.shared.client, name, httpRouteWithLimit)}
-		t.hosts[name] = h
+	old := *t.hosts.Load()
+	if h := old[name]; h != nil {
+		return h, nil
 	}
+	h := &meshHost{table: xdsroute.WatchVirtualHost(t.shared.client, name, httpRouteWithLimit), authority: []string{name}}
+	next := make(map[string]*meshHost, len(old)+1)
+	maps.Copy(next, old)
+	next[name] = h
+	t.hosts.Store(&next)
 	return h, nil
 }
+
+// expired is a context that is done: a lookup with it does not wait.
+var expired = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // isMesh reports whether the control plane knows host, waiting up to
 // meshLookup the first time.
 func (h *meshHost) isMesh(ctx context.Context) bool {
-	wait := time.Duration(0)
-	if !h.decided.Load() {
-		wait = meshLookup
+	if h.decided.Load() {
+		return h.table.Known(expired) // the answer so far, without waiting
 	}
-	wctx, cancel := context.WithTimeout(ctx, wait)
+	wctx, cancel := context.WithTimeout(ctx, meshLookup)
 	defer cancel()
 	known := h.table.Known(wctx)
 	h.decided.Store(true)
@@ -229,13 +245,19 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, t.err
 	}
 	name := req.URL.Host
-	if req.URL.Scheme != "http" || external(name) {
+	if req.URL.Scheme != "http" {
 		return t.passThrough(req)
 	}
-	h, err := t.host(name)
-	if err != nil {
-		closeBody(req)
-		return nil, err
+	h := t.knownHost(name) // only hosts that are not external are kept
+	if h == nil {
+		if external(name) {
+			return t.passThrough(req)
+		}
+		var err error
+		if h, err = t.host(name); err != nil {
+			closeBody(req)
+			return nil, err
+		}
 	}
 	if !h.isMesh(req.Context()) {
 		return t.passThrough(req)
@@ -264,13 +286,21 @@ func (t *Transport) meshRoundTrip(req *http.Request, h *meshHost) (*http.Respons
 		closeBody(req)
 		return nil, fmt.Errorf("mesh: request path: %w", err)
 	}
-	headers := make(map[string][]string, len(req.Header)+2)
-	for k, v := range req.Header {
-		headers[strings.ToLower(k)] = v
+	// The headers as routes match them, made only if a route or the hash
+	// policy reads them.
+	var headers map[string][]string
+	headersOf := func() map[string][]string {
+		if headers == nil {
+			headers = make(map[string][]string, len(req.Header)+2)
+			for k, v := range req.Header {
+				headers[strings.ToLower(k)] = v
+			}
+			headers[":method"] = methodValues(req.Method)
+			headers[":authority"] = h.authority
+		}
+		return headers
 	}
-	headers[":method"] = []string{req.Method}
-	headers[":authority"] = []string{req.URL.Host}
-	_, r, ok := h.table.LookupHTTP(ctx, path, headers)
+	_, r, ok := h.table.LookupHTTPFunc(ctx, path, headersOf)
 	if !ok || r == nil || len(r.clusters) == 0 {
 		closeBody(req)
 		return nil, fmt.Errorf("%w for %s%s", ErrNoRoute, req.URL.Host, path)
@@ -282,23 +312,37 @@ func (t *Transport) meshRoundTrip(req *http.Request, h *meshHost) (*http.Respons
 	if resp, limited := t.rateLimited(req, r); limited {
 		return resp, nil
 	}
+	hash := t.hashOf(r, headersOf)
 	if r.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, r.timeout)
-		resp, err := t.attempts(ctx, req, r, headers)
+		resp, err := t.attempts(ctx, req, r, hash)
 		return releaseOnClose(resp, cancel), err
 	}
-	return t.attempts(ctx, req, r, headers)
+	return t.attempts(ctx, req, r, hash)
 }
 
+// methodValues returns []string{method}, shared for the common methods.
+// Callers must not modify it.
+func methodValues(method string) []string {
+	switch method {
+	case http.MethodGet:
+		return methodGet
+	case http.MethodPost:
+		return methodPost
+	}
+	return []string{method}
+}
+
+var methodGet, methodPost = []string{http.MethodGet}, []string{http.MethodPost}
+
 // attempts sends req by the route's retry policy.
-func (t *Transport) attempts(ctx context.Context, req *http.Request, r *httpRoute, headers map[string][]string) (*http.Response, error) {
+func (t *Transport) attempts(ctx context.Context, req *http.Request, r *httpRoute, hash uint64) (*http.Response, error) {
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 	attempts := max(r.retry.attempts, 1)
 	if !replayable {
 		attempts = 1
 	}
-	hash := t.hashOf(r, headers)
 	t.budget.Call()
 	tried := map[string]bool{}
 	for n := 1; ; n++ {
@@ -377,13 +421,24 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 		done(pick.Failure)
 		return nil, outcomeConnect, err
 	}
-	actx, cancel := context.WithCancel(ctx)
+	// An attempt has a context of its own only for a per-try timeout;
+	// otherwise it is the request's, and nothing needs releasing.
+	actx, cancel := ctx, context.CancelFunc(nil)
 	var timedOut atomic.Bool
 	var timer *time.Timer
 	if r.retry.perTry > 0 {
+		actx, cancel = context.WithCancel(ctx)
 		timer = time.AfterFunc(r.retry.perTry, func() { timedOut.Store(true); cancel() })
 	}
-	out := req.Clone(actx)
+	// The attempt's request: a shallow copy with its own URL. The headers
+	// are copied only if telemetry may add to them (trace context); the
+	// endpoint's transport only reads them.
+	out := req.WithContext(actx)
+	u := *req.URL
+	out.URL = &u
+	if t.tel != nil {
+		out.Header = req.Header.Clone()
+	}
 	out.URL.Host = ep.Address
 	if st.TLS != nil {
 		out.URL.Scheme = "https" // mutual TLS to the endpoint
@@ -395,7 +450,9 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 	if n > 1 && req.GetBody != nil {
 		body, err := req.GetBody()
 		if err != nil {
-			cancel()
+			if cancel != nil {
+				cancel()
+			}
 			done(pick.Success) // not the endpoint's fault
 			return nil, outcomeConnect, err
 		}
@@ -410,7 +467,9 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 		timer.Stop() // the per-try timeout bounds the wait for the response headers
 	}
 	if err != nil {
-		cancel()
+		if cancel != nil {
+			cancel()
+		}
 		switch {
 		case timedOut.Load():
 			done(pick.GatewayFailure)
@@ -433,6 +492,9 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 		done(pick.Failure)
 	default:
 		done(pick.Success)
+	}
+	if cancel == nil {
+		return resp, outcomeStatus, nil
 	}
 	return releaseOnClose(resp, cancel), outcomeStatus, nil
 }
@@ -491,10 +553,10 @@ func gatewayTimeout(req *http.Request) *http.Response {
 
 // hashOf is the request's hash for ring hash: the route's hash policy
 // (a header, or the Transport itself for useSourceIp), else random.
-func (t *Transport) hashOf(r *httpRoute, headers map[string][]string) uint64 {
+func (t *Transport) hashOf(r *httpRoute, headers func() map[string][]string) uint64 {
 	switch {
 	case r.hashHeader != "":
-		if v := headers[r.hashHeader]; len(v) > 0 {
+		if v := headers()[r.hashHeader]; len(v) > 0 {
 			return xxhash.Sum64String(strings.Join(v, ","))
 		}
 	case r.hashChannel:
@@ -564,6 +626,9 @@ func (p *httpRetry) retriable(resp *http.Response, o outcome) bool {
 		return false
 	}
 	code := resp.StatusCode
+	if code < http.StatusConflict && !slices.Contains(p.codes, code) {
+		return false // the common case: no condition retries a success
+	}
 	switch {
 	case on["5xx"] && code >= 500:
 		return true
@@ -713,31 +778,52 @@ type meshCluster struct {
 	ready  chan struct{}
 	once   sync.Once
 
-	mu     sync.Mutex
-	state  *xdscluster.State
+	// snap is what requests read, without a lock: the state and picker,
+	// then the TLS transport made for that state.
+	snap atomic.Pointer[clusterSnap]
+	tlsc atomic.Pointer[clusterTLS]
+
+	mu     sync.Mutex // serialises updates and the making of transports
 	picker *pick.Picker
-	tlsKey string
-	tls    *http.Transport
+}
+
+type clusterSnap struct {
+	state  *xdscluster.State
+	picker *pick.Picker // nil until the cluster has had a good state
+}
+
+// clusterTLS is the mutual TLS transport of a cluster, for the SPIFFE IDs
+// key (and the state it was last checked for).
+type clusterTLS struct {
+	key   string
+	state *xdscluster.State
+	tr    *http.Transport
 }
 
 func (t *Transport) cluster(name string) (*meshCluster, error) {
+	if c := (*t.clusters.Load())[name]; c != nil {
+		return c, nil
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return nil, errors.New("mesh: transport closed")
 	}
-	c := t.clusters[name]
-	if c == nil {
-		c = &meshCluster{ready: make(chan struct{})}
-		t.clusters[name] = c
-		c.cancel = xdscluster.Watch(t.shared.client, name, c.update)
+	old := *t.clusters.Load()
+	if c := old[name]; c != nil {
+		return c, nil
 	}
+	c := &meshCluster{ready: make(chan struct{})}
+	next := make(map[string]*meshCluster, len(old)+1)
+	maps.Copy(next, old)
+	next[name] = c
+	t.clusters.Store(&next)
+	c.cancel = xdscluster.Watch(t.shared.client, name, c.update)
 	return c, nil
 }
 
 func (c *meshCluster) update(st *xdscluster.State) {
 	c.mu.Lock()
-	c.state = st
 	if st.Err == nil {
 		cfg, eps := pickConfig(st)
 		if c.picker == nil {
@@ -746,6 +832,7 @@ func (c *meshCluster) update(st *xdscluster.State) {
 			c.picker.Update(cfg, eps)
 		}
 	}
+	c.snap.Store(&clusterSnap{state: st, picker: c.picker})
 	c.mu.Unlock()
 	c.once.Do(func() { close(c.ready) })
 }
@@ -785,18 +872,21 @@ func pickConfig(st *xdscluster.State) (pick.Config, []pick.Endpoint) {
 func (c *meshCluster) wait(ctx context.Context) (*xdscluster.State, *pick.Picker, error) {
 	select {
 	case <-c.ready:
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
+	default:
+		select {
+		case <-c.ready:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state.Err != nil {
-		return nil, nil, fmt.Errorf("mesh: cluster %s: %w", c.state.Name, c.state.Err)
+	s := c.snap.Load()
+	if s.state.Err != nil {
+		return nil, nil, fmt.Errorf("mesh: cluster %s: %w", s.state.Name, s.state.Err)
 	}
-	if c.picker == nil {
-		return nil, nil, fmt.Errorf("mesh: cluster %s has no endpoints", c.state.Name)
+	if s.picker == nil {
+		return nil, nil, fmt.Errorf("mesh: cluster %s has no endpoints", s.state.Name)
 	}
-	return c.state, c.picker, nil
+	return s.state, s.picker, nil
 }
 
 // transport returns the round tripper for the cluster's endpoints:
@@ -808,11 +898,18 @@ func (c *meshCluster) transport(t *Transport, st *xdscluster.State) (http.RoundT
 	if t.id == nil {
 		return nil, fmt.Errorf("mesh: cluster %s requires mutual TLS and this process has no identity (see WithJoinToken)", st.Name)
 	}
+	if cur := c.tlsc.Load(); cur != nil && cur.state == st {
+		return cur.tr, nil // checked for this very state already
+	}
 	key := strings.Join(st.TLS.SANs, ",")
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.tls != nil && c.tlsKey == key {
-		return c.tls, nil
+	cur := c.tlsc.Load()
+	if cur != nil && cur.key == key {
+		if cur.state != st {
+			c.tlsc.Store(&clusterTLS{key: key, state: st, tr: cur.tr})
+		}
+		return cur.tr, nil
 	}
 	var ids []spiffeid.ID
 	for _, san := range st.TLS.SANs {
@@ -830,19 +927,16 @@ func (c *meshCluster) transport(t *Transport, st *xdscluster.State) (http.RoundT
 		return nil, err
 	}
 	cfg.NextProtos = []string{"h2", "http/1.1"}
-	if c.tls != nil {
-		c.tls.CloseIdleConnections()
+	if cur != nil {
+		cur.tr.CloseIdleConnections()
 	}
-	c.tls = &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
-	c.tlsKey = key
-	return c.tls, nil
+	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	c.tlsc.Store(&clusterTLS{key: key, state: st, tr: tr})
+	return tr, nil
 }
 
 func (c *meshCluster) closeIdle() {
-	c.mu.Lock()
-	tr := c.tls
-	c.mu.Unlock()
-	if tr != nil {
-		tr.CloseIdleConnections()
+	if cur := c.tlsc.Load(); cur != nil {
+		cur.tr.CloseIdleConnections()
 	}
 }

@@ -22,6 +22,10 @@
 //		grpc.WithUnaryInterceptor(retry.UnaryClientInterceptor(sel)),
 //		grpc.WithStreamInterceptor(retry.StreamClientInterceptor(sel)))
 //
+// An interceptor that chooses each call's policy itself (mesh.Dial's reads
+// the call's route once, for its rate limit and its retry policy) calls
+// Invoke or NewStream with it instead of going through a Selector.
+//
 // A unary attempt that fails with a code in Policy.Codes, or runs out of its
 // per-try timeout while the call has time left, is retried after a random
 // delay in [0, min(BaseBackoff·2^(n-1), MaxBackoff)), until Attempts are

@@ -78,41 +78,50 @@ func (p *Policy) budgetAllows() bool {
 // that never reached a server stays on).
 func UnaryClientInterceptor(sel Selector) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		p := sel.Policy(ctx, method)
-		if !p.active() {
-			return invoker(ctx, method, req, reply, cc, opts...)
+		return Invoke(ctx, sel.Policy(ctx, method), method, req, reply, cc, invoker, opts...)
+	}
+}
+
+// Invoke makes one unary call by policy p, as UnaryClientInterceptor does
+// with the policy its Selector gives: for interceptors that choose the
+// policy themselves (the mesh's, which reads a call's route once for its
+// rate limit and its retries).
+func Invoke(ctx context.Context, p Policy, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if !p.active() {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	if p.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.Timeout)
+		defer cancel()
+	}
+	if p.Budget != nil {
+		p.Budget.Call()
+	}
+	for attempt := 1; ; attempt++ {
+		actx, cancel := ctx, context.CancelFunc(nil)
+		// perTry: this attempt's deadline is its own, earlier than
+		// the call's; a DEADLINE_EXCEEDED while the call has time left
+		// then means the attempt ran out (the server, which knows only
+		// the attempt's deadline, may say so before the client does).
+		perTry := false
+		if p.PerTryTimeout > 0 {
+			d, ok := ctx.Deadline()
+			perTry = !ok || time.Until(d) > p.PerTryTimeout
+			actx, cancel = context.WithTimeout(ctx, p.PerTryTimeout)
 		}
-		if p.Timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, p.Timeout)
-			defer cancel()
+		if attempt > 1 {
+			actx = metadata.AppendToOutgoingContext(actx, previousAttempts, strconv.Itoa(attempt-1))
 		}
-		if p.Budget != nil {
-			p.Budget.Call()
-		}
-		for attempt := 1; ; attempt++ {
-			actx, cancel := ctx, context.CancelFunc(func() {})
-			// perTry: this attempt's deadline is its own, earlier than
-			// the call's; a DEADLINE_EXCEEDED while the call has time left
-			// then means the attempt ran out (the server, which knows only
-			// the attempt's deadline, may say so before the client does).
-			perTry := false
-			if p.PerTryTimeout > 0 {
-				d, ok := ctx.Deadline()
-				perTry = !ok || time.Until(d) > p.PerTryTimeout
-				actx, cancel = context.WithTimeout(ctx, p.PerTryTimeout)
-			}
-			if attempt > 1 {
-				actx = metadata.AppendToOutgoingContext(actx, previousAttempts, strconv.Itoa(attempt-1))
-			}
-			err := invoker(actx, method, req, reply, cc, opts...)
+		err := invoker(actx, method, req, reply, cc, opts...)
+		if cancel != nil {
 			cancel()
-			if err == nil || attempt >= p.Attempts || ctx.Err() != nil || !p.retriable(err, perTry) || !p.budgetAllows() {
-				return err
-			}
-			if !sleep(ctx, p.Backoff(attempt)) {
-				return err
-			}
+		}
+		if err == nil || attempt >= p.Attempts || ctx.Err() != nil || !p.retriable(err, perTry) || !p.budgetAllows() {
+			return err
+		}
+		if !sleep(ctx, p.Backoff(attempt)) {
+			return err
 		}
 	}
 }
@@ -127,28 +136,34 @@ func UnaryClientInterceptor(sel Selector) grpc.UnaryClientInterceptor {
 // interceptor.
 func StreamClientInterceptor(sel Selector) grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		p := sel.Policy(ctx, method)
-		if p.Attempts <= 1 && p.Timeout <= 0 {
-			return streamer(ctx, desc, cc, method, opts...)
+		return NewStream(ctx, sel.Policy(ctx, method), desc, cc, method, streamer, opts...)
+	}
+}
+
+// NewStream starts one streaming call by policy p, as
+// StreamClientInterceptor does with the policy its Selector gives (see
+// Invoke).
+func NewStream(ctx context.Context, p Policy, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if p.Attempts <= 1 && p.Timeout <= 0 {
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+	cancel := context.CancelFunc(func() {})
+	if p.Timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, p.Timeout)
+	}
+	if p.Budget != nil {
+		p.Budget.Call()
+	}
+	s := &stream{ctx: ctx, cancel: cancel, policy: p, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts}
+	for {
+		cs, err := streamer(s.attemptContext(), desc, cc, method, opts...)
+		if err == nil {
+			s.cs = cs
+			return s, nil
 		}
-		cancel := context.CancelFunc(func() {})
-		if p.Timeout > 0 {
-			ctx, cancel = context.WithTimeout(ctx, p.Timeout)
-		}
-		if p.Budget != nil {
-			p.Budget.Call()
-		}
-		s := &stream{ctx: ctx, cancel: cancel, policy: p, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts}
-		for {
-			cs, err := streamer(s.attemptContext(), desc, cc, method, opts...)
-			if err == nil {
-				s.cs = cs
-				return s, nil
-			}
-			if !s.retryAfter(err) {
-				cancel()
-				return nil, err
-			}
+		if !s.retryAfter(err) {
+			cancel()
+			return nil, err
 		}
 	}
 }

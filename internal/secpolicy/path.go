@@ -43,6 +43,9 @@ func CanonicalPath(raw string) (string, error) {
 	if !strings.HasPrefix(raw, "/") {
 		return "", fmt.Errorf("%w: %q does not begin with '/'", ErrInvalidPath, raw)
 	}
+	if canonical(raw) {
+		return raw, nil // the common case: nothing to decode, merge or resolve
+	}
 	// First pass: decode and validate byte by byte into decoded, in which a
 	// '/' is always a real separator.
 	var b strings.Builder
@@ -77,6 +80,29 @@ func CanonicalPath(raw string) (string, error) {
 		}
 	}
 	return resolveSegments(b.String()), nil
+}
+
+// canonical reports whether p, which begins with '/', is its own canonical
+// form: no byte to decode, encode or reject, no empty segment but the last
+// (a trailing slash), and no "." or ".." segment.
+func canonical(p string) bool {
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '%' || c == '\\' || c < 0x20 || c >= 0x7f:
+			return false
+		case c == '/' && i+1 < len(p):
+			next := p[i+1:]
+			switch {
+			case next[0] == '/':
+				return false // an empty segment before another
+			case next[0] == '.' && (len(next) == 1 || next[1] == '/'):
+				return false // "."
+			case next[0] == '.' && next[1] == '.' && (len(next) == 2 || next[2] == '/'):
+				return false // ".."
+			}
+		}
+	}
+	return true
 }
 
 // resolveSegments merges slashes and resolves dot segments of p, which

@@ -108,3 +108,31 @@ func FuzzCanonicalPath(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCanonicalFastPath checks that a path CanonicalPath returns as it is
+// (its fast path) is what the full decoding and resolution would make of
+// it.
+func FuzzCanonicalFastPath(f *testing.F) {
+	for _, s := range []string{
+		"/", "/a", "/a/", "/a//", "//a", "/a/./b", "/a/../b", "/.", "/..", "/.a", "/..a",
+		"/a.", "/a/.b/", "/a/b/..", "/a/b/.", "/%61", "/a\x7f", "/\xe2\x82\xac", "/a\\b",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if !strings.HasPrefix(p, "/") || !canonical(p) {
+			return
+		}
+		if strings.ContainsAny(p, "%\\") {
+			t.Fatalf("canonical(%q) = true for a path with an escape or a backslash", p)
+		}
+		for i := 0; i < len(p); i++ {
+			if p[i] < 0x20 || p[i] >= 0x7f {
+				t.Fatalf("canonical(%q) = true for a path with byte %#x", p, p[i])
+			}
+		}
+		if got := resolveSegments(p); got != p {
+			t.Fatalf("canonical(%q) = true, but its segments resolve to %q", p, got)
+		}
+	})
+}

@@ -142,17 +142,54 @@ func (t *Table[T]) install(rc *v3routepb.RouteConfiguration) {
 // that there is none) has arrived, it waits for it or for ctx to be done.
 // ok is false when no route matches.
 func (t *Table[T]) Lookup(ctx context.Context, method string, md metadata.MD) (route *v3routepb.Route, v T, ok bool) {
-	return t.lookup(ctx, method, md, true)
+	return t.lookup(ctx, method, headerSource{md: md}, true)
+}
+
+// LookupOutgoing is Lookup with the metadata of ctx's outgoing context,
+// which it reads (a copy, in grpc-go) only if a route it tries has header
+// matchers.
+func (t *Table[T]) LookupOutgoing(ctx context.Context, method string) (route *v3routepb.Route, v T, ok bool) {
+	return t.lookup(ctx, method, headerSource{outgoing: true}, true)
 }
 
 // LookupHTTP is Lookup for an HTTP request: path is the request's
 // canonical path (without query), headers its headers with lowercase
 // names, matched as Envoy matches them (repeated values joined with ",").
 func (t *Table[T]) LookupHTTP(ctx context.Context, path string, headers map[string][]string) (route *v3routepb.Route, v T, ok bool) {
-	return t.lookup(ctx, path, headers, false)
+	return t.lookup(ctx, path, headerSource{md: headers}, false)
 }
 
-func (t *Table[T]) lookup(ctx context.Context, method string, md map[string][]string, grpc bool) (route *v3routepb.Route, v T, ok bool) {
+// LookupHTTPFunc is LookupHTTP with the headers made by headers, which it
+// calls (at most once) only if a route it tries has header matchers.
+func (t *Table[T]) LookupHTTPFunc(ctx context.Context, path string, headers func() map[string][]string) (route *v3routepb.Route, v T, ok bool) {
+	return t.lookup(ctx, path, headerSource{fn: headers}, false)
+}
+
+// headerSource gives a lookup the call's headers: md itself, else made by
+// fn, else (outgoing) the outgoing metadata of the lookup's context, at
+// most once and only when a route has header matchers.
+type headerSource struct {
+	md       map[string][]string
+	fn       func() map[string][]string
+	outgoing bool
+	done     bool
+}
+
+func (h *headerSource) get(ctx context.Context) map[string][]string {
+	if h.md != nil || h.done {
+		return h.md
+	}
+	h.done = true
+	switch {
+	case h.fn != nil:
+		h.md = h.fn()
+	case h.outgoing:
+		h.md, _ = metadata.FromOutgoingContext(ctx)
+	}
+	return h.md
+}
+
+func (t *Table[T]) lookup(ctx context.Context, method string, hs headerSource, grpc bool) (route *v3routepb.Route, v T, ok bool) {
 	select {
 	case <-t.ready:
 	default:
@@ -168,7 +205,7 @@ func (t *Table[T]) lookup(ctx context.Context, method string, md map[string][]st
 	}
 	for i := range c.routes {
 		r := &c.routes[i]
-		if r.matches(method, md, grpc) {
+		if r.matches(ctx, method, &hs, grpc) {
 			return r.route, r.value, true
 		}
 	}
@@ -299,16 +336,25 @@ func perMillion(f *v3typepb.FractionalPercent) uint32 {
 	return uint32(min(n, 1_000_000))
 }
 
-func (r *compiledRoute[T]) matches(method string, md map[string][]string, grpc bool) bool {
+func (r *compiledRoute[T]) matches(ctx context.Context, method string, hs *headerSource, grpc bool) bool {
 	if !r.path(method) {
 		return false
 	}
+	if len(r.headers) > 0 {
+		if !r.headersMatch(hs.get(ctx), grpc) {
+			return false
+		}
+	}
+	return r.fraction >= 1_000_000 || rand.Uint32N(1_000_000) < r.fraction
+}
+
+func (r *compiledRoute[T]) headersMatch(md map[string][]string, grpc bool) bool {
 	for _, h := range r.headers {
 		if !h.matches(md, grpc) {
 			return false
 		}
 	}
-	return r.fraction >= 1_000_000 || rand.Uint32N(1_000_000) < r.fraction
+	return true
 }
 
 // headerMatcher evaluates one Envoy HeaderMatcher over gRPC metadata as

@@ -70,10 +70,51 @@ func TestLookup(t *testing.T) {
 		if !ok || got != tc.want {
 			t.Errorf("Lookup(%q, %v) = %q, %v; want %q", tc.method, tc.md, got, ok, tc.want)
 		}
+		// The same call with its metadata in the outgoing context.
+		ctx := metadata.NewOutgoingContext(context.Background(), tc.md)
+		if _, got, ok := tbl.LookupOutgoing(ctx, tc.method); !ok || got != tc.want {
+			t.Errorf("LookupOutgoing(%q) with outgoing %v = %q, %v; want %q", tc.method, tc.md, got, ok, tc.want)
+		}
 	}
 	// The virtual host is chosen by authority; an unknown one takes "*".
 	if _, got, _ := table(rc, "ratings:9080").Lookup(context.Background(), "/pkg.Reviews/Get", nil); got != "catch-all-host" {
 		t.Errorf("Lookup on authority ratings:9080 = %q, want catch-all-host", got)
+	}
+}
+
+// TestLookupHTTPFuncMakesHeadersOnlyWhenMatched: the headers of a lazy
+// lookup are made once, and only when a route it tries has header
+// matchers; the outcome is LookupHTTP's.
+func TestLookupHTTPFuncMakesHeadersOnlyWhenMatched(t *testing.T) {
+	exact := func(name, v string) *v3routepb.HeaderMatcher {
+		return &v3routepb.HeaderMatcher{Name: name, HeaderMatchSpecifier: &v3routepb.HeaderMatcher_ExactMatch{ExactMatch: v}}
+	}
+	rc := &v3routepb.RouteConfiguration{VirtualHosts: []*v3routepb.VirtualHost{{Domains: []string{"*"}, Routes: []*v3routepb.Route{
+		route("plain", prefix("/plain")),
+		route("user", prefix("/", exact("x-user", "jason"))),
+		route("method", prefix("/", exact(":method", "POST"))),
+		route("default", prefix("/")),
+	}}}}
+	tbl := table(rc, "reviews:9080")
+	for _, tc := range []struct {
+		path    string
+		headers map[string][]string
+		want    string
+		made    int
+	}{
+		{"/plain/x", map[string][]string{"x-user": {"jason"}}, "plain", 0},
+		{"/x", map[string][]string{"x-user": {"jason"}}, "user", 1},
+		{"/x", map[string][]string{":method": {"POST"}}, "method", 1},
+		{"/x", nil, "default", 1},
+	} {
+		made := 0
+		_, got, ok := tbl.LookupHTTPFunc(context.Background(), tc.path, func() map[string][]string { made++; return tc.headers })
+		if !ok || got != tc.want || made != tc.made {
+			t.Errorf("LookupHTTPFunc(%q, %v) = %q, %v, headers made %d times; want %q, true, %d", tc.path, tc.headers, got, ok, made, tc.want, tc.made)
+		}
+		if _, want, _ := tbl.LookupHTTP(context.Background(), tc.path, tc.headers); want != got {
+			t.Errorf("LookupHTTPFunc(%q, %v) = %q, LookupHTTP = %q", tc.path, tc.headers, got, want)
+		}
 	}
 }
 
