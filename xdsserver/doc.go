@@ -51,5 +51,19 @@
 // DestinationRule asks for ISTIO_MUTUAL, or automatically when every
 // endpoint registered with an identity.
 //
+// On Kubernetes, WithKubernetes reads the same Istio resources as custom
+// resources (checked as strictly as files, errors naming
+// "k8s:Kind/namespace/name"), Services and EndpointSlices as endpoints,
+// and keeps registrations as WorkloadEntries that every replica serves:
+//
+//	srv, err := xdsserver.New(xdsserver.WithKubernetes("")) // in-cluster
+//
+// Without Kubernetes, WithStore keeps registrations in etcd so that
+// several replicas serve the same mesh and a workload can move to any of
+// them; without WithConfigDir the configuration is read from etcd too
+// (written with "trellisctl apply -store URI DIR"):
+//
+//	srv, err := xdsserver.New(xdsserver.WithStore("etcd://etcd-0:2379,etcd-1:2379/trellis"))
+//
 // cmd/xdsserver runs a Server with flags.
 package xdsserver

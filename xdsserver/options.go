@@ -34,9 +34,11 @@ type options struct {
 	adminToken   string
 
 	// Sources other than a directory, set by WithStore and WithKubernetes.
+	store           string // WithStore's URI; see resolveStore
 	configSource    config.Source
 	endpointSources []registry.Source
 	openStore       func(grace time.Duration, onChange func()) (registry.Store, error)
+	kubernetes      *kubeOptions // WithKubernetes; see useKubernetes
 
 	admission      int
 	admissionBurst int

@@ -83,7 +83,9 @@ type Server struct {
 // New returns a Server. With WithConfigDir it reads and validates the
 // directory first and fails if it is invalid, since there is no earlier good
 // configuration to keep; it then watches the directory until the Server is
-// closed. New does not listen on anything: call Serve.
+// closed. With an etcd WithStore it first grants its etcd lease and reads
+// the registrations, and fails if that is not done within 10 seconds. New
+// does not listen on anything: call Serve.
 func New(opts ...Option) (*Server, error) {
 	var o options
 	for _, opt := range opts {
@@ -94,6 +96,14 @@ func New(opts ...Option) (*Server, error) {
 	}
 	if o.debounce == 0 {
 		o.debounce = rebuildDebounce
+	}
+	// Kubernetes first: with both, the configuration comes from Kubernetes
+	// and registrations go to the store.
+	if err := o.useKubernetes(); err != nil {
+		return nil, err
+	}
+	if err := o.resolveStore(); err != nil {
+		return nil, err
 	}
 	s := &Server{
 		opts:      o,
@@ -152,6 +162,7 @@ func New(opts ...Option) (*Server, error) {
 		set, err := config.LoadDir(o.configDir)
 		if err != nil {
 			s.cancel()
+			s.reg.Close()
 			return nil, err
 		}
 		s.cfg, s.cfgLoaded, s.attempted = set, time.Now(), time.Now()
@@ -163,6 +174,7 @@ func New(opts ...Option) (*Server, error) {
 		}
 		if err != nil {
 			s.cancel()
+			s.reg.Close()
 			if watcher != nil {
 				watcher.Close()
 			}
@@ -253,12 +265,24 @@ func (s *Server) secureServer() *grpc.Server {
 
 // Close stops the Server at once. It is idempotent.
 func (s *Server) Close() error {
-	s.stopBackground()
+	// Connections go first, as in a crash: clients see them reset and move
+	// to another replica at once, rather than retrying a stream on a
+	// connection that is about to close and then backing off.
+	s.markClosed()
 	s.grpc.Stop()
 	if srv := s.secureServer(); srv != nil {
 		srv.Stop()
 	}
+	s.stopBackground()
 	return nil
+}
+
+// markClosed records that the Server is closing, so that Serve reports
+// ErrServerClosed.
+func (s *Server) markClosed() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 }
 
 func (s *Server) stopBackground() {

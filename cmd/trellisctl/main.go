@@ -1,6 +1,7 @@
 // Command trellisctl inspects Trellis configuration and control planes.
 //
 //	trellisctl validate [-o text|json] [-strict] DIR
+//	trellisctl apply -store etcd://HOST:PORT[,HOST:PORT...][/PREFIX] DIR
 //	trellisctl status [-admin ADDR] [-token T] [-o text|json]
 //	trellisctl config-dump [-admin ADDR] [-token T] [-client NODE]
 //	trellisctl describe [-admin ADDR] [-token T] [-n NAMESPACE] [-o text|json] SERVICE
@@ -14,6 +15,11 @@
 // configuration would be rejected (or, with -strict, if there are
 // warnings), 2 on a usage error, 0 otherwise. Run it in CI before a change
 // reaches the control plane.
+//
+// apply validates DIR the same way and, only if it is valid, writes it to
+// the etcd store that xdsserver -store reads (under <prefix>/config/, one
+// key per file) in one transaction: changed files are put, keys of files no
+// longer in DIR are deleted. Every replica reloads from it.
 //
 // status, config-dump and describe read a running control plane's admin
 // endpoint (-admin, default 127.0.0.1:15014; a bearer token with -token when
@@ -45,7 +51,7 @@ const usage = `usage: trellisctl <command> [flags]
 
 commands:
   validate [-o text|json] [-strict] DIR   check a configuration directory
-` + adminUsage
+` + applyUsage + adminUsage
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -55,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "validate":
 		return validate(args[1:], stdout, stderr)
+	case "apply":
+		return apply(args[1:], stdout, stderr)
 	case "status":
 		return status(args[1:], stdout, stderr)
 	case "config-dump":

@@ -13,6 +13,23 @@
 // -config names a directory of Istio YAML that is watched and hot-reloaded;
 // a change that fails to load is logged and shown at /debug/config_dump, and
 // the last good configuration stays in force. SIGHUP reloads it too.
+//
+// -store chooses where registrations are kept: "memory" (the default), or
+// "etcd://host:port[,host:port...][/prefix]" so that several replicas share
+// them (and a workload can move to any replica). With etcd and neither
+// -config nor -kubernetes, the configuration is read from etcd too (written
+// there with "trellisctl apply -store URI DIR"); otherwise only
+// registrations are in etcd. The
+// server exits if it cannot reach etcd at start; once running it rides out
+// etcd outages (docs/ARCHITECTURE.md, "Replicas and the etcd store").
+//
+// -kubernetes reads the mesh from the cluster instead: the Istio custom
+// resources (from Istio's base chart CRDs) as configuration, Services and
+// EndpointSlices as endpoints, and registrations kept as WorkloadEntries so
+// that every replica serves them (with -store etcd://..., registrations go
+// to etcd instead). It uses the Pod's service account, or -kubeconfig.
+// examples/kubernetes has the manifests.
+//
 // SIGINT or SIGTERM shut down cleanly.
 //
 // -join-tokens names a JSON file mapping each join token to the identity
@@ -53,6 +70,9 @@ func main() {
 func run() error {
 	var (
 		configDir   = flag.String("config", "", "directory of Istio YAML to load and watch (optional)")
+		kubernetes  = flag.Bool("kubernetes", false, "read Istio custom resources, Services and EndpointSlices from Kubernetes, and keep registrations as WorkloadEntries (exclusive with -config)")
+		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file for -kubernetes (default: the in-cluster service account)")
+		store       = flag.String("store", "memory", "where registrations (and, with neither -config nor -kubernetes, the configuration) are kept: memory, or etcd://host:port[,host:port...][/prefix]")
 		xdsAddr     = flag.String("xds-addr", "127.0.0.1:15010", "address for xDS and the registration API")
 		adminAddr   = flag.String("admin-addr", "127.0.0.1:15014", "address for /healthz, /readyz, /metrics and /debug/config_dump")
 		dataDir     = flag.String("data-dir", defaultDataDir(), "directory for state the control plane keeps across restarts")
@@ -99,6 +119,7 @@ func run() error {
 	opts := []xdsserver.Option{
 		xdsserver.WithLogger(logger),
 		xdsserver.WithRegistrationGrace(*grace),
+		xdsserver.WithStore(*store),
 		xdsserver.WithDataDir(*dataDir),
 		xdsserver.WithTrustDomain(*trustDomain),
 		xdsserver.WithStreamAdmission(*admission, *admission),
@@ -121,6 +142,11 @@ func run() error {
 	}
 	if *configDir != "" {
 		opts = append(opts, xdsserver.WithConfigDir(*configDir))
+	}
+	if *kubernetes {
+		opts = append(opts, xdsserver.WithKubernetes(*kubeconfig))
+	} else if *kubeconfig != "" {
+		return errors.New("-kubeconfig needs -kubernetes")
 	}
 	srv, err := xdsserver.New(opts...)
 	if err != nil {
@@ -153,7 +179,7 @@ func run() error {
 		go func() { errc <- srv.ServeSecure(secureLis) }()
 	}
 	go func() { errc <- admin.Serve(adminLis) }()
-	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "secure", *secureAddr, "admin", adminLis.Addr().String(), "config", *configDir, "dataDir", *dataDir)
+	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "secure", *secureAddr, "admin", adminLis.Addr().String(), "config", *configDir, "store", *store, "dataDir", *dataDir)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)

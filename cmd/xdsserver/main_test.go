@@ -53,6 +53,23 @@ func TestCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("kubernetes flags", func(t *testing.T) {
+		for _, c := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"-kubernetes", "-kubeconfig", filepath.Join(t.TempDir(), "missing")}, "kube: "},
+			{[]string{"-kubernetes", "-kubeconfig", "x", "-config", t.TempDir()}, "WithKubernetes and WithConfigDir are exclusive"},
+			{[]string{"-kubeconfig", "x"}, "-kubeconfig needs -kubernetes"},
+		} {
+			args := append(c.args, "-xds-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-secure-addr", "", "-data-dir", t.TempDir())
+			out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), c.want) {
+				t.Errorf("xdsserver %q: exit = %v, output %q; want status 1 and %q", c.args, err, out, c.want)
+			}
+		}
+	})
+
 	t.Run("unknown flag", func(t *testing.T) {
 		err := exec.CommandContext(ctx, bin, "-bogus").Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() == 0 {

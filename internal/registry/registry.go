@@ -90,8 +90,10 @@ type Store interface {
 	// Endpoints returns the registered endpoints, including those in their
 	// grace period, sorted by key.
 	Endpoints() []Endpoint
-	// Close stops the Store's background work; endpoints released after
-	// Close leave at once.
+	// Close stops the Store's background work. Endpoints released after
+	// Close leave at once from a Registry; a shared Store leaves them to
+	// expire (etcd: with the replica's lease, one grace later), so that
+	// their workloads can move to another replica without leaving EDS.
 	Close()
 }
 
