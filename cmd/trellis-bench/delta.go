@@ -13,7 +13,6 @@ import (
 
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	v3discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -169,7 +168,7 @@ func m9Run(ctx context.Context, cfg config, v m9Variant) (m9Result, error) {
 			}
 		}
 		node := &v3corepb.Node{Id: "m9-" + strconv.Itoa(i), Cluster: "bench"}
-		ads := v3discoverygrpc.NewAggregatedDiscoveryServiceClient(ccs[i%conns])
+		ads := v3discoverypb.NewAggregatedDiscoveryServiceClient(ccs[i%conns])
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -235,7 +234,7 @@ func m9Run(ctx context.Context, cfg config, v m9Variant) (m9Result, error) {
 
 // sotwSubscriber subscribes to names over a state-of-the-world ADS stream
 // and ACKs every response.
-func sotwSubscriber(ctx context.Context, ads v3discoverygrpc.AggregatedDiscoveryServiceClient, node *v3corepb.Node,
+func sotwSubscriber(ctx context.Context, ads v3discoverypb.AggregatedDiscoveryServiceClient, node *v3corepb.Node,
 	names []string, onCLA func(*v3endpointpb.ClusterLoadAssignment), onResponse func()) error {
 	stream, err := ads.StreamAggregatedResources(ctx)
 	if err != nil {
@@ -264,7 +263,7 @@ func sotwSubscriber(ctx context.Context, ads v3discoverygrpc.AggregatedDiscovery
 
 // deltaSubscriber subscribes to names over an incremental ADS stream and
 // ACKs every response.
-func deltaSubscriber(ctx context.Context, ads v3discoverygrpc.AggregatedDiscoveryServiceClient, node *v3corepb.Node,
+func deltaSubscriber(ctx context.Context, ads v3discoverypb.AggregatedDiscoveryServiceClient, node *v3corepb.Node,
 	names []string, onCLA func(*v3endpointpb.ClusterLoadAssignment), onResponse func()) error {
 	stream, err := ads.DeltaAggregatedResources(ctx)
 	if err != nil {
@@ -331,7 +330,7 @@ func serveSnapshot(ctx context.Context, dir string, srv *grpc.Server) error {
 	if err := load(); err != nil {
 		return err
 	}
-	v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, serverv3.NewServer(ctx, snaps, nil))
+	v3discoverypb.RegisterAggregatedDiscoveryServiceServer(srv, serverv3.NewServer(ctx, snaps, nil))
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return err
