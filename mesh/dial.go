@@ -72,6 +72,9 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 	}
 	telOuter, telInner := clientTelemetry(tel)
 	dialOpts = append(dialOpts, telOuter...)
+	// grpc-go's xDS client and balancers report what they measure (NACKed
+	// resources, ejections) through the channel's metrics recorders.
+	dialOpts = append(dialOpts, tel.ComponentMetrics()...)
 	var releases []func()
 	release := func() {
 		for _, r := range releases {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/trellismesh/trellis/internal/mtls"
+	"github.com/trellismesh/trellis/telemetry"
 )
 
 // httpReadHeaderTimeout bounds how long an HTTPServer waits for a request's
@@ -61,6 +62,7 @@ type (
 type HTTPServer struct {
 	opts *options
 	http *http.Server
+	tel  *telemetry.Telemetry // nil: off
 
 	member
 	tls *tls.Config // nil without an identity; guarded by mu
@@ -78,6 +80,7 @@ func NewHTTPServer(h http.Handler, opts ...Option) (*HTTPServer, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.tel = tel
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
@@ -124,12 +127,12 @@ func (s *HTTPServer) Serve(lis net.Listener) error {
 	}
 	if s.id == nil {
 		if s.id = s.opts.acquireIdentity(); s.id != nil {
-			cfg := mtls.ServerConfig(s.id, nil, mtls.WithLogger(s.opts.logger))
+			cfg := mtls.ServerConfig(s.id, nil, s.opts.mtlsOptions(s.tel)...)
 			cfg.NextProtos = []string{"h2", "http/1.1"}
 			s.tls = cfg
 		}
 	}
-	ml := &meshListener{Listener: lis, log: s.opts.logger}
+	ml := &meshListener{Listener: lis, log: s.opts.logger, tel: s.tel}
 	if s.tls != nil {
 		ml.Listener = mtls.NewPermissiveListener(lis, s.tls, mtls.WithLogger(s.opts.logger))
 		ml.canTLS = true
@@ -198,6 +201,7 @@ type meshListener struct {
 	canTLS       bool         // the server has an identity
 	watch        *policyWatch // nil: no policy
 	log          *slog.Logger
+	tel          *telemetry.Telemetry // nil: off
 }
 
 func (l *meshListener) Accept() (net.Conn, error) {
@@ -215,6 +219,9 @@ func (l *meshListener) Accept() (net.Conn, error) {
 		_, isTLS := c.(*tls.Conn)
 		if (mode == modeStrict && !isTLS) || (mode == modeDisable && isTLS) {
 			l.log.Info("mesh: refused a connection", "mtls", mode.String(), "tls", isTLS, "peer", c.RemoteAddr().String())
+			if !isTLS {
+				l.tel.HandshakeFailed(mtls.FailureNotTLS)
+			}
 			c.Close()
 			continue
 		}

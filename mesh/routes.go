@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/grpc"
@@ -27,6 +28,18 @@ type sharedXDSClient struct {
 	key    string
 	client *xdsclient.Client
 	refs   int
+	// tel records the client's updates and rejections: the telemetry of
+	// the first component using the client that has any, as grpc-go's
+	// shared xDS client reports through the first channel's recorders.
+	tel atomic.Pointer[telemetry.Telemetry]
+}
+
+// observe makes tel, if not nil, record the client's updates unless an
+// earlier component's telemetry already does.
+func (s *sharedXDSClient) observe(tel *telemetry.Telemetry) {
+	if tel != nil {
+		s.tel.CompareAndSwap(nil, tel)
+	}
 }
 
 // acquireXDSClient returns the shared client for the options' control plane
@@ -47,11 +60,18 @@ func (o *options) acquireXDSClient(addr string) (*sharedXDSClient, error) {
 		s.refs++
 		return s, nil
 	}
-	c, err := xdsclient.New(xdsclient.Config{Server: addr, Node: node, Logger: o.logger})
+	s := &sharedXDSClient{key: key, refs: 1}
+	c, err := xdsclient.New(xdsclient.Config{Server: addr, Node: node, Logger: o.logger,
+		OnResponse: func(typ string, accepted, rejected int) {
+			if tel := s.tel.Load(); tel != nil {
+				tel.XDSUpdate(typ, true, accepted)
+				tel.XDSUpdate(typ, false, rejected)
+			}
+		}})
 	if err != nil {
 		return nil, err
 	}
-	s := &sharedXDSClient{key: key, client: c, refs: 1}
+	s.client = c
 	xdsClients[key] = s
 	return s, nil
 }
@@ -126,6 +146,7 @@ func (o *options) routeInterceptors(addr, target string, tel *telemetry.Telemetr
 	if err != nil {
 		return nil, nil, err
 	}
+	shared.observe(tel)
 	table := xdsroute.WatchVirtualHost(shared.client, target, routeCallOf)
 	release := func() {
 		table.Close()

@@ -20,6 +20,7 @@ import (
 	"github.com/trellismesh/trellis/internal/register"
 	"github.com/trellismesh/trellis/internal/registrationpb"
 	"github.com/trellismesh/trellis/internal/replicas"
+	"github.com/trellismesh/trellis/telemetry"
 )
 
 // ErrServerClosed is returned by Server.Serve after Shutdown or Close.
@@ -43,6 +44,7 @@ var ErrServerClosed = errors.New("mesh: server closed")
 type Server struct {
 	opts *options
 	grpc *grpc.Server
+	tel  *telemetry.Telemetry // nil: off
 
 	member
 	strict     *mtls.Credentials // nil without an identity; guarded by mu
@@ -63,6 +65,7 @@ func NewServer(opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.tel = tel
 	sopts := []grpc.ServerOption{grpc.Creds(&serverCreds{s: s})}
 	sopts = append(sopts, serverInterceptors(tel, s.unaryPolicy, s.streamPolicy)...)
 	s.grpc = grpc.NewServer(append(sopts, o.serverOptions...)...)
@@ -123,9 +126,10 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 	if s.id == nil {
 		if s.id = s.opts.acquireIdentity(); s.id != nil {
-			cfg := mtls.ServerConfig(s.id, nil, mtls.WithLogger(s.opts.logger))
-			s.strict = mtls.StrictCredentials(cfg, mtls.WithLogger(s.opts.logger))
-			s.permissive = mtls.PermissiveCredentials(cfg, mtls.WithLogger(s.opts.logger))
+			mopts := s.opts.mtlsOptions(s.tel)
+			cfg := mtls.ServerConfig(s.id, nil, mopts...)
+			s.strict = mtls.StrictCredentials(cfg, mopts...)
+			s.permissive = mtls.PermissiveCredentials(cfg, mopts...)
 		}
 	}
 	if s.opts.service != "" {

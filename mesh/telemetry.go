@@ -6,6 +6,8 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/trellismesh/trellis/internal/mtls"
+
 	"github.com/trellismesh/trellis/telemetry"
 )
 
@@ -82,4 +84,14 @@ func serverInterceptors(tel *telemetry.Telemetry, unary grpc.UnaryServerIntercep
 		grpc.ChainUnaryInterceptor(tel.UnaryServerInterceptor(), unary, tel.UnaryAdmittedInterceptor()),
 		grpc.ChainStreamInterceptor(tel.StreamServerInterceptor(), stream, tel.StreamAdmittedInterceptor()),
 	}
+}
+
+// mtlsOptions are the options of a server's mutual TLS: its logger, and
+// its handshake failures counted by tel (if not nil).
+func (o *options) mtlsOptions(tel *telemetry.Telemetry) []mtls.Option {
+	opts := []mtls.Option{mtls.WithLogger(o.logger)}
+	if tel != nil {
+		opts = append(opts, mtls.WithHandshakeFailures(tel.HandshakeFailed))
+	}
+	return opts
 }

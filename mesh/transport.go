@@ -106,6 +106,9 @@ func NewTransport(opts ...Option) *Transport {
 	if err == nil {
 		t.shared, err = o.acquireXDSClient(addr)
 	}
+	if err == nil {
+		t.shared.observe(t.tel)
+	}
 	if err == nil { // the control plane sees HTTP load as it sees grpc-go's
 		node, nerr := o.node().Proto()
 		t.lrs, err = lrs.New(lrs.Config{Server: addr, Node: node, Logger: o.logger})
@@ -785,6 +788,8 @@ type meshCluster struct {
 
 	mu     sync.Mutex // serialises updates and the making of transports
 	picker *pick.Picker
+
+	onEject func(address string) // counts ejections; nil without telemetry
 }
 
 type clusterSnap struct {
@@ -814,6 +819,9 @@ func (t *Transport) cluster(name string) (*meshCluster, error) {
 		return c, nil
 	}
 	c := &meshCluster{ready: make(chan struct{})}
+	if t.tel != nil {
+		c.onEject = func(string) { t.tel.Event(context.Background(), telemetry.EventEjection, "", name) }
+	}
 	next := make(map[string]*meshCluster, len(old)+1)
 	maps.Copy(next, old)
 	next[name] = c
@@ -826,6 +834,7 @@ func (c *meshCluster) update(st *xdscluster.State) {
 	c.mu.Lock()
 	if st.Err == nil {
 		cfg, eps := pickConfig(st)
+		cfg.OnEject = c.onEject
 		if c.picker == nil {
 			c.picker = pick.New(cfg, eps)
 		} else {

@@ -27,9 +27,22 @@
 // trellis.rpc.client.active_requests, trellis.rpc.server.active_requests,
 // trellis.client.attempts (each attempt), trellis.client.retries,
 // trellis.client.events (event = circuit_breaker_open, fault_abort,
-// no_healthy_upstream) and trellis.server.policy.denials (reason = denied,
-// unauthenticated, not_serving; counted when the Admitted interceptors
-// mark what passed the policy).
+// no_healthy_upstream, outlier_ejection), trellis.server.policy.denials
+// (reason = denied, unauthenticated, not_serving; counted when the
+// Admitted interceptors mark what passed the policy),
+// trellis.server.tls.handshake_failures (reason = peer_rejected, not_tls,
+// handshake_error; see HandshakeFailed) and
+// trellis.xds_client.resource_updates (type = LDS, RDS, CDS, EDS; result =
+// accepted, rejected: what the mesh's own xDS client accepted and NACKed).
+//
+// What grpc-go's components measure beyond single calls is not measured
+// again: ComponentMetrics gives a channel a recorder (gRFC A79) through
+// which grpc-go's xDS client reports grpc.xds_client.resource_updates_valid,
+// _invalid (NACKed resources) and server_failure, its balancers their
+// metrics, and Trellis's outlier policy trellis.lb.outlier.ejections
+// (label grpc.target) — the gRPC client's share of the mesh events above.
+// Its asynchronous gauges (grpc.xds_client.connected, .resources) are not
+// exported.
 //
 // Calls carry Istio's mesh dimensions as attributes where known:
 // source_app, source_version, source_workload_namespace,

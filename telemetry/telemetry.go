@@ -172,6 +172,9 @@ type Telemetry struct {
 	retries            metric.Int64Counter
 	events             metric.Int64Counter
 	denials            metric.Int64Counter
+	handshakeFailures  metric.Int64Counter
+	xdsUpdates         metric.Int64Counter
+	components         *grpcMetrics // grpc-go's own non-per-call metrics
 }
 
 // Instrument names beyond OpenTelemetry's semantic conventions.
@@ -182,6 +185,15 @@ const (
 	MetricDenials       = "trellis.server.policy.denials" // calls the server's policy refused: attribute reason
 	MetricRPCClientBusy = "trellis.rpc.client.active_requests"
 	MetricRPCServerBusy = "trellis.rpc.server.active_requests"
+	// MetricHandshakeFailures counts inbound connections whose mutual TLS
+	// handshake failed, by attribute reason (see HandshakeFailed).
+	MetricHandshakeFailures = "trellis.server.tls.handshake_failures"
+	// MetricXDSUpdates counts the xDS resources the mesh's own xDS client
+	// (the HTTP path) received, by type and result: accepted, or rejected
+	// (NACKed). grpc-go's xDS client (the gRPC path) reports the same as
+	// grpc.xds_client.resource_updates_valid and _invalid, through
+	// ComponentMetrics.
+	MetricXDSUpdates = "trellis.xds_client.resource_updates"
 )
 
 // Client events, the values of the attribute "event" of MetricEvents.
@@ -189,6 +201,7 @@ const (
 	EventCircuitBreaker = "circuit_breaker_open" // a call refused by the cluster's circuit breaker (max requests)
 	EventFaultAbort     = "fault_abort"          // a call aborted by fault injection
 	EventNoHealthy      = "no_healthy_upstream"  // no endpoint to send to
+	EventEjection       = "outlier_ejection"     // an endpoint ejected by outlier detection
 )
 
 // durationBounds are histogram boundaries in seconds, OpenTelemetry's
@@ -260,6 +273,9 @@ func New(opts ...Option) (*Telemetry, error) {
 	t.retries = counter(MetricRetries, "{retry}", "Retries of outbound calls.")
 	t.events = counter(MetricEvents, "{event}", "Mesh events on outbound calls (circuit breaking, fault injection, no healthy upstream).")
 	t.denials = counter(MetricDenials, "{request}", "Inbound calls refused by the server's mTLS, authentication or authorization policy.")
+	t.handshakeFailures = counter(MetricHandshakeFailures, "{connection}", "Inbound connections whose mutual TLS handshake failed: attribute reason.")
+	t.xdsUpdates = counter(MetricXDSUpdates, "{resource}", "xDS resources received by the mesh's own xDS client (HTTP path): attributes type and result (accepted, rejected).")
+	t.components = newGRPCMetrics(m)
 	for _, err := range errs {
 		if err != nil {
 			return nil, fmt.Errorf("telemetry: %w", err)
@@ -346,4 +362,31 @@ func (t *Telemetry) Event(ctx context.Context, event, host, cluster string) {
 		s.mu.Unlock()
 	}
 	trace.SpanFromContext(ctx).AddEvent(event)
+}
+
+// HandshakeFailed counts an inbound connection whose mutual TLS handshake
+// failed, for reason ("peer_rejected": its certificate is not trusted or
+// not authorized; "not_tls": plaintext or garbage where TLS is required;
+// "handshake_error": anything else), labelled with the local workload as
+// the destination. A nil Telemetry ignores it.
+func (t *Telemetry) HandshakeFailed(reason string) {
+	if t == nil {
+		return
+	}
+	kv := t.cfg.workload.attrs([]attribute.KeyValue{attribute.String("reason", reason)}, "destination_")
+	t.handshakeFailures.Add(context.Background(), 1, metric.WithAttributes(kv...))
+}
+
+// XDSUpdate counts n resources of an xDS type ("LDS", "RDS", "CDS", "EDS")
+// received by the mesh's own xDS client, accepted or rejected (NACKed). A
+// nil Telemetry ignores it.
+func (t *Telemetry) XDSUpdate(typ string, accepted bool, n int) {
+	if t == nil || n <= 0 {
+		return
+	}
+	result := "accepted"
+	if !accepted {
+		result = "rejected"
+	}
+	t.xdsUpdates.Add(context.Background(), int64(n), metric.WithAttributes(attribute.String("type", typ), attribute.String("result", result)))
 }

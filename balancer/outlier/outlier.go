@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/balancer/base"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	estats "google.golang.org/grpc/experimental/stats"
 	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
@@ -39,6 +40,16 @@ var (
 	// errEjected is the connection error of the TRANSIENT_FAILURE health
 	// state the child sees for an ejected endpoint.
 	errEjected = errors.New("outlier: endpoint ejected after consecutive errors")
+
+	// ejectionsMetric counts ejections, reported through the channel's
+	// metrics recorders (gRFC A79) as grpc-go's own policies report theirs;
+	// Trellis's telemetry exports it (telemetry.Telemetry.ComponentMetrics).
+	ejectionsMetric = estats.RegisterInt64Count(estats.MetricDescriptor{
+		Name:        "trellis.lb.outlier.ejections",
+		Description: "Endpoints ejected by outlier detection (consecutive errors).",
+		Unit:        "{ejection}",
+		Labels:      []string{"grpc.target"},
+	})
 )
 
 func init() {
@@ -446,6 +457,7 @@ func (b *outlierBalancer) ejectLocked(ep *endpoint, reason string) bool {
 	ep.ejectedAt = timeNow()
 	ep.multiplier++
 	logger.Infof("outlier: [%p] ejecting endpoint %s for %v after %s", b, ep.name, b.cfg.ejectionTime(ep.multiplier), reason)
+	ejectionsMetric.Record(b.ClientConn.MetricsRecorder(), 1, b.opts.Target.String())
 	b.updateOutLocked()
 	return true
 }

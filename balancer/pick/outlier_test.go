@@ -249,3 +249,20 @@ func TestOutlierRemoved(t *testing.T) {
 		t.Errorf("endpoints picked (-got +want):\n%s", diff)
 	}
 }
+
+// TestOnEject: OnEject hears each ejection, with the endpoint's address,
+// and not the failures short of one.
+func TestOnEject(t *testing.T) {
+	newFakeClock(t)
+	eps := endpoints(3)
+	var got []string
+	p := New(Config{Outlier: &Outlier{ConsecutiveErrors: 2, MaxEjectionPercent: 100}, OnEject: func(addr string) { got = append(got, addr) }}, eps)
+	report(t, p, eps[1].Address, 1, Failure)
+	if len(got) != 0 {
+		t.Fatalf("OnEject called after one failure of two: %v", got)
+	}
+	report(t, p, eps[1].Address, 1, Failure)
+	if len(got) != 1 || got[0] != eps[1].Address {
+		t.Errorf("OnEject calls = %v, want [%s]", got, eps[1].Address)
+	}
+}

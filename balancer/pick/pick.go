@@ -90,6 +90,9 @@ type Config struct {
 	// FailurePenalty is the least latency EWMA counts a Failure or
 	// GatewayFailure as. If zero, 1s.
 	FailurePenalty time.Duration
+	// OnEject, if not nil, is called with the address of each endpoint
+	// outlier detection ejects, for metrics. It must not call the Picker.
+	OnEject func(address string)
 }
 
 func (c Config) ewmaParams() peakewma.Params {
@@ -310,18 +313,24 @@ func (p *Picker) finish(ep *endpoint, r Result) {
 		return
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	o := p.cfg.Outlier
 	if o == nil || ep.gone || ep.ejected {
+		p.mu.Unlock()
 		return
 	}
+	ejected := false
 	if (o.ConsecutiveErrors > 0 && errs >= o.ConsecutiveErrors) || (o.ConsecutiveGatewayErrors > 0 && gw >= o.ConsecutiveGatewayErrors) {
 		// Count afresh whether or not the ejection is allowed, as Envoy does.
 		ep.errors.Store(0)
 		ep.gateway.Store(0)
-		if p.ejectLocked(ep) {
+		if ejected = p.ejectLocked(ep); ejected {
 			p.rebuildLocked()
 		}
+	}
+	onEject, addr := p.cfg.OnEject, ep.Address
+	p.mu.Unlock()
+	if ejected && onEject != nil {
+		onEject(addr)
 	}
 }
 

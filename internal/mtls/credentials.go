@@ -87,6 +87,15 @@ func (c *Credentials) handshakeTLS(conn net.Conn) (net.Conn, credentials.AuthInf
 	out, info, err := c.tls.ServerHandshake(conn)
 	if err != nil {
 		c.cfg.log.Debug("mtls: handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
+		var rejected rejectedError
+		var notTLS tls.RecordHeaderError
+		switch {
+		case errors.As(err, &rejected): // reported by ServerConfig
+		case errors.As(err, &notTLS):
+			c.cfg.failed(FailureNotTLS)
+		default:
+			c.cfg.failed(FailureHandshake)
+		}
 		return nil, nil, fmt.Errorf("mtls: handshake: %w", err)
 	}
 	return out, info, nil

@@ -3,8 +3,10 @@ package mtls
 import (
 	"crypto/tls"
 	"errors"
+	"maps"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,5 +148,43 @@ func TestCredentialsAreServerOnly(t *testing.T) {
 		if got := clone.(*Credentials).permissive; got != c.permissive {
 			t.Errorf("Clone().permissive = %v, want %v", got, c.permissive)
 		}
+	}
+}
+
+// failures counts the reasons WithHandshakeFailures reports.
+type failures struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (f *failures) add(reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n[reason]++
+}
+
+func (f *failures) get() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.n)
+}
+
+// TestHandshakeFailuresAreReported: every refused connection is reported
+// once, with why; a good one is not reported.
+func TestHandshakeFailuresAreReported(t *testing.T) {
+	p := newPKI(t)
+	other := newTestCA(t, "example.org")
+	f := &failures{n: map[string]int{}}
+	report := WithHandshakeFailures(f.add)
+	addr := startGRPC(t, StrictCredentials(ServerConfig(p.server, nil, report), report))
+	runGRPCCases(t, addr, []grpcCase{
+		{name: "plaintext client", creds: insecure.NewCredentials(), wantCode: codes.Unavailable},
+		{name: "TLS client of an untrusted CA", creds: credentials.NewTLS(mustClientConfig(t, newTestSource(other.svid(t, clientID), p.ca), serverID)), wantCode: codes.Unavailable},
+		{name: "valid SVID", creds: credentials.NewTLS(mustClientConfig(t, p.client, serverID)), wantCode: codes.OK, wantUser: clientID, wantAuth: "tls"},
+	})
+	got := f.get()
+	// grpc-go may try a refused connection more than once within a call.
+	if got[FailureNotTLS] == 0 || got[FailurePeerRejected] == 0 || got[FailureHandshake] != 0 || len(got) != 2 {
+		t.Errorf("reported failures = %v, want not_tls and peer_rejected only", got)
 	}
 }

@@ -116,8 +116,10 @@ func ServerConfig(src identity.Source, authorize Authorizer, opts ...Option) *tl
 			}
 			if err != nil {
 				cfg.log.Info("mtls: rejected client", "err", err, "resumed", cs.DidResume)
+				cfg.failed(FailurePeerRejected)
+				return rejectedError{err}
 			}
-			return err
+			return nil
 		},
 	}
 }
@@ -257,3 +259,9 @@ func PeerIDFromContext(ctx context.Context) (spiffeid.ID, bool) {
 	id, err := PeerID(info.State)
 	return id, err == nil
 }
+
+// rejectedError is a peer rejection of ServerConfig's, already reported to
+// WithHandshakeFailures' function.
+type rejectedError struct{ error }
+
+func (e rejectedError) Unwrap() error { return e.error }

@@ -23,6 +23,7 @@ func (f optionFunc) apply(c *config) { f(c) }
 type config struct {
 	log              *slog.Logger
 	handshakeTimeout time.Duration
+	failed           func(reason string)
 }
 
 func newConfig(opts []Option) config {
@@ -35,6 +36,9 @@ func newConfig(opts []Option) config {
 	}
 	if c.handshakeTimeout <= 0 {
 		c.handshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.failed == nil {
+		c.failed = func(string) {}
 	}
 	return c
 }
@@ -59,4 +63,26 @@ func WithLogger(l *slog.Logger) Option {
 // PermissiveListener use it.
 func WithHandshakeTimeout(d time.Duration) Option {
 	return optionFunc(func(c *config) { c.handshakeTimeout = d })
+}
+
+// Reasons a handshake failed, given to WithHandshakeFailures' function.
+const (
+	// FailurePeerRejected: the peer's certificate is not a valid SVID of
+	// a trusted domain, or not authorized.
+	FailurePeerRejected = "peer_rejected"
+	// FailureNotTLS: the peer sent something other than TLS where TLS is
+	// required (plaintext into STRICT).
+	FailureNotTLS = "not_tls"
+	// FailureHandshake: any other handshake error (a protocol error, a
+	// timeout, a peer that went away).
+	FailureHandshake = "handshake_error"
+)
+
+// WithHandshakeFailures calls f with the reason (FailurePeerRejected,
+// FailureNotTLS, FailureHandshake) of every failed server handshake, once
+// per connection, for metrics. ServerConfig reports the peers it rejects;
+// Credentials report every other failure of their handshakes. f must be
+// safe for concurrent use.
+func WithHandshakeFailures(f func(reason string)) Option {
+	return optionFunc(func(c *config) { c.failed = f })
 }

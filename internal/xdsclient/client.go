@@ -60,6 +60,11 @@ type Config struct {
 	ResourceTimeout time.Duration
 	// Logger receives the Client's logs. If nil, the Client logs nothing.
 	Logger *slog.Logger
+	// OnResponse, if not nil, is called after each response with its
+	// resource type ("LDS", "RDS", "CDS" or "EDS") and how many of its resources were accepted
+	// and rejected (NACKed), for metrics. It is called with the Client's
+	// lock held: it must return quickly and not call the Client.
+	OnResponse func(kind string, accepted, rejected int)
 	// BackoffMin and BackoffMax bound the jittered exponential delay
 	// between attempts to open the ADS stream. The delay starts again from
 	// BackoffMin after a stream that received a response. If zero, 100

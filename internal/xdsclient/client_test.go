@@ -4,6 +4,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -421,6 +422,39 @@ func TestResubscribe(t *testing.T) {
 					t.Fatalf("watch %d: got %v, want an update", i, e)
 				}
 				cancel()
+			}
+		})
+	}
+}
+
+// TestOnResponseCountsRejections: OnResponse hears, per response, how many
+// resources were accepted and how many rejected (NACKed).
+func TestOnResponseCountsRejections(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			ctx := testContext(t)
+			invalid := edsCluster("bad", time.Second)
+			invalid.LbPolicy = 99
+			f := startFake(t, "", map[string]map[string]proto.Message{
+				resource.ClusterType: {"good": edsCluster("good", time.Second), "bad": invalid},
+			})
+			var mu sync.Mutex
+			got := map[string][2]int{}
+			c := newClient(t, Config{Server: f.addr, Delta: mode.delta, OnResponse: func(kind string, accepted, rejected int) {
+				mu.Lock()
+				defer mu.Unlock()
+				n := got[kind]
+				got[kind] = [2]int{n[0] + accepted, n[1] + rejected}
+			}})
+			good, bad := newRecorder(), newRecorder()
+			defer c.Watch(resource.ClusterType, "good", good)()
+			defer c.Watch(resource.ClusterType, "bad", bad)()
+			good.waitUpdate(ctx, t, "good", nil)
+			bad.wait(ctx, t, "the rejection", func(e event) bool { return e.kind == "error" })
+			mu.Lock()
+			defer mu.Unlock()
+			if n := got["CDS"]; n[0] < 1 || n[1] < 1 || len(got) != 1 {
+				t.Errorf("OnResponse counts = %v, want CDS with the good cluster accepted and the bad one rejected", got)
 			}
 		})
 	}

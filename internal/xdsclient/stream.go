@@ -12,6 +12,7 @@ import (
 
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -404,6 +405,9 @@ func (c *Client) handleResponse(m proto.Message) {
 			c.remove(r)
 		}
 	}
+	if f := c.cfg.OnResponse; f != nil {
+		f(xdsAbbrev[url], len(res)-len(errs), len(errs))
+	}
 	if len(errs) > 0 {
 		msgs := make([]string, len(errs))
 		for i, err := range errs {
@@ -414,4 +418,12 @@ func (c *Client) handleResponse(m proto.Message) {
 		return
 	}
 	t.version = version // state of the world only; empty in delta
+}
+
+// xdsAbbrev names the resource types as xDS does: LDS, RDS, CDS, EDS.
+var xdsAbbrev = map[string]string{
+	resource.ListenerType: "LDS",
+	resource.RouteType:    "RDS",
+	resource.ClusterType:  "CDS",
+	resource.EndpointType: "EDS",
 }
