@@ -58,5 +58,7 @@
 //	err = mesh.ListenAndServe(":8080", mux, mesh.WithService("ratings", "v1"))
 //
 // Telemetry (OpenTelemetry metrics and traces with Istio's mesh dimensions,
-// and access logs) is opt-in with WithTelemetry; see package telemetry.
+// and access logs) is on by default on the global OpenTelemetry providers,
+// doing nothing until the application installs an SDK; WithTelemetry passes
+// providers or turns it off. See package telemetry.
 package mesh

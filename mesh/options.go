@@ -47,7 +47,6 @@ type options struct {
 	serverOptions []grpc.ServerOption
 	retryBudget   retry.Budget
 	telemetry     []telemetry.Option
-	telemetryOn   bool
 
 	joinToken     string
 	trustBundle   string

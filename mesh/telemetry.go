@@ -14,29 +14,25 @@ import (
 // WithTelemetry configures the telemetry of mesh clients and servers:
 // providers (telemetry.WithMeterProvider, WithTracerProvider,
 // WithPropagator), the access log (telemetry.WithAccessLog), or
-// telemetry.Disabled. Options given in several WithTelemetry add up.
+// telemetry.Disabled to turn it off. Options given in several WithTelemetry
+// add up. For Dial, NewServer, NewHTTPServer and NewTransport.
 //
-// With WithTelemetry (even with no options: then the global
-// OpenTelemetry providers, which record nothing until the application
-// installs an SDK with otel.SetMeterProvider and otel.SetTracerProvider,
-// W3C trace context, and no access log), every call gets a span and the
-// metrics of OpenTelemetry's RPC and HTTP semantic conventions, labelled
-// with Istio's mesh dimensions (source and destination app, version and
-// namespace, the caller's principal, the cluster); see package telemetry.
-// Without it there is no telemetry: it is opt-in for now, until its cost
-// with no-op providers (+41 allocations per gRPC call) is shown to stay
-// within 10% of a call (docs/BENCHMARKS.md). For Dial, NewServer, NewHTTPServer and
-// NewTransport.
+// Telemetry is on by default, on the global OpenTelemetry providers: every
+// call gets a span and the metrics of OpenTelemetry's RPC and HTTP
+// semantic conventions, labelled with Istio's mesh dimensions (source and
+// destination app, version and namespace, the caller's principal, the
+// cluster), and the mesh's own events are counted; see package telemetry.
+// Until the application installs an SDK (otel.SetMeterProvider,
+// otel.SetTracerProvider) the global providers record nothing, and the
+// mesh does no telemetry work at all (telemetry.Telemetry.Active), so the
+// default costs next to nothing (docs/BENCHMARKS.md).
 func WithTelemetry(opts ...telemetry.Option) Option {
-	return optionFunc(func(o *options) { o.telemetryOn, o.telemetry = true, append(o.telemetry, opts...) })
+	return optionFunc(func(o *options) { o.telemetry = append(o.telemetry, opts...) })
 }
 
 // newTelemetry returns the telemetry of a client or server made with o;
 // nil if disabled.
 func (o *options) newTelemetry() (*telemetry.Telemetry, error) {
-	if !o.telemetryOn {
-		return nil, nil
-	}
 	base := []telemetry.Option{
 		telemetry.WithWorkload(telemetry.Workload{Service: o.service, Version: o.version, Namespace: o.namespace}),
 		telemetry.WithPeerIdentity(peerIdentity),

@@ -439,7 +439,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 	out := req.WithContext(actx)
 	u := *req.URL
 	out.URL = &u
-	if t.tel != nil {
+	if t.tel.Active() {
 		out.Header = req.Header.Clone()
 	}
 	out.URL.Host = ep.Address

@@ -1,6 +1,8 @@
 // Package telemetry gives mesh clients and servers OpenTelemetry metrics,
 // traces and access logs, for gRPC and HTTP. Package mesh installs it on
-// everything it builds when asked to (mesh.WithTelemetry; opt-in for now);
+// everything it builds, by default on the global providers and idle until
+// the application installs an SDK (see Telemetry.Active; mesh.WithTelemetry
+// passes providers or turns it off);
 // it works as well on a
 // plain grpc.ClientConn, grpc.Server, http.Handler or http.RoundTripper:
 //

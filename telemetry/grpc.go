@@ -326,6 +326,9 @@ func (t *Telemetry) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 		}
 	}
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if !t.Active() {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
 		ctx, c := t.startRPC(ctx, method, authority(cc.Target()), false)
 		err := invoker(ctx, method, req, reply, cc, opts...)
 		c.end(err)
@@ -343,6 +346,9 @@ func (t *Telemetry) UnaryAttemptInterceptor() grpc.UnaryClientInterceptor {
 		}
 	}
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if !t.Active() {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
 		var md struct{ header, trailer metadata.MD }
 		ctx = t.outgoing(ctx)
 		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Header(&md.header), grpc.Trailer(&md.trailer))...)
@@ -395,6 +401,9 @@ func (t *Telemetry) StreamClientInterceptor() grpc.StreamClientInterceptor {
 		}
 	}
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		if !t.Active() {
+			return streamer(ctx, desc, cc, method, opts...)
+		}
 		ctx, c := t.startRPC(ctx, method, authority(cc.Target()), false)
 		cs, err := streamer(ctx, desc, cc, method, opts...)
 		if err != nil {
@@ -413,6 +422,9 @@ func (t *Telemetry) StreamAttemptInterceptor() grpc.StreamClientInterceptor {
 		}
 	}
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		if !t.Active() {
+			return streamer(ctx, desc, cc, method, opts...)
+		}
 		ctx = t.outgoing(ctx)
 		cs, err := streamer(ctx, desc, cc, method, opts...)
 		if err != nil {
@@ -461,6 +473,9 @@ func (t *Telemetry) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		}
 	}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if !t.Active() {
+			return h(ctx, req)
+		}
 		ctx, c := t.startServerRPC(ctx, info.FullMethod)
 		resp, err := h(ctx, req)
 		c.end(err)
@@ -487,6 +502,9 @@ func (t *Telemetry) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		}
 	}
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if !t.Active() {
+			return h(srv, ss)
+		}
 		ctx, c := t.startServerRPC(ss.Context(), info.FullMethod)
 		err := h(srv, &serverStream{ServerStream: ss, ctx: ctx})
 		c.end(err)

@@ -139,9 +139,12 @@ func (g *grpcMetrics) HandleConn(context.Context, stats.ConnStats)              
 // ComponentMetrics returns the dial option through which grpc-go's own
 // components of a channel — its xDS client and load-balancing policies —
 // report the metrics they measure beyond single calls, which t then
-// records (see the package documentation). Nil if t is nil.
+// records (see the package documentation). Nil if t is not Active when the
+// channel is made: the recorder is a stats handler, and any stats handler
+// makes grpc-go build per-call events, so a channel made while telemetry
+// is idle goes without it.
 func (t *Telemetry) ComponentMetrics() []grpc.DialOption {
-	if t == nil {
+	if !t.Active() {
 		return nil
 	}
 	return []grpc.DialOption{grpc.WithStatsHandler(t.components)}

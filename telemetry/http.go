@@ -25,6 +25,10 @@ func (t *Telemetry) Handler(h http.Handler) http.Handler {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !t.Active() {
+			h.ServeHTTP(w, r)
+			return
+		}
 		start := time.Now()
 		ctx := t.cfg.propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 		state := &callState{}
@@ -204,7 +208,7 @@ func (f RoundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // RoundTrip sends req with next, measured and traced as Transport does.
 func (t *Telemetry) RoundTrip(req *http.Request, next func(*http.Request) (*http.Response, error)) (*http.Response, error) {
-	if t == nil {
+	if !t.Active() {
 		return next(req)
 	}
 	start := time.Now()
@@ -302,7 +306,7 @@ func errorType(ctx context.Context, err error) string {
 // req's headers (req must be the attempt's own clone). The returned
 // function ends the attempt; call it with the attempt's response or error.
 func (t *Telemetry) StartAttempt(req *http.Request, n int, upstream, cluster string) func(*http.Response, error) {
-	if t == nil {
+	if !t.Active() {
 		return func(*http.Response, error) {}
 	}
 	ctx := req.Context()

@@ -175,6 +175,9 @@ type Telemetry struct {
 	handshakeFailures  metric.Int64Counter
 	xdsUpdates         metric.Int64Counter
 	components         *grpcMetrics // grpc-go's own non-per-call metrics
+	// onGlobals: the global providers and no access log, so that t is
+	// idle while no SDK is installed (see Active).
+	onGlobals bool
 }
 
 // Instrument names beyond OpenTelemetry's semantic conventions.
@@ -218,6 +221,7 @@ func New(opts ...Option) (*Telemetry, error) {
 	if c.disabled {
 		return nil, nil
 	}
+	onGlobals := c.meters == nil && c.tracers == nil && c.accessLog.Mode == AccessLogOff
 	if c.meters == nil {
 		c.meters = otel.GetMeterProvider()
 	}
@@ -228,7 +232,7 @@ func New(opts ...Option) (*Telemetry, error) {
 	if defaultPropagator {
 		c.propagator = propagation.TraceContext{}
 	}
-	t := &Telemetry{cfg: c, tracer: c.tracers.Tracer(ScopeName), peerMD: c.workload.encode(), log: newAccessLogger(c.accessLog), defaultPropagator: defaultPropagator}
+	t := &Telemetry{cfg: c, tracer: c.tracers.Tracer(ScopeName), peerMD: c.workload.encode(), log: newAccessLogger(c.accessLog), defaultPropagator: defaultPropagator, onGlobals: onGlobals}
 	if t.peerMD != "" {
 		t.peerHeader = metadata.Pairs(PeerHeader, t.peerMD)
 		t.peerKV = []string{PeerHeader, t.peerMD}
@@ -344,7 +348,7 @@ func (s *callState) snapshot() (peer Workload, upstream, cluster, principal, eve
 // the client call of ctx, with the call's destination host and cluster.
 // It is what the mesh's HTTP transport calls; a nil Telemetry ignores it.
 func (t *Telemetry) Event(ctx context.Context, event, host, cluster string) {
-	if t == nil {
+	if !t.Active() {
 		return
 	}
 	kv := []attribute.KeyValue{attribute.String("event", event)}
@@ -370,7 +374,7 @@ func (t *Telemetry) Event(ctx context.Context, event, host, cluster string) {
 // "handshake_error": anything else), labelled with the local workload as
 // the destination. A nil Telemetry ignores it.
 func (t *Telemetry) HandshakeFailed(reason string) {
-	if t == nil {
+	if !t.Active() {
 		return
 	}
 	kv := t.cfg.workload.attrs([]attribute.KeyValue{attribute.String("reason", reason)}, "destination_")
@@ -381,7 +385,7 @@ func (t *Telemetry) HandshakeFailed(reason string) {
 // received by the mesh's own xDS client, accepted or rejected (NACKed). A
 // nil Telemetry ignores it.
 func (t *Telemetry) XDSUpdate(typ string, accepted bool, n int) {
-	if t == nil || n <= 0 {
+	if n <= 0 || !t.Active() {
 		return
 	}
 	result := "accepted"
