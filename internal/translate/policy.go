@@ -44,8 +44,11 @@ const (
 // key of its per-route configuration.
 const FaultFilterName = "envoy.filters.http.fault"
 
-// Istio's default retry policy, applied to routes that set none.
-var defaultRetry = &networking.HTTPRetry{Attempts: 2, RetryOn: "unavailable,cancelled"}
+// Istio's default retry policy, applied to routes that set none: two
+// retries on a failed connection, a refused stream, gRPC UNAVAILABLE or
+// CANCELLED, and HTTP 503 (istiod's DefaultPolicy). grpc-go reads the gRPC
+// conditions; the HTTP client the others.
+var defaultRetry = &networking.HTTPRetry{Attempts: 2, RetryOn: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503"}
 
 // policy is the effective traffic policy of one cluster.
 type policy struct {

@@ -46,7 +46,7 @@ func addrs(cla *v3endpointpb.ClusterLoadAssignment) []string {
 
 // retried adds Istio's default retry policy to a route action.
 func retried(a *v3routepb.Route_Route) *v3routepb.Route_Route {
-	a.Route.RetryPolicy = &v3routepb.RetryPolicy{RetryOn: "unavailable,cancelled", NumRetries: wrapperspb.UInt32(2)}
+	a.Route.RetryPolicy = &v3routepb.RetryPolicy{RetryOn: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", NumRetries: wrapperspb.UInt32(2), RetriableStatusCodes: []uint32{503}}
 	return a
 }
 
