@@ -25,7 +25,10 @@ import (
 // Until the application installs an SDK (otel.SetMeterProvider,
 // otel.SetTracerProvider) the global providers record nothing, and the
 // mesh does no telemetry work at all (telemetry.Telemetry.Active), so the
-// default costs next to nothing (docs/BENCHMARKS.md).
+// default costs next to nothing (docs/BENCHMARKS.md). Install the SDK
+// before making gRPC connections and servers: those made while no SDK is
+// installed go without telemetry interceptors (HTTP clients and servers
+// follow the SDK whenever it comes).
 func WithTelemetry(opts ...telemetry.Option) Option {
 	return optionFunc(func(o *options) { o.telemetry = append(o.telemetry, opts...) })
 }
@@ -53,9 +56,12 @@ func peerIdentity(ctx context.Context) (string, bool) {
 }
 
 // clientTelemetry returns the dial options that measure calls (outer, to
-// go before the retry interceptors) and attempts (inner, after them).
+// go before the retry interceptors) and attempts (inner, after them): none
+// if tel is not active when the connection is made, since every
+// interceptor in a gRPC chain costs each call an allocation even when it
+// passes the call through.
 func clientTelemetry(tel *telemetry.Telemetry) (outer, inner []grpc.DialOption) {
-	if tel == nil {
+	if !tel.Active() {
 		return nil, nil
 	}
 	outer = []grpc.DialOption{
@@ -73,7 +79,7 @@ func clientTelemetry(tel *telemetry.Telemetry) (outer, inner []grpc.DialOption) 
 // call interceptors (outside, so refused calls are measured) and its
 // admitted markers (inside, so refusals are told from handler errors).
 func serverInterceptors(tel *telemetry.Telemetry, unary grpc.UnaryServerInterceptor, stream grpc.StreamServerInterceptor) []grpc.ServerOption {
-	if tel == nil {
+	if !tel.Active() { // as clientTelemetry
 		return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream)}
 	}
 	return []grpc.ServerOption{

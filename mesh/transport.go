@@ -478,7 +478,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 			done(pick.GatewayFailure)
 			return gatewayTimeout(req), outcomeTimeout, nil
 		case isConnectError(err):
-			done(pick.GatewayFailure)
+			done(pick.Unreachable) // out of picks for a backoff, as a failed subchannel
 			return nil, outcomeConnect, fmt.Errorf("mesh: %s: %w", ep.Address, err)
 		case ctx.Err() != nil:
 			done(pick.Success)

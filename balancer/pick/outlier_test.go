@@ -266,3 +266,70 @@ func TestOnEject(t *testing.T) {
 		t.Errorf("OnEject calls = %v, want [%s]", got, eps[1].Address)
 	}
 }
+
+// TestUnreachableEndpointIsSkipped: an endpoint whose connection failed is
+// not picked while its backoff lasts (1 s, then 1.6 s, ±20 %), with every
+// policy, unless no other endpoint is reachable; a success ends it.
+func TestUnreachableEndpointIsSkipped(t *testing.T) {
+	for _, policy := range []string{RoundRobin, LeastRequest, Random, RingHash, EWMA} {
+		t.Run(policy, func(t *testing.T) {
+			clock := newFakeClock(t)
+			eps := endpoints(3)
+			p := New(Config{Policy: policy}, eps)
+			down := eps[0].Address
+			picked := func(n int) int {
+				k := 0
+				for i := range n {
+					ep, done, err := p.Pick(uint64(i) * 0x9e3779b97f4a7c15)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if ep.Address == down {
+						k++
+					}
+					done(Ignored)
+				}
+				return k
+			}
+			report(t, p, down, 1, Unreachable)
+			if k := picked(300); k != 0 {
+				t.Errorf("picked the unreachable endpoint %d times of 300 during its backoff", k)
+			}
+			if policy == EWMA {
+				return // EWMA itself avoids an endpoint whose request failed
+			}
+			clock.Advance(1300 * time.Millisecond) // past 1 s + 20 %
+			if k := picked(300); k == 0 {
+				t.Errorf("never picked the endpoint after its backoff")
+			}
+			report(t, p, down, 1, Unreachable) // the second in a row: 1.6 s ± 20 %
+			clock.Advance(1200 * time.Millisecond)
+			if k := picked(300); k != 0 {
+				t.Errorf("picked the endpoint %d times of 300 within its second, longer backoff", k)
+			}
+			clock.Advance(800 * time.Millisecond)
+			report(t, p, down, 1, Success)
+			report(t, p, down, 1, Unreachable) // the count started again: 1 s
+			clock.Advance(1300 * time.Millisecond)
+			if k := picked(300); k == 0 {
+				t.Errorf("a success did not reset the backoff")
+			}
+		})
+	}
+}
+
+// TestAllUnreachableStillPicks: with every endpoint unreachable, Pick still
+// answers (the request then fails on its own), rather than ErrNoEndpoints.
+func TestAllUnreachableStillPicks(t *testing.T) {
+	newFakeClock(t)
+	eps := endpoints(2)
+	p := New(Config{}, eps)
+	for _, ep := range eps {
+		report(t, p, ep.Address, 1, Unreachable)
+	}
+	if _, done, err := p.Pick(0); err != nil {
+		t.Errorf("Pick() with every endpoint unreachable = %v, want an endpoint", err)
+	} else {
+		done(Ignored)
+	}
+}

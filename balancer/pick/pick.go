@@ -2,6 +2,7 @@ package pick
 
 import (
 	"errors"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"sync"
@@ -40,8 +41,9 @@ var (
 
 // timeNow and randUint64 are replaced by tests.
 var (
-	timeNow    = time.Now
-	randUint64 = rand.Uint64
+	timeNow     = time.Now
+	randUint64  = rand.Uint64
+	randFloat64 = rand.Float64
 )
 
 // Endpoint is one address of the cluster. Its zero weights are 1.
@@ -115,6 +117,22 @@ const (
 	// Ignored is an outcome that says nothing of the endpoint, such as a
 	// request the caller cancelled; the counts are left as they are.
 	Ignored
+	// Unreachable is a connection to the endpoint that could not be made
+	// (refused, unreachable). It counts as a GatewayFailure, and the
+	// endpoint is not picked again — while any other is reachable — until
+	// a backoff has passed (1 s, then 1.6 times longer each time in a row,
+	// up to 2 minutes, jittered by 20 %), as grpc-go keeps a subchannel in
+	// TRANSIENT_FAILURE out of its picks until it reconnects. A success
+	// ends it.
+	Unreachable
+)
+
+// Backoff of an unreachable endpoint, grpc-go's connection backoff.
+const (
+	unreachableBase       = time.Second
+	unreachableMultiplier = 1.6
+	unreachableMax        = 2 * time.Minute
+	unreachableJitter     = 0.2
 )
 
 // ResultForStatus classifies an HTTP status code as Envoy's outlier
@@ -133,8 +151,12 @@ func ResultForStatus(code int) Result {
 // never blocks. Create it with New.
 type Picker struct {
 	outstanding atomic.Int64 // requests picked and not done, in the cluster
-	nextSweep   atomic.Int64 // unix nanoseconds of the next Interval; 0: no outlier ejection
-	snap        atomic.Pointer[snapshot]
+	// downUntil is the latest downUntil of the endpoints (unix
+	// nanoseconds), so that Pick looks at the clock only while one may be
+	// unreachable; 0: none.
+	downUntil atomic.Int64
+	nextSweep atomic.Int64 // unix nanoseconds of the next Interval; 0: no outlier ejection
+	snap      atomic.Pointer[snapshot]
 
 	mu        sync.Mutex // guards the fields below and the guarded fields of endpoints
 	cfg       Config
@@ -154,6 +176,8 @@ type endpoint struct {
 	errors      atomic.Uint32 // consecutive errors
 	gateway     atomic.Uint32 // consecutive gateway errors
 	out         atomic.Bool   // ejected and ejection not suspended
+	downUntil   atomic.Int64  // unix nanoseconds until which the endpoint is unreachable; 0: reachable
+	unreachable atomic.Int32  // connection failures in a row
 
 	// guarded by Picker.mu
 	gone       bool // removed by an Update
@@ -260,6 +284,9 @@ func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
 	default:
 		e = s.eps[s.nextIndex()]
 	}
+	if until := p.downUntil.Load(); until != 0 {
+		e = p.reachable(s, e, hash, until)
+	}
 	if p.outstanding.Add(1) > s.maxRequests {
 		p.outstanding.Add(-1)
 		return Endpoint{}, nil, ErrOverloaded
@@ -273,6 +300,64 @@ func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
 	return *e.pub.Load(), e.done, nil
 }
 
+// reachable returns e, or if e is unreachable another endpoint of the
+// snapshot that is not, picked the same way; e if every one is. until is
+// Picker.downUntil.
+func (p *Picker) reachable(s *snapshot, e *endpoint, hash uint64, until int64) *endpoint {
+	now := timeNow().UnixNano()
+	if now >= until {
+		p.downUntil.CompareAndSwap(until, 0) // every backoff has passed
+		return e
+	}
+	n := len(s.eps)
+	if s.policy == RingHash {
+		n = len(s.ring)
+	}
+	tries := 0
+	for ; e.downUntil.Load() > now && tries < n; tries++ {
+		switch {
+		case s.policy == RingHash:
+			hash = hash*0x9e3779b97f4a7c15 + 1 // another point of the ring
+			e = s.pickRing(hash)
+		case s.policy == LeastRequest:
+			e = s.pickLeastRequest()
+		case s.policy == Random:
+			e = s.eps[s.sample()]
+		case s.policy == EWMA:
+			e = s.pickEWMA(timeNow())
+		default:
+			e = s.eps[s.nextIndex()]
+		}
+	}
+	if e.downUntil.Load() > now && s.policy != RingHash {
+		// The policy kept choosing unreachable ones: take the first
+		// reachable endpoint from a random start.
+		start := int(randUint64() % uint64(len(s.eps)))
+		for i := range s.eps {
+			if c := s.eps[(start+i)%len(s.eps)]; c.downUntil.Load() <= now {
+				return c
+			}
+		}
+	}
+	return e
+}
+
+// markUnreachable keeps ep out of picks for its backoff.
+func (p *Picker) markUnreachable(ep *endpoint) {
+	n := ep.unreachable.Add(1)
+	d := float64(unreachableBase) * math.Pow(unreachableMultiplier, float64(n-1))
+	d = min(d, float64(unreachableMax))
+	d *= 1 + unreachableJitter*(2*randFloat64()-1)
+	until := timeNow().Add(time.Duration(d)).UnixNano()
+	ep.downUntil.Store(until)
+	for {
+		cur := p.downUntil.Load()
+		if cur >= until || p.downUntil.CompareAndSwap(cur, until) {
+			return
+		}
+	}
+}
+
 // finishEWMA is the done function of a request picked by EWMA: it feeds
 // the request's latency to the endpoint's estimate, then counts it as
 // finish does.
@@ -281,7 +366,7 @@ func (p *Picker) finishEWMA(ep *endpoint, params peakewma.Params, start time.Tim
 	switch r {
 	case Success:
 		ep.est.Observe(params, now.UnixNano(), now.Sub(start))
-	case Failure, GatewayFailure:
+	case Failure, GatewayFailure, Unreachable:
 		ep.est.Fail(params, now.UnixNano(), now.Sub(start))
 	default:
 		ep.est.Cancel()
@@ -293,6 +378,16 @@ func (p *Picker) finishEWMA(ep *endpoint, params peakewma.Params, start time.Tim
 func (p *Picker) finish(ep *endpoint, r Result) {
 	ep.outstanding.Add(-1)
 	p.outstanding.Add(-1)
+	switch r {
+	case Unreachable:
+		p.markUnreachable(ep)
+		r = GatewayFailure
+	case Success:
+		if ep.unreachable.Load() != 0 {
+			ep.unreachable.Store(0)
+			ep.downUntil.Store(0)
+		}
+	}
 	if p.nextSweep.Load() == 0 {
 		return // no outlier ejection
 	}
