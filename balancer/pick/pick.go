@@ -269,21 +269,10 @@ func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
 		p.mu.Unlock()
 	}
 	s := p.snap.Load()
-	var e *endpoint
-	switch {
-	case len(s.eps) == 0 && len(s.ring) == 0:
+	if len(s.eps) == 0 && len(s.ring) == 0 {
 		return Endpoint{}, nil, ErrNoEndpoints
-	case s.policy == RingHash:
-		e = s.pickRing(hash)
-	case s.policy == LeastRequest:
-		e = s.pickLeastRequest()
-	case s.policy == Random:
-		e = s.eps[s.sample()]
-	case s.policy == EWMA:
-		e = s.pickEWMA(timeNow())
-	default:
-		e = s.eps[s.nextIndex()]
 	}
+	e := s.choose(hash)
 	if until := p.downUntil.Load(); until != 0 {
 		e = p.reachable(s, e, hash, until)
 	}
@@ -300,6 +289,21 @@ func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
 	return *e.pub.Load(), e.done, nil
 }
 
+// choose picks an endpoint by the snapshot's policy; the snapshot has one.
+func (s *snapshot) choose(hash uint64) *endpoint {
+	switch s.policy {
+	case RingHash:
+		return s.pickRing(hash)
+	case LeastRequest:
+		return s.pickLeastRequest()
+	case Random:
+		return s.eps[s.sample()]
+	case EWMA:
+		return s.pickEWMA(timeNow())
+	}
+	return s.eps[s.nextIndex()]
+}
+
 // reachable returns e, or if e is unreachable another endpoint of the
 // snapshot that is not, picked the same way; e if every one is. until is
 // Picker.downUntil.
@@ -313,21 +317,9 @@ func (p *Picker) reachable(s *snapshot, e *endpoint, hash uint64, until int64) *
 	if s.policy == RingHash {
 		n = len(s.ring)
 	}
-	tries := 0
-	for ; e.downUntil.Load() > now && tries < n; tries++ {
-		switch {
-		case s.policy == RingHash:
-			hash = hash*0x9e3779b97f4a7c15 + 1 // another point of the ring
-			e = s.pickRing(hash)
-		case s.policy == LeastRequest:
-			e = s.pickLeastRequest()
-		case s.policy == Random:
-			e = s.eps[s.sample()]
-		case s.policy == EWMA:
-			e = s.pickEWMA(timeNow())
-		default:
-			e = s.eps[s.nextIndex()]
-		}
+	for tries := 0; e.downUntil.Load() > now && tries < n; tries++ {
+		hash = hash*0x9e3779b97f4a7c15 + 1 // ring hash: another point of the ring
+		e = s.choose(hash)
 	}
 	if e.downUntil.Load() > now && s.policy != RingHash {
 		// The policy kept choosing unreachable ones: take the first
