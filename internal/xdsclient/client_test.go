@@ -277,7 +277,8 @@ func TestSharedSubscription(t *testing.T) {
 				}
 			}
 			// A new watcher of a cached resource gets it at once, without
-			// a new request.
+			// a new request (once the ACKs of what came before are in).
+			waitFor(ctx, t, "every response answered", f.acked)
 			before := len(f.allRequests())
 			cancel3 := c.Watch(resource.ListenerType, "a", w3)
 			w3.waitUpdate(ctx, t, "a for w3", nil)

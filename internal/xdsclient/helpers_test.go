@@ -250,6 +250,11 @@ func startFake(t *testing.T, addr string, initial map[string]map[string]proto.Me
 			f.responses[resp.GetNonce()] = resp.GetVersionInfo()
 			f.mu.Unlock()
 		},
+		StreamDeltaResponseFunc: func(_ int64, _ *v3discoverypb.DeltaDiscoveryRequest, resp *v3discoverypb.DeltaDiscoveryResponse) {
+			f.mu.Lock()
+			f.responses[resp.GetNonce()] = ""
+			f.mu.Unlock()
+		},
 		StreamDeltaRequestFunc: func(_ int64, r *v3discoverypb.DeltaDiscoveryRequest) error {
 			f.mu.Lock()
 			defer f.mu.Unlock()
@@ -293,6 +298,23 @@ func startFake(t *testing.T, addr string, initial map[string]map[string]proto.Me
 	}
 	t.Cleanup(f.stop)
 	return f
+}
+
+// acked reports whether the server has received, for every response it
+// sent, a request answering it (an ACK or NACK): no request is in flight.
+func (f *fakeServer) acked() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	answered := map[string]bool{}
+	for _, r := range f.requests {
+		answered[r.nonce] = true
+	}
+	for nonce := range f.responses {
+		if !answered[nonce] {
+			return false
+		}
+	}
+	return true
 }
 
 // subscribed returns the names clients subscribe to for typeURL, sorted.
