@@ -2,7 +2,8 @@
 // traces and access logs, for gRPC and HTTP. Package mesh installs it on
 // everything it builds, by default on the global providers and idle until
 // the application installs an SDK (see Telemetry.Active; mesh.WithTelemetry
-// passes providers or turns it off);
+// passes providers or turns it off; gRPC connections and servers made
+// before the SDK is installed get no telemetry interceptors);
 // it works as well on a
 // plain grpc.ClientConn, grpc.Server, http.Handler or http.RoundTripper:
 //

@@ -38,16 +38,7 @@ func TestBackendKilledEveryFewSeconds(t *testing.T) {
 	length, every, rate := chaosSettings(t)
 	ctx, cancel := context.WithTimeout(context.Background(), length+2*time.Minute)
 	defer cancel()
-	cp, cc, gs, bs := meshWith(ctx, t, `
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: greeter}
-spec:
-  hosts: [greeter]
-  http:
-  - retries: {attempts: 3, retryOn: unavailable}
-    route: [{destination: {host: greeter}}]
-`, 3)
+	cp, cc, gs, bs := meshWith(ctx, t, retryUnavailable, 3)
 	for _, b := range bs {
 		b.delay.Store(int64(time.Millisecond)) // calls in flight on the victim
 	}

@@ -147,11 +147,8 @@ func load(ctx context.Context, cc grpc.ClientConnInterface, workers int, stop <-
 	return n.Load(), errs
 }
 
-// TestRetriesSurviveKilledBackend: with retries on UNAVAILABLE, killing one
-// of three backends under steady load fails no call.
-func TestRetriesSurviveKilledBackend(t *testing.T) {
-	ctx := testContext(t)
-	_, cc, gs, bs := meshWith(ctx, t, `
+// retryUnavailable retries greeter calls on UNAVAILABLE, up to 3 times.
+const retryUnavailable = `
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: greeter}
@@ -160,7 +157,13 @@ spec:
   http:
   - retries: {attempts: 3, retryOn: unavailable}
     route: [{destination: {host: greeter}}]
-`, 3)
+`
+
+// TestRetriesSurviveKilledBackend: with retries on UNAVAILABLE, killing one
+// of three backends under steady load fails no call.
+func TestRetriesSurviveKilledBackend(t *testing.T) {
+	ctx := testContext(t)
+	_, cc, gs, bs := meshWith(ctx, t, retryUnavailable, 3)
 	for _, b := range bs {
 		b.delay.Store(int64(2 * time.Millisecond)) // keep calls in flight on the victim
 	}
