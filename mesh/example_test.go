@@ -16,7 +16,7 @@ import (
 // startControlPlane runs an in-process control plane for the examples; in
 // production it is `go run ./cmd/xdsserver`.
 func startControlPlane() (addr string, stop func()) {
-	cp, err := xdsserver.New()
+	cp, err := xdsserver.New(xdsserver.WithInsecureRegistration()) // servers without identities register
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -17,11 +17,13 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/registry"
 )
 
 // ConfigDump is the JSON document served at /debug/config_dump.
 type ConfigDump struct {
 	Config        ConfigStatus   `json:"config"`
+	Security      SecurityStatus `json:"security"`
 	Registrations []Registration `json:"registrations"`
 	// Endpoints lists, for every cluster ("outbound|port|subset|host"), the
 	// addresses ("ip:port") its EDS resource holds.
@@ -45,6 +47,23 @@ type Registration struct {
 	// Identity is the SPIFFE ID the workload proved with its client
 	// certificate when it registered; empty if it presented none.
 	Identity string `json:"identity,omitempty"`
+}
+
+func registrationOf(e registry.Endpoint) Registration {
+	return Registration{Service: e.Service, Namespace: e.Namespace, Address: e.Address, Port: e.Port,
+		ServicePort: e.ServicePort, Labels: e.Labels, Locality: e.Locality, Identity: e.Identity}
+}
+
+// SecurityStatus says whom the control plane believes.
+type SecurityStatus struct {
+	// InsecureRegistration is true if registrations without a credential
+	// are accepted (WithInsecureRegistration): an open mesh.
+	InsecureRegistration bool `json:"insecureRegistration"`
+	// CA is true if the Server runs the mesh CA, so workloads can prove
+	// identities on the secure port.
+	CA bool `json:"ca"`
+	// Limits are the registration limits in force.
+	Limits RegistrationLimits `json:"registrationLimits"`
 }
 
 // ConfigStatus describes the configuration in force and the last load.
@@ -125,6 +144,11 @@ func (s *Server) ConfigDump() *ConfigDump {
 			Valid:       s.cfgErr == nil,
 			Build:       s.version,
 		},
+		Security: SecurityStatus{
+			InsecureRegistration: s.opts.insecureRegistration,
+			CA:                   s.ca != nil,
+			Limits:               s.opts.regLimits.withDefaults(),
+		},
 		Resources: map[string]json.RawMessage{},
 	}
 	if s.cfg != nil {
@@ -145,7 +169,7 @@ func (s *Server) ConfigDump() *ConfigDump {
 	}
 	s.mu.Unlock()
 	for _, e := range s.reg.Endpoints() {
-		d.Registrations = append(d.Registrations, Registration(e))
+		d.Registrations = append(d.Registrations, registrationOf(e))
 	}
 	d.Endpoints = map[string][]string{}
 	for name, r := range s.caches[resource.EndpointType].GetResources() {

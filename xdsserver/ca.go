@@ -187,10 +187,13 @@ func (s *Server) CARootPEM() []byte {
 // mesh CA's certificate API (Istio's IstioCertificateService), as istiod's
 // port 15012 does. The control plane presents a certificate from its own
 // CA for spiffe://<trust-domain>/ns/trellis-system/sa/xdsserver (and
-// "localhost", 127.0.0.1 and WithServingNames), renewed at half life; a
-// client certificate is requested but not required, since a workload's
-// first request carries a join token instead. It returns ErrServerClosed
-// after Shutdown or Close, and an error at once if the Server runs no CA.
+// "localhost", 127.0.0.1 and WithServingNames), renewed at half life. A
+// client certificate is requested but not required by the TLS handshake,
+// since a workload's first certificate request carries a join token
+// instead; xDS and load reports on this port need one (an SVID of the mesh
+// CA: UNAUTHENTICATED otherwise), and so do registrations unless
+// WithInsecureRegistration. It returns ErrServerClosed after Shutdown or
+// Close, and an error at once if the Server runs no CA.
 func (s *Server) ServeSecure(lis net.Listener) error {
 	if s.ca == nil {
 		lis.Close()
@@ -214,6 +217,7 @@ func (s *Server) ServeSecure(lis net.Listener) error {
 			grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 			grpc.MaxConcurrentStreams(1 << 16),
 			grpc.ChainUnaryInterceptor(s.metrics.caInterceptor),
+			grpc.ChainStreamInterceptor(s.requireIdentity),
 		}, s.admissionOptions()...)...)
 		v3discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.secure, s.xds)
 		registrationpb.RegisterRegistrationServer(s.secure, &registrationService{s: s})

@@ -12,6 +12,9 @@ import (
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	v3server "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // ClientStatus is what the control plane knows of one connected xDS stream.
@@ -79,10 +82,13 @@ type clientTracker struct {
 	stop <-chan struct{} // closed when the server stops
 	// identify returns the SPIFFE ID a stream's client proved, or "".
 	identify func(ctx context.Context) string
+	// views are the per-client caches a stream's node selects, retained
+	// while the stream is open.
+	views []*viewCache
 
 	mu      sync.Mutex
 	streams map[int64]*ClientStatus
-	nodes   map[int64]*v3corepb.Node // each stream's node, for its view of the resources
+	nodes   map[int64]*v3corepb.Node // each stream's node (its first), for its view of the resources
 }
 
 func newClientTracker(log *slog.Logger, m *metrics, stop <-chan struct{}) *clientTracker {
@@ -98,12 +104,10 @@ func (c *clientTracker) callbacks() v3server.Callbacks {
 			c.close(id)
 		},
 		StreamRequestFunc: func(id int64, r *v3discoverypb.DiscoveryRequest) error {
-			c.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil, r.GetResourceNames())
-			return nil
+			return c.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil, r.GetResourceNames())
 		},
 		StreamDeltaRequestFunc: func(id int64, r *v3discoverypb.DeltaDiscoveryRequest) error {
-			c.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "", r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil, r.GetResourceNamesSubscribe())
-			return nil
+			return c.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "", r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil, r.GetResourceNamesSubscribe())
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *v3discoverypb.DiscoveryRequest, resp *v3discoverypb.DiscoveryResponse) {
 			c.pushed(id, resp.GetTypeUrl())
@@ -144,9 +148,15 @@ func (c *clientTracker) pushed(id int64, typeURL string) {
 func (c *clientTracker) close(id int64) {
 	c.mu.Lock()
 	st, ok := c.streams[id]
+	node, pinned := c.nodes[id]
 	delete(c.streams, id)
 	delete(c.nodes, id)
 	c.mu.Unlock()
+	if pinned {
+		for _, v := range c.views {
+			v.release(node)
+		}
+	}
 	if ok {
 		c.metrics.streams.Dec()
 		if st.Node != "" {
@@ -156,13 +166,40 @@ func (c *clientTracker) close(id int64) {
 	}
 }
 
-func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, version, nackMsg string, nack bool, names []string) {
+// errNodeChanged ends a stream whose requests name another node than its
+// first: a client is one node for the life of a stream, and each distinct
+// node may cost a view of the resources of its own.
+var errNodeChanged = status.Error(codes.InvalidArgument, "the node may not change on a stream")
+
+// request records a request of stream id. The stream's node is its first
+// request's: the views it selects are retained for the stream, and a
+// request naming another node ends the stream.
+func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, version, nackMsg string, nack bool, names []string) error {
 	t := shortType(typeURL)
 	c.mu.Lock()
 	st, ok := c.streams[id]
 	if !ok {
 		c.mu.Unlock()
-		return
+		return nil
+	}
+	first, pinned := c.nodes[id]
+	if pinned && node != nil && node != first && !proto.Equal(node, first) {
+		c.mu.Unlock()
+		c.log.Warn("xDS stream closed: its node changed", "node", st.Node, "stream", id)
+		return errNodeChanged
+	}
+	if !pinned {
+		for i, v := range c.views {
+			if err := v.retain(node); err != nil {
+				for _, r := range c.views[:i] {
+					r.release(node)
+				}
+				c.mu.Unlock()
+				c.log.Warn("xDS stream refused", "node", node.GetId(), "stream", id, "error", err)
+				return err
+			}
+		}
+		c.nodes[id] = node
 	}
 	if st.Node == "" && node.GetId() != "" {
 		st.Node = node.GetId()
@@ -173,7 +210,6 @@ func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, v
 		if l := node.GetLocality(); l != nil {
 			st.Locality = strings.Trim(l.GetRegion()+"/"+l.GetZone()+"/"+l.GetSubZone(), "/")
 		}
-		c.nodes[id] = node
 		c.metrics.clients.Inc()
 		c.log.Info("xDS client connected", "node", st.Node, "stream", id, "delta", st.Delta)
 	}
@@ -217,6 +253,7 @@ func (c *clientTracker) request(id int64, node *v3corepb.Node, typeURL, nonce, v
 		c.metrics.acks.WithLabelValues(t).Inc()
 		c.log.Debug("xDS client accepted a response (ACK)", "node", nodeID, "type", t, "version", version)
 	}
+	return nil
 }
 
 // snapshot returns the status of every open stream, ordered by stream ID.

@@ -67,7 +67,7 @@ func (s *Server) serveRegistry(w http.ResponseWriter, r *http.Request) {
 	out := []Registration{}
 	for _, e := range s.reg.Endpoints() {
 		if svc == "" || strings.EqualFold(e.Service, svc) {
-			out = append(out, Registration(e))
+			out = append(out, registrationOf(e))
 		}
 	}
 	writeJSON(w, out)

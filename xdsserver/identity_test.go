@@ -44,11 +44,12 @@ func workloadCert(t *testing.T, authority *ca.CA, path string) *tls.Certificate 
 // the control plane's own CA gives the endpoint its SPIFFE ID (shown in the
 // config dump, and turning on auto mTLS for its cluster); a certificate
 // from another root is refused as Unauthenticated, one for another
-// namespace as PermissionDenied; without a certificate, or on the
-// plaintext port, the endpoint has no identity.
+// namespace or another service account as PermissionDenied; without a
+// certificate, over TLS or on the plaintext port, registration is refused
+// as Unauthenticated (the mesh is not opened with WithInsecureRegistration).
 func TestRegistrationIdentityFromClientCertificate(t *testing.T) {
 	ctx := testContext(t)
-	s, plain := start(t, WithDataDir(t.TempDir()))
+	s, plain := startClosed(t, WithDataDir(t.TempDir()))
 	addr := serveSecure(t, s)
 	root := s.CARootPEM()
 	foreign, err := ca.LoadOrCreate(t.TempDir(), "cluster.local")
@@ -74,9 +75,10 @@ func TestRegistrationIdentityFromClientCertificate(t *testing.T) {
 		{"own CA, same namespace", secure(workloadCert(t, s.ca, "/ns/default/sa/reviews")), "default", 9001, codes.OK, "spiffe://cluster.local/ns/default/sa/reviews"},
 		{"own CA, another namespace", secure(workloadCert(t, s.ca, "/ns/shop/sa/reviews")), "default", 9002, codes.PermissionDenied, ""},
 		{"own CA, not a workload identity", secure(workloadCert(t, s.ca, "/trellis/other")), "default", 9003, codes.PermissionDenied, ""},
+		{"own CA, another service account", secure(workloadCert(t, s.ca, "/ns/default/sa/batch")), "default", 9007, codes.PermissionDenied, ""},
 		{"another root", secure(workloadCert(t, foreign, "/ns/default/sa/reviews")), "default", 9004, codes.Unauthenticated, ""},
-		{"TLS without a certificate", secure(nil), "default", 9005, codes.OK, ""},
-		{"plaintext port", plain, "default", 9006, codes.OK, ""},
+		{"TLS without a certificate", secure(nil), "default", 9005, codes.Unauthenticated, ""},
+		{"plaintext port", plain, "default", 9006, codes.Unauthenticated, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,6 +111,52 @@ func TestRegistrationIdentityFromClientCertificate(t *testing.T) {
 	}
 }
 
+// TestOpenMeshRegistersAnonymously: with WithInsecureRegistration, a
+// workload without a certificate registers, over TLS or the plaintext
+// port, and its endpoint has no identity; a certificate that does not
+// verify is still refused, never taken as none.
+func TestOpenMeshRegistersAnonymously(t *testing.T) {
+	ctx := testContext(t)
+	s, plain := start(t, WithDataDir(t.TempDir()))
+	addr := serveSecure(t, s)
+	foreign, err := ca.LoadOrCreate(t.TempDir(), "cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsNoCert, err := dialer(addr, s.CARootPEM())(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tlsNoCert.Close()
+	badCert, err := dialer(addr, s.CARootPEM())(ctx, workloadCert(t, foreign, "/ns/default/sa/ratings"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer badCert.Close()
+	for _, tc := range []struct {
+		name     string
+		cc       *grpc.ClientConn
+		port     uint32
+		wantCode codes.Code
+	}{
+		{"TLS without a certificate", tlsNoCert, 9101, codes.OK},
+		{"plaintext port", plain, 9102, codes.OK},
+		{"another root", badCert, 9103, codes.Unauthenticated},
+	} {
+		ep := &registrationpb.Endpoint{Service: "ratings", Address: "127.0.0.1", Port: tc.port}
+		if _, err := register(ctx, t, tc.cc, ep); status.Code(err) != tc.wantCode {
+			t.Errorf("%s: Register(%v) = %v, want code %v", tc.name, ep, err, tc.wantCode)
+		}
+	}
+	got := map[uint32]string{}
+	for _, r := range s.ConfigDump().Registrations {
+		got[r.Port] = r.Identity
+	}
+	if diff := cmp.Diff(got, map[uint32]string{9101: "", 9102: ""}); diff != "" {
+		t.Errorf("registrations by port, with identities (-got +want):\n%s", diff)
+	}
+}
+
 // TestAutoMTLSFollowsRegisteredIdentity: a service whose only endpoint
 // registered with a certificate gets a cluster with mTLS to exactly that
 // identity, from the real control plane's CDS cache.
@@ -125,12 +173,28 @@ func TestAutoMTLSFollowsRegisteredIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := "outbound|9080||ratings.default.svc.cluster.local"
-	var c *v3clusterpb.Cluster
 	waitFor(ctx, t, func() bool {
 		r, ok := s.caches[resource.ClusterType].GetResources()[name]
-		c, _ = r.(*v3clusterpb.Cluster)
+		c, _ := r.(*v3clusterpb.Cluster)
 		return ok && c.GetTransportSocket() != nil
 	})
+	if diff := cmp.Diff(clusterSANs(t, s, name), []string{"spiffe://cluster.local/ns/default/sa/ratings"}); diff != "" {
+		t.Errorf("cluster %s SANs (-got +want):\n%s", name, diff)
+	}
+	listener := "grpc/server?xds.resource.listening_address=127.0.0.1:9080"
+	if _, ok := s.caches[resource.ListenerType].GetResources()[listener]; !ok {
+		t.Errorf("LDS has no server listener %q", listener)
+	}
+}
+
+// clusterSANs returns the exact SANs the cluster name's TLS context
+// accepts, or nil if the cluster has no TLS.
+func clusterSANs(t *testing.T, s *Server, name string) []string {
+	t.Helper()
+	c, _ := s.caches[resource.ClusterType].GetResources()[name].(*v3clusterpb.Cluster)
+	if c.GetTransportSocket() == nil {
+		return nil
+	}
 	utc := &v3tlspb.UpstreamTlsContext{}
 	if err := c.GetTransportSocket().GetTypedConfig().UnmarshalTo(utc); err != nil {
 		t.Fatal(err)
@@ -139,13 +203,7 @@ func TestAutoMTLSFollowsRegisteredIdentity(t *testing.T) {
 	for _, m := range utc.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchSubjectAltNames() {
 		sans = append(sans, m.GetExact())
 	}
-	if diff := cmp.Diff(sans, []string{"spiffe://cluster.local/ns/default/sa/ratings"}); diff != "" {
-		t.Errorf("cluster %s SANs (-got +want):\n%s", name, diff)
-	}
-	listener := "grpc/server?xds.resource.listening_address=127.0.0.1:9080"
-	if _, ok := s.caches[resource.ListenerType].GetResources()[listener]; !ok {
-		t.Errorf("LDS has no server listener %q", listener)
-	}
+	return sans
 }
 
 // testCA is a root made in the test, to sign the certificates a CA of ours

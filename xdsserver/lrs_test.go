@@ -138,7 +138,7 @@ func findEdge(g *Graph, source, destination string) (GraphEdge, bool) {
 // latency; the gRPC edge does not.
 func TestLoadReportsMakeTheGraph(t *testing.T) {
 	ctx := testContext(t)
-	s, err := New(WithLoadReportingInterval(200*time.Millisecond), WithAdminToken("s3cret"), WithWarmup(-1))
+	s, err := New(WithLoadReportingInterval(200*time.Millisecond), WithAdminToken("s3cret"), WithWarmup(-1), WithInsecureRegistration())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,8 @@ type metrics struct {
 	certsIssued       prometheus.Counter
 	caErrors          *prometheus.CounterVec
 	admissionRejected prometheus.Counter
+	insecure          prometheus.Gauge
+	unauthenticated   *prometheus.CounterVec
 
 	mu      sync.Mutex
 	changed map[string]time.Time // short type → time of the last change pushed to the cache
@@ -79,11 +81,15 @@ func newMetrics() *metrics {
 			Name: "trellis_ca_errors_total", Help: "Certificate requests the mesh CA refused or failed, by reason (unauthenticated, rate_limited, invalid, denied, internal)."}, []string{"reason"}),
 		admissionRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "trellis_xds_streams_rejected_total", Help: "New xDS streams turned away by the admission limit (clients retry after backing off)."}),
+		insecure: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trellis_insecure_registration", Help: "1 if the control plane accepts registrations without a credential (WithInsecureRegistration: an open mesh), else 0."}),
+		unauthenticated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_secure_port_unauthenticated_total", Help: "Streams refused on the secure port for want of a verified workload certificate, by API (xds, lrs)."}, []string{"api"}),
 		changed: map[string]time.Time{},
 	}
 	m.reg.MustRegister(m.streams, m.acks, m.nacks, m.pushes, m.resources, m.builds, m.registered,
 		m.registrations, m.configLoads, m.configValid, m.configTimestamp, m.configErrors,
-		m.clients, m.pushLatency, m.certsIssued, m.caErrors, m.admissionRejected,
+		m.clients, m.pushLatency, m.certsIssued, m.caErrors, m.admissionRejected, m.insecure, m.unauthenticated,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -40,6 +40,9 @@ type options struct {
 	openStore       func(grace time.Duration, onChange func()) (registry.Store, error)
 	kubernetes      *kubeOptions // WithKubernetes; see useKubernetes
 
+	insecureRegistration bool
+	regLimits            RegistrationLimits
+
 	admission      int
 	admissionBurst int
 	admissionSet   bool

@@ -25,6 +25,7 @@ import (
 	"github.com/trellismesh/trellis/internal/ca"
 	"github.com/trellismesh/trellis/internal/config"
 	"github.com/trellismesh/trellis/internal/grpcstop"
+	"github.com/trellismesh/trellis/internal/ratelimit"
 	"github.com/trellismesh/trellis/internal/registrationpb"
 	"github.com/trellismesh/trellis/internal/registry"
 	"github.com/trellismesh/trellis/internal/translate"
@@ -59,6 +60,13 @@ type Server struct {
 	servingID spiffeid.ID  // the control plane's identity on its secure port
 	secure    *grpc.Server // the secure port's server, made by the first ServeSecure
 
+	// Registration admission (trust.go).
+	admitMu    sync.Mutex
+	peerRegs   map[string]int             // live registrations through this replica, by peer; guarded by admitMu
+	regLimiter *ratelimit.Limiter         // new registration streams, by peer
+	bindings   map[string][]string        // identities bound to each host by the configuration; guarded by mu
+	workloads  []translate.ConfigWorkload // endpoints the configuration defines; guarded by mu
+
 	rebuildCh chan struct{}
 	ctx       context.Context // cancelled by Close/Shutdown; ends background work
 	cancel    context.CancelFunc
@@ -69,13 +77,14 @@ type Server struct {
 	cfgErr    error       // error of the last load, nil if it succeeded
 	cfgLoaded time.Time   // time of the last successful load
 	built     *translate.Resources
-	known     map[translate.ServiceRef]bool // registered service ports, kept when their endpoints leave
-	warmUntil time.Time                     // before it, never-populated EDS resources are withheld
-	populated map[string]bool               // EDS resources that have had an endpoint
-	attempted time.Time                     // time of the last load, good or bad
-	version   uint64                        // number of builds
-	external  [][]registry.Endpoint         // the latest list of each endpoint source
-	awaiting  bool                          // a config source has not delivered its first update yet
+	known     map[translate.ServiceRef]time.Time // registered service ports, kept for knownTTL after their endpoints leave
+	knownExp  *time.Timer                        // rebuilds when the next known service port is due to be forgotten
+	warmUntil time.Time                          // before it, never-populated EDS resources are withheld
+	populated map[string]bool                    // EDS resources that have had an endpoint
+	attempted time.Time                          // time of the last load, good or bad
+	version   uint64                             // number of builds
+	external  [][]registry.Endpoint              // the latest list of each endpoint source
+	awaiting  bool                               // a config source has not delivered its first update yet
 	closed    bool
 	closeOnce sync.Once
 }
@@ -109,13 +118,21 @@ func New(opts ...Option) (*Server, error) {
 		opts:      o,
 		log:       o.logger,
 		caches:    map[string]*cache.LinearCache{},
-		known:     map[translate.ServiceRef]bool{},
+		known:     map[translate.ServiceRef]time.Time{},
 		populated: map[string]bool{},
 		metrics:   newMetrics(),
 		rebuildCh: make(chan struct{}, 1),
+		peerRegs:  map[string]int{},
+		// One bucket per peer; beyond the keys kept, the least recently
+		// used peers' buckets are forgotten (and start full again).
+		regLimiter: ratelimit.New(ratelimit.WithMaxKeys(4096)),
 	}
 	if err := s.newCA(); err != nil {
 		return nil, err
+	}
+	if o.insecureRegistration {
+		s.metrics.insecure.Set(1)
+		s.log.Warn("insecure registration: registrations without a credential are accepted, so anyone who reaches the control plane can add endpoints to services no identity is bound to (an open mesh, for development only)")
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.clients = newClientTracker(s.log, s.metrics, s.ctx.Done())
@@ -157,6 +174,7 @@ func New(opts ...Option) (*Server, error) {
 	s.rds = newViewCache(resource.RouteType, s.caches[resource.RouteType], labelsKey)
 	mux.Caches[resource.EndpointType] = s.eds
 	mux.Caches[resource.RouteType] = s.rds
+	s.clients.views = []*viewCache{s.eds, s.rds}
 	var watcher *fsnotify.Watcher
 	if o.configDir != "" {
 		set, err := config.LoadDir(o.configDir)
@@ -166,6 +184,7 @@ func New(opts ...Option) (*Server, error) {
 			return nil, err
 		}
 		s.cfg, s.cfgLoaded, s.attempted = set, time.Now(), time.Now()
+		s.indexConfig(set)
 		s.metrics.configLoaded(true, 0)
 		s.log.Info("configuration loaded", "dir", o.configDir, "files", len(set.Files), "resources", set.Len())
 		watcher, err = fsnotify.NewWatcher()
@@ -295,6 +314,11 @@ func (s *Server) stopBackground() {
 		s.cancel()
 		s.wg.Wait()
 		s.reg.Close()
+		s.mu.Lock()
+		if s.knownExp != nil {
+			s.knownExp.Stop()
+		}
+		s.mu.Unlock()
 	})
 }
 
@@ -324,6 +348,7 @@ func (s *Server) applyConfig(set *config.Set, err error, from string) error {
 	s.attempted = time.Now()
 	if err == nil {
 		s.cfg, s.cfgLoaded = set, time.Now()
+		s.indexConfig(set)
 		s.awaiting = false
 	}
 	s.mu.Unlock()
@@ -349,51 +374,57 @@ type registrationService struct {
 }
 
 func (r *registrationService) Register(stream registrationpb.Registration_RegisterServer) error {
+	s := r.s
 	req, err := stream.Recv()
 	if err != nil {
 		return err
 	}
-	ep, err := endpointFromProto(req.GetEndpoint())
+	ep, err := endpointFromRequest(req)
 	if err != nil {
-		r.s.metrics.registrations.WithLabelValues("rejected").Inc()
-		r.s.log.Warn("registration rejected", "error", err)
+		s.metrics.registrations.WithLabelValues("rejected").Inc()
+		s.log.Warn("registration rejected", "error", err)
 		return statusInvalid(err)
 	}
-	// The identity comes from the connection, never from the request.
-	id, err := r.s.peerIdentity(stream.Context())
-	if err != nil {
-		r.s.metrics.registrations.WithLabelValues("rejected").Inc()
-		r.s.log.Warn("registration rejected: client certificate does not verify", "endpoint", ep.Key(), "error", err)
-		return status.Error(codes.Unauthenticated, "unauthenticated")
+	// Who registers comes from the connection, never from the request.
+	who, err := s.registrant(stream.Context(), req.GetOwnerSecret())
+	if err == nil && !s.regLimiter.Allow(who.peer, s.registrationRate()) {
+		err = limit("%s opens registrations too fast", who)
 	}
-	if !id.IsZero() {
-		if ns := identityNamespace(id); ns != ep.Namespace {
-			r.s.metrics.registrations.WithLabelValues("rejected").Inc()
-			r.s.log.Warn("registration rejected: identity may not register in this namespace", "endpoint", ep.Key(), "identity", id.String())
-			return status.Error(codes.PermissionDenied, "permission denied")
+	var lease registry.Lease
+	if err == nil {
+		ep.Identity, ep.Owner = "", who.owner
+		if !who.id.IsZero() {
+			ep.Identity = who.id.String()
 		}
-		ep.Identity = id.String()
+		lease, err = s.admitRegistration(who, ep)
 	}
-	lease := r.s.reg.Add(ep)
-	r.s.metrics.registrations.WithLabelValues("accepted").Inc()
-	r.s.log.Info("endpoint registered", "endpoint", ep.Key(), "labels", ep.Labels, "identity", ep.Identity)
+	if err != nil {
+		st, result := registrationStatus(err)
+		s.metrics.registrations.WithLabelValues(result).Inc()
+		s.log.Warn("registration refused", "endpoint", ep.Key(), "registrant", who.String(), "reason", result, "error", err)
+		return st
+	}
+	defer s.releaseRegistration(who)
+	s.metrics.registrations.WithLabelValues("accepted").Inc()
+	s.log.Info("endpoint registered", "endpoint", ep.Key(), "labels", ep.Labels, "identity", ep.Identity, "registrant", who.String())
 	if err := stream.Send(&registrationpb.RegisterResponse{Id: ep.Key()}); err != nil {
 		lease.Release(false)
 		return err
 	}
+	updates := ratelimit.New(ratelimit.WithMaxKeys(1))
 	for {
 		req, err := stream.Recv()
 		if err == io.EOF {
 			lease.Release(true)
-			r.s.log.Info("endpoint deregistered", "endpoint", ep.Key())
+			s.log.Info("endpoint deregistered", "endpoint", ep.Key())
 			return nil
 		}
 		if err != nil {
 			lease.Release(false)
-			r.s.log.Info("registration stream broke; endpoint leaves after the grace period", "endpoint", ep.Key(), "error", err)
+			s.log.Info("registration stream broke; endpoint leaves after the grace period", "endpoint", ep.Key(), "error", err)
 			return err
 		}
-		upd, err := endpointFromProto(req.GetEndpoint())
+		upd, err := endpointFromRequest(req)
 		if err != nil || upd.Key() != ep.Key() {
 			if err == nil {
 				err = fmt.Errorf("an update must keep service, namespace, address and port (%s)", ep.Key())
@@ -401,8 +432,20 @@ func (r *registrationService) Register(stream registrationpb.Registration_Regist
 			lease.Release(false)
 			return statusInvalid(err)
 		}
+		if !updates.Allow("", updateLimit) {
+			lease.Release(false)
+			s.metrics.registrations.WithLabelValues("limited").Inc()
+			s.log.Warn("registration stream closed: endpoint updates too fast", "endpoint", ep.Key(), "registrant", who.String())
+			return status.Error(codes.ResourceExhausted, "registration refused: endpoint updates too fast")
+		}
 		lease.Update(upd.Labels, upd.Locality)
 	}
+}
+
+// registrationRate is the limit on new registration streams per peer.
+func (s *Server) registrationRate() ratelimit.Limit {
+	l := s.opts.regLimits.withDefaults()
+	return ratelimit.Limit{Rate: l.Rate, Burst: l.Burst}
 }
 
 // discardLogger silences go-control-plane's internal logging.

@@ -34,8 +34,17 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// start runs a Server on loopback and returns a client connection to it.
+// start runs an open-mesh Server (WithInsecureRegistration, since most
+// tests register endpoints without identities) on loopback and returns a
+// plaintext client connection to it.
 func start(t *testing.T, opts ...Option) (*Server, *grpc.ClientConn) {
+	t.Helper()
+	return startClosed(t, append([]Option{WithInsecureRegistration()}, opts...)...)
+}
+
+// startClosed is start without opening the mesh: registrations need an
+// identity, as by default.
+func startClosed(t *testing.T, opts ...Option) (*Server, *grpc.ClientConn) {
 	t.Helper()
 	s, err := New(opts...)
 	if err != nil {
@@ -61,14 +70,26 @@ func start(t *testing.T, opts ...Option) (*Server, *grpc.ClientConn) {
 	return s, cc
 }
 
-// register opens a registration stream for ep and waits for the answer.
+// testOwner is the owner secret of the one workload most tests register
+// as, as internal/register sends it for a process.
+var testOwner = []byte("the workload of the xdsserver tests")
+
+// register opens a registration stream for ep, as the workload testOwner,
+// and waits for the answer.
 func register(ctx context.Context, t *testing.T, cc *grpc.ClientConn, ep *registrationpb.Endpoint) (registrationpb.Registration_RegisterClient, error) {
+	t.Helper()
+	return registerAs(ctx, t, cc, testOwner, ep)
+}
+
+// registerAs is register as the workload with owner secret owner (nil
+// for none).
+func registerAs(ctx context.Context, t *testing.T, cc *grpc.ClientConn, owner []byte, ep *registrationpb.Endpoint) (registrationpb.Registration_RegisterClient, error) {
 	t.Helper()
 	stream, err := registrationpb.NewRegistrationClient(cc).Register(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&registrationpb.RegisterRequest{Endpoint: ep}); err != nil {
+	if err := stream.Send(&registrationpb.RegisterRequest{Endpoint: ep, OwnerSecret: owner}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = stream.Recv()

@@ -2,9 +2,11 @@ package xdsserver
 
 import (
 	"cmp"
+	"fmt"
 	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -24,6 +26,10 @@ import (
 // rebuildDebounce batches changes that arrive together (a burst of
 // registrations, an editor writing several files) into one push.
 var rebuildDebounce = 20 * time.Millisecond
+
+// knownTTL is how long a registered service port stays defined after its
+// last endpoint left.
+var knownTTL = 10 * time.Minute
 
 // configDebounce waits for a directory change to settle before reloading.
 var configDebounce = 100 * time.Millisecond
@@ -59,14 +65,33 @@ func (s *Server) rebuild() {
 	s.mu.Lock()
 	set := s.cfg
 	// A registered service with an explicit service port stays defined
-	// after its last endpoint leaves, so that clients dialing it fail fast
-	// (no endpoints) rather than wait for a listener that is gone. Without an
+	// for knownTTL after its last endpoint leaves, so that clients dialing
+	// it during a restart fail fast (no endpoints) rather than wait for a
+	// listener that is gone; after that it is forgotten, so that a service
+	// nobody serves any more does not shadow the name for ever. Without an
 	// explicit service port the port is the workload's own, often random,
 	// and is not kept.
+	now := time.Now()
 	for _, ep := range registered {
 		if ep.ServicePort != 0 {
-			s.known[translate.ServiceRef{Service: ep.Service, Namespace: ep.Namespace, Port: ep.ServicePort}] = true
+			s.known[translate.ServiceRef{Service: ep.Service, Namespace: ep.Namespace, Port: ep.ServicePort}] = now
 		}
+	}
+	var forget time.Time // when the next known port is due to be forgotten
+	for ref, seen := range s.known {
+		switch expiry := seen.Add(knownTTL); {
+		case !expiry.After(now):
+			delete(s.known, ref)
+		case seen != now && (forget.IsZero() || expiry.Before(forget)):
+			forget = expiry
+		}
+	}
+	if s.knownExp != nil {
+		s.knownExp.Stop()
+		s.knownExp = nil
+	}
+	if !forget.IsZero() && !s.closed {
+		s.knownExp = time.AfterFunc(forget.Sub(now), s.triggerRebuild)
 	}
 	known := slices.Collect(maps.Keys(s.known))
 	s.mu.Unlock()
@@ -238,7 +263,11 @@ func (s *Server) watchConfig(w *fsnotify.Watcher) {
 	}
 }
 
-func endpointFromProto(p *registrationpb.Endpoint) (registry.Endpoint, error) {
+// endpointFromRequest reads and checks the endpoint of a registration
+// request: names, address and port, and bounds on the message, labels and
+// locality, so that no registration can make the mesh's resources large.
+func endpointFromRequest(req *registrationpb.RegisterRequest) (registry.Endpoint, error) {
+	p := req.GetEndpoint()
 	ep := registry.Endpoint{
 		Service:     p.GetService(),
 		Namespace:   cmp.Or(p.GetNamespace(), config.DefaultNamespace),
@@ -247,6 +276,9 @@ func endpointFromProto(p *registrationpb.Endpoint) (registry.Endpoint, error) {
 		ServicePort: p.GetServicePort(),
 		Labels:      p.GetLabels(),
 		Locality:    p.GetLocality(),
+	}
+	if n := proto.Size(req); n > maxRegistrationSize {
+		return ep, errorf("registration: message of %d bytes is larger than %d", n, maxRegistrationSize)
 	}
 	if p == nil {
 		return ep, errorf("registration: the first request must carry an endpoint")
@@ -266,10 +298,36 @@ func endpointFromProto(p *registrationpb.Endpoint) (registry.Endpoint, error) {
 	if ep.ServicePort > 65535 {
 		return ep, errorf("registration: service port %d is not between 1 and 65535", ep.ServicePort)
 	}
+	if len(ep.Labels) > maxLabels {
+		return ep, errorf("registration: %d labels, at most %d", len(ep.Labels), maxLabels)
+	}
 	if err := config.ValidateLabels(ep.Labels); err != nil {
 		return ep, errorf("registration: labels: %v", err)
 	}
+	if err := validateLocality(ep.Locality); err != nil {
+		return ep, errorf("registration: locality: %v", err)
+	}
 	return ep, nil
+}
+
+// validateLocality checks a "region/zone/subzone" locality: at most three
+// parts, each at most maxLocalityPart bytes of printable ASCII.
+func validateLocality(l string) error {
+	parts := strings.Split(l, "/")
+	if len(parts) > 3 {
+		return fmt.Errorf("%d parts, want region/zone/subzone", len(parts))
+	}
+	for _, part := range parts {
+		if len(part) > maxLocalityPart {
+			return fmt.Errorf("a part of %d bytes, at most %d", len(part), maxLocalityPart)
+		}
+		for i := 0; i < len(part); i++ {
+			if c := part[i]; c <= ' ' || c > '~' {
+				return fmt.Errorf("byte %#x is not printable ASCII", c)
+			}
+		}
+	}
+	return nil
 }
 
 func statusInvalid(err error) error { return status.Error(codes.InvalidArgument, err.Error()) }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	"github.com/trellismesh/trellis/internal/etcdstore"
 	"github.com/trellismesh/trellis/internal/etcdstore/etcdtest"
@@ -298,5 +299,30 @@ func TestNewWithBadStore(t *testing.T) {
 		t.Error("New with etcd down succeeded")
 	} else if !strings.Contains(err.Error(), srv.Endpoint()) {
 		t.Errorf("New with etcd down = %v, want the error to name the store", err)
+	}
+}
+
+// TestOwnershipHoldsAcrossReplicas guards against taking an endpoint
+// through another replica: a registration made through replica A belongs
+// to its workload at replica B too, which refuses it to anyone else and
+// lets the owner move to it.
+func TestOwnershipHoldsAcrossReplicas(t *testing.T) {
+	ctx := etcdContext(t)
+	srv, _ := startEtcd(ctx, t, map[string]string{"greeter.yaml": greeterEntry})
+	_, ccA := startReplica(ctx, t, srv, WithRegistrationGrace(time.Minute))
+	b, ccB := startReplica(ctx, t, srv, WithRegistrationGrace(time.Minute))
+	if _, err := registerAs(ctx, t, ccA, victimOwner, greeterEndpoint(9080)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, func() bool { return servesGreeter(b, "127.0.0.1:9080") })
+	stolen := greeterEndpoint(9080)
+	stolen.Labels = map[string]string{"version": "evil"}
+	_, err := registerAs(ctx, t, ccB, attackerOwner, stolen)
+	wantCode(t, "Register(A's endpoint) through B as another workload", err, codes.PermissionDenied)
+	if _, err := registerAs(ctx, t, ccB, victimOwner, greeterEndpoint(9080)); err != nil {
+		t.Errorf("Register(A's endpoint) through B as its owner = %v, want success", err)
+	}
+	if got := registrationsByKey(b)["default/greeter/127.0.0.1:9080"]; got["version"] != "v1" {
+		t.Errorf("B's registration labels = %v, want version v1", got)
 	}
 }

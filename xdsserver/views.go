@@ -11,6 +11,8 @@ import (
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -19,27 +21,90 @@ import (
 // locality (localityLbSetting), routes on its labels (sourceLabels).
 // Clients whose key is empty read the shared base cache; every distinct key
 // gets a cache of its own, computed by the current view function and kept
-// in line with it resource by resource. It is safe for concurrent use.
+// in line with it resource by resource. A key's cache lives while a stream
+// of a client with that key is open (retain, release), and there are at
+// most maxViews of them. It is safe for concurrent use.
 type viewCache struct {
-	typeURL string
-	base    *cache.LinearCache
-	key     func(*v3corepb.Node) string
+	typeURL  string
+	base     *cache.LinearCache
+	key      func(*v3corepb.Node) string
+	maxViews int
 
 	mu     sync.Mutex
 	view   func(key string) map[string]types.Resource
-	groups map[string]*cache.LinearCache
+	groups map[string]*viewGroup
 }
+
+// viewGroup is the cache of one key and the streams that use it.
+type viewGroup struct {
+	cache   *cache.LinearCache
+	streams int
+}
+
+// defaultMaxViews bounds the per-client caches of each type. A client
+// beyond it is refused (its stream ends with RESOURCE_EXHAUSTED) rather
+// than served a view that is not its own.
+const defaultMaxViews = 4096
+
+// errTooManyViews refuses a stream whose view would exceed maxViews.
+var errTooManyViews = status.Error(codes.ResourceExhausted, "control plane busy: too many distinct client views")
 
 var _ cache.Cache = (*viewCache)(nil)
 
 func newViewCache(typeURL string, base *cache.LinearCache, key func(*v3corepb.Node) string) *viewCache {
 	return &viewCache{
-		typeURL: typeURL,
-		base:    base,
-		key:     key,
-		view:    func(string) map[string]types.Resource { return base.GetResources() },
-		groups:  map[string]*cache.LinearCache{},
+		typeURL:  typeURL,
+		base:     base,
+		key:      key,
+		maxViews: defaultMaxViews,
+		view:     func(string) map[string]types.Resource { return base.GetResources() },
+		groups:   map[string]*viewGroup{},
 	}
+}
+
+// retain makes the view of node's key live for one more stream, creating
+// it if needed.
+func (v *viewCache) retain(node *v3corepb.Node) error {
+	key := v.key(node)
+	if key == "" {
+		return nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	g, ok := v.groups[key]
+	if !ok {
+		if len(v.groups) >= v.maxViews {
+			return errTooManyViews
+		}
+		g = &viewGroup{cache: cache.NewLinearCache(v.typeURL, cache.WithLogger(discardLogger{}))}
+		g.cache.SetResources(v.view(key))
+		v.groups[key] = g
+	}
+	g.streams++
+	return nil
+}
+
+// release ends one stream's use of the view of node's key; the view goes
+// with its last stream.
+func (v *viewCache) release(node *v3corepb.Node) {
+	key := v.key(node)
+	if key == "" {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if g, ok := v.groups[key]; ok {
+		if g.streams--; g.streams <= 0 {
+			delete(v.groups, key)
+		}
+	}
+}
+
+// views returns the number of per-client views.
+func (v *viewCache) views() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.groups)
 }
 
 // localityKey keys endpoint views by the client's locality.
@@ -86,6 +151,9 @@ func parseLabelsKey(key string) map[string]string {
 	return out
 }
 
+// cacheFor returns the cache a client with node reads: the base cache, its
+// key's retained view, or, for a key no open stream retains (a one-off
+// fetch, the admin endpoint), a view made for the occasion and not kept.
 func (v *viewCache) cacheFor(node *v3corepb.Node) *cache.LinearCache {
 	key := v.key(node)
 	if key == "" {
@@ -93,12 +161,11 @@ func (v *viewCache) cacheFor(node *v3corepb.Node) *cache.LinearCache {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	c, ok := v.groups[key]
-	if !ok {
-		c = cache.NewLinearCache(v.typeURL, cache.WithLogger(discardLogger{}))
-		c.SetResources(v.view(key))
-		v.groups[key] = c
+	if g, ok := v.groups[key]; ok {
+		return g.cache
 	}
+	c := cache.NewLinearCache(v.typeURL, cache.WithLogger(discardLogger{}))
+	c.SetResources(v.view(key))
 	return c
 }
 
@@ -109,7 +176,8 @@ func (v *viewCache) sync(view func(key string) map[string]types.Resource) error 
 	defer v.mu.Unlock()
 	v.view = view
 	var errs []error
-	for key, c := range v.groups {
+	for key, g := range v.groups {
+		c := g.cache
 		next := view(key)
 		cur := c.GetResources()
 		upd := map[string]types.Resource{}

@@ -103,6 +103,8 @@ func childControlPlane(a childArgs) error {
 	}
 	if a.Tokens {
 		opts = append(opts, xdsserver.WithJoinTokens(joinTokens))
+	} else {
+		opts = append(opts, xdsserver.WithInsecureRegistration()) // plaintext runs: servers without identities
 	}
 	srv, err := xdsserver.New(opts...)
 	if err != nil {

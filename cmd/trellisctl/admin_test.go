@@ -47,7 +47,7 @@ spec:
   host: greeter
   subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
 `)
-	cp, err := xdsserver.New(xdsserver.WithConfigDir(dir))
+	cp, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithInsecureRegistration())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,14 @@
 //	go run ./cmd/xdsserver
 //	go run ./cmd/xdsserver -config ./mesh/
 //
+// The control plane believes only what it has authenticated: workloads
+// register over the secure port, presenting an SVID of the mesh CA, and
+// each only for the services its identity may serve (docs/SECURITY.md).
+// -insecure-registration also accepts registrations without a certificate,
+// on either port — an open mesh, for development and for meshes without
+// identities such as the examples'. -xds-addr "" turns the plaintext port
+// off, so that only identified workloads reach the control plane.
+//
 // -config names a directory of Istio YAML that is watched and hot-reloaded;
 // a change that fails to load is logged and shown at /debug/config_dump, and
 // the last good configuration stays in force. SIGHUP reloads it too.
@@ -73,7 +81,8 @@ func run() error {
 		kubernetes  = flag.Bool("kubernetes", false, "read Istio custom resources, Services and EndpointSlices from Kubernetes, and keep registrations as WorkloadEntries (exclusive with -config)")
 		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file for -kubernetes (default: the in-cluster service account)")
 		store       = flag.String("store", "memory", "where registrations (and, with neither -config nor -kubernetes, the configuration) are kept: memory, or etcd://host:port[,host:port...][/prefix]")
-		xdsAddr     = flag.String("xds-addr", "127.0.0.1:15010", "address for xDS and the registration API")
+		xdsAddr     = flag.String("xds-addr", "127.0.0.1:15010", "plaintext address for xDS and the registration API (empty: off, so that only identified workloads on -secure-addr reach the control plane)")
+		insecureReg = flag.Bool("insecure-registration", false, "accept registrations without a workload certificate (an open mesh: anyone who reaches the control plane can add endpoints to services no identity is bound to; for development and meshes without identities)")
 		adminAddr   = flag.String("admin-addr", "127.0.0.1:15014", "address for /healthz, /readyz, /metrics and /debug/config_dump")
 		dataDir     = flag.String("data-dir", defaultDataDir(), "directory for state the control plane keeps across restarts")
 		secureAddr  = flag.String("secure-addr", "127.0.0.1:15012", "address for xDS, registration and the CA API over TLS (empty: off)")
@@ -116,6 +125,12 @@ func run() error {
 	if (*caCert == "") != (*caKey == "") {
 		return fmt.Errorf("-ca-cert and -ca-key go together")
 	}
+	if *adminAddr == "" {
+		return errors.New("-admin-addr is required")
+	}
+	if *xdsAddr == "" && *secureAddr == "" {
+		return errors.New("-xds-addr and -secure-addr are both empty: nothing would be served")
+	}
 	opts := []xdsserver.Option{
 		xdsserver.WithLogger(logger),
 		xdsserver.WithRegistrationGrace(*grace),
@@ -126,6 +141,9 @@ func run() error {
 	}
 	if *adminToken != "" {
 		opts = append(opts, xdsserver.WithAdminToken(*adminToken))
+	}
+	if *insecureReg {
+		opts = append(opts, xdsserver.WithInsecureRegistration())
 	}
 	if *caCert != "" {
 		opts = append(opts, xdsserver.WithCAFiles(*caCert, *caKey))
@@ -152,34 +170,46 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	xdsLis, err := net.Listen("tcp", *xdsAddr)
-	if err != nil {
-		srv.Close()
-		return err
-	}
-	adminLis, err := net.Listen("tcp", *adminAddr)
-	if err != nil {
-		srv.Close()
-		xdsLis.Close()
-		return err
-	}
-	var secureLis net.Listener
-	if *secureAddr != "" {
-		if secureLis, err = net.Listen("tcp", *secureAddr); err != nil {
-			srv.Close()
-			xdsLis.Close()
-			adminLis.Close()
-			return err
+	var lis []net.Listener
+	listen := func(addr string) (net.Listener, error) {
+		if addr == "" {
+			return nil, nil
 		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			srv.Close()
+			for _, l := range lis {
+				l.Close()
+			}
+			return nil, err
+		}
+		lis = append(lis, l)
+		return l, nil
+	}
+	xdsLis, err := listen(*xdsAddr)
+	if err != nil {
+		return err
+	}
+	adminLis, err := listen(*adminAddr)
+	if err != nil {
+		return err
+	}
+	secureLis, err := listen(*secureAddr)
+	if err != nil {
+		return err
 	}
 	admin := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 3)
-	go func() { errc <- srv.Serve(xdsLis) }()
+	plaintext := "off"
+	if xdsLis != nil {
+		plaintext = xdsLis.Addr().String()
+		go func() { errc <- srv.Serve(xdsLis) }()
+	}
 	if secureLis != nil {
 		go func() { errc <- srv.ServeSecure(secureLis) }()
 	}
 	go func() { errc <- admin.Serve(adminLis) }()
-	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "secure", *secureAddr, "admin", adminLis.Addr().String(), "config", *configDir, "store", *store, "dataDir", *dataDir)
+	logger.Info("control plane serving", "xds", plaintext, "secure", *secureAddr, "admin", adminLis.Addr().String(), "config", *configDir, "store", *store, "dataDir", *dataDir, "insecureRegistration", *insecureReg)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)

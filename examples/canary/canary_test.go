@@ -46,7 +46,7 @@ func TestCanary(t *testing.T) {
 	}
 	xdsAddr, adminAddr := freeAddr(t), freeAddr(t)
 	cp := start(t, filepath.Join(bin, "xdsserver"),
-		"-config", config, "-xds-addr", xdsAddr, "-admin-addr", adminAddr, "-secure-addr", freeAddr(t), "-data-dir", t.TempDir())
+		"-config", config, "-insecure-registration", "-xds-addr", xdsAddr, "-admin-addr", adminAddr, "-secure-addr", freeAddr(t), "-data-dir", t.TempDir())
 	waitFor(ctx, t, "the control plane to be ready", func() error {
 		cp.checkRunning(t)
 		_, err := get(ctx, "http://"+adminAddr+"/readyz")

@@ -85,7 +85,10 @@ func run(ctx context.Context, w io.Writer, requests int, timeout time.Duration) 
 	if err := os.WriteFile(filepath.Join(dir, "ratings.yaml"), []byte(config), 0o644); err != nil {
 		return err
 	}
-	cp, err := xdsserver.New(xdsserver.WithConfigDir(dir))
+	// This example's workloads have no identities, so the mesh is opened
+	// to registrations without a credential (examples/secure has
+	// identities and leaves it closed).
+	cp, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithInsecureRegistration())
 	if err != nil {
 		return err
 	}

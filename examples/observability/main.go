@@ -128,7 +128,10 @@ func run(ctx context.Context, w io.Writer, calls int, timeout time.Duration) (er
 	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), []byte(config), 0o644); err != nil {
 		return err
 	}
-	cp, err := xdsserver.New(xdsserver.WithConfigDir(dir))
+	// This example's workloads have no identities, so the mesh is opened
+	// to registrations without a credential (examples/secure has
+	// identities and leaves it closed).
+	cp, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithInsecureRegistration())
 	if err != nil {
 		return err
 	}

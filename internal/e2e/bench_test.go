@@ -215,7 +215,7 @@ func BenchmarkHTTPMTLS(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		srv, err := mesh.NewHTTPServer(handler, append(m.as("greeter-token"), mesh.WithService("kb", "v1"), mesh.WithServicePort(8080))...)
+		srv, err := mesh.NewHTTPServer(handler, append(m.as("kb-token"), mesh.WithService("kb", "v1"), mesh.WithServicePort(8080))...)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -81,7 +81,7 @@ func TestRapidResetFloodLeavesServersServing(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				srv, err := mesh.NewHTTPServer((&behaviour{}).handler("v1", lis.Addr().String()), append(m.as("greeter-token"), mesh.WithService("hello", "v1"), mesh.WithServicePort(9080))...)
+				srv, err := mesh.NewHTTPServer((&behaviour{}).handler("v1", lis.Addr().String()), append(m.as("hello-token"), mesh.WithService("hello", "v1"), mesh.WithServicePort(9080))...)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -35,7 +35,17 @@ type controlPlane struct {
 	dir  string
 }
 
+// startControlPlane starts an open-mesh control plane
+// (WithInsecureRegistration: most tests run servers without identities)
+// with the configuration directory dir, if not empty.
 func startControlPlane(t testing.TB, dir string, opts ...xdsserver.Option) *controlPlane {
+	t.Helper()
+	return startClosedControlPlane(t, dir, append([]xdsserver.Option{xdsserver.WithInsecureRegistration()}, opts...)...)
+}
+
+// startClosedControlPlane is startControlPlane without opening the mesh:
+// only identified workloads may register, as by default.
+func startClosedControlPlane(t testing.TB, dir string, opts ...xdsserver.Option) *controlPlane {
 	t.Helper()
 	if dir != "" {
 		opts = append(opts, xdsserver.WithConfigDir(dir))

@@ -58,7 +58,7 @@ func TestReconnectHerdIsAdmitted(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "mesh.yaml", fmt.Sprintf(herdRoutes, 1))
 	start := func() (*xdsserver.Server, func()) {
-		srv, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithStreamAdmission(50, 50))
+		srv, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithStreamAdmission(50, 50), xdsserver.WithInsecureRegistration())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,7 +17,7 @@ import (
 // function that closes it and waits for Serve to return.
 func serveOn(t *testing.T, addr, dir string) (*xdsserver.Server, func()) {
 	t.Helper()
-	srv, err := xdsserver.New(xdsserver.WithRegistrationGrace(testTimeout), xdsserver.WithConfigDir(dir))
+	srv, err := xdsserver.New(xdsserver.WithRegistrationGrace(testTimeout), xdsserver.WithConfigDir(dir), xdsserver.WithInsecureRegistration())
 	if err != nil {
 		t.Fatal(err)
 	}

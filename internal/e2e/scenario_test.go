@@ -88,7 +88,7 @@ var protocols = []protocol{
 			if err != nil {
 				t.Fatal(err)
 			}
-			opts := append(m.as("greeter-token"), mesh.WithService("hello", v), mesh.WithServicePort(9080))
+			opts := append(m.as("hello-token"), mesh.WithService("hello", v), mesh.WithServicePort(9080))
 			srv, err := mesh.NewHTTPServer(b.handler(v, lis.Addr().String()), opts...)
 			if err != nil {
 				t.Fatal(err)

@@ -31,9 +31,24 @@ import (
 
 const sayHello = "/trellis.examples.greeter.v1.Greeter/SayHello"
 
-// secureMesh is a control plane running its CA, with join tokens for the
-// greeter (default/greeter), a client (default/client) and an intruder
-// from another namespace (other/intruder).
+// meshTokens are the join tokens of a secure mesh: the greeter
+// (default/greeter) and the HTTP services hello, web and kb, each running
+// as the service account of its name (the control plane lets an identity
+// serve only that service unless the configuration binds it to another),
+// a client (default/client), a batch job of the same namespace
+// (default/batch) and an intruder from another namespace (other/intruder).
+var meshTokens = map[string]xdsserver.WorkloadIdentity{
+	"greeter-token":  {Namespace: "default", ServiceAccount: "greeter"},
+	"hello-token":    {Namespace: "default", ServiceAccount: "hello"},
+	"web-token":      {Namespace: "default", ServiceAccount: "web"},
+	"kb-token":       {Namespace: "default", ServiceAccount: "kb"},
+	"client-token":   {Namespace: "default", ServiceAccount: "client"},
+	"batch-token":    {Namespace: "default", ServiceAccount: "batch"},
+	"intruder-token": {Namespace: "other", ServiceAccount: "intruder"},
+}
+
+// secureMesh is a closed mesh (registrations need identities) whose
+// control plane runs its CA, with the join tokens meshTokens.
 type secureMesh struct {
 	*controlPlane
 	secureAddr string
@@ -46,13 +61,9 @@ func startSecureMesh(t testing.TB, yaml string) *secureMesh {
 	if yaml != "" {
 		writeFile(t, dir, "mesh.yaml", yaml)
 	}
-	cp := startControlPlane(t, dir,
+	cp := startClosedControlPlane(t, dir,
 		xdsserver.WithDataDir(data),
-		xdsserver.WithJoinTokens(map[string]xdsserver.WorkloadIdentity{
-			"greeter-token":  {Namespace: "default", ServiceAccount: "greeter"},
-			"client-token":   {Namespace: "default", ServiceAccount: "client"},
-			"intruder-token": {Namespace: "other", ServiceAccount: "intruder"},
-		}))
+		xdsserver.WithJoinTokens(meshTokens))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

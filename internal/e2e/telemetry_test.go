@@ -260,7 +260,7 @@ spec:
 		io.WriteString(w, "ok")
 	})
 	srvSink := newSink(t)
-	srv, err := mesh.NewHTTPServer(h, append(m.as("greeter-token"), mesh.WithService("web", "v1"), mesh.WithServicePort(8080), srvSink.option())...)
+	srv, err := mesh.NewHTTPServer(h, append(m.as("web-token"), mesh.WithService("web", "v1"), mesh.WithServicePort(8080), srvSink.option())...)
 	if err != nil {
 		t.Fatal(err)
 	}

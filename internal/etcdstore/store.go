@@ -46,6 +46,7 @@ type record struct {
 	Labels      map[string]string `json:"labels,omitempty"`
 	Locality    string            `json:"locality,omitempty"`
 	Identity    string            `json:"identity,omitempty"`
+	Owner       string            `json:"owner,omitempty"`
 }
 
 func encode(ep registry.Endpoint) string {
@@ -695,5 +696,5 @@ func (s *Store) watch(rev int64) {
 func endpointEqual(a, b registry.Endpoint) bool {
 	return a.Service == b.Service && a.Namespace == b.Namespace && a.Address == b.Address &&
 		a.Port == b.Port && a.ServicePort == b.ServicePort && a.Locality == b.Locality &&
-		a.Identity == b.Identity && maps.Equal(a.Labels, b.Labels)
+		a.Identity == b.Identity && a.Owner == b.Owner && maps.Equal(a.Labels, b.Labels)
 }

@@ -125,7 +125,8 @@ func (r *replica) leaseID() clientv3.LeaseID {
 
 func endpoint(addr string) registry.Endpoint {
 	return registry.Endpoint{Service: "reviews", Namespace: "default", Address: addr, Port: 9080, ServicePort: 9080,
-		Labels: map[string]string{"version": "v1"}, Locality: "eu/a", Identity: "spiffe://cluster.local/ns/default/sa/reviews"}
+		Labels: map[string]string{"version": "v1"}, Locality: "eu/a", Identity: "spiffe://cluster.local/ns/default/sa/reviews",
+		Owner: "spiffe://cluster.local/ns/default/sa/reviews"}
 }
 
 // keyLease returns the lease of a registration key in etcd, and whether

@@ -49,6 +49,10 @@ const (
 	AnnotationServicePort = "trellis.io/service-port"
 	// AnnotationIdentity holds the SPIFFE ID the workload proved.
 	AnnotationIdentity = "trellis.io/identity"
+	// AnnotationOwner holds who owns the registration (its identity, or
+	// a digest of an anonymous workload's owner secret), so that every
+	// replica applies the same ownership rule.
+	AnnotationOwner = "trellis.io/owner"
 	// AnnotationDisconnectedAt (RFC 3339) marks an entry whose registration
 	// stream broke: it is deleted after the grace period unless the
 	// workload registers again, by the replica that held it or, should
@@ -199,6 +203,7 @@ func entryEndpoint(we *networkingWorkloadEntry) (registry.Endpoint, bool) {
 		Labels:    maps.Clone(we.Spec.GetLabels()),
 		Locality:  we.Spec.GetLocality(),
 		Identity:  we.Annotations[AnnotationIdentity],
+		Owner:     we.Annotations[AnnotationOwner],
 	}
 	if sp, err := strconv.ParseUint(we.Annotations[AnnotationServicePort], 10, 32); err == nil {
 		ep.ServicePort = uint32(sp)
@@ -334,6 +339,9 @@ func (s *Store) entry(ep registry.Endpoint, token string, disconnected time.Time
 	}
 	if ep.Identity != "" {
 		ann[AnnotationIdentity] = ep.Identity
+	}
+	if ep.Owner != "" {
+		ann[AnnotationOwner] = ep.Owner
 	}
 	if !disconnected.IsZero() {
 		ann[AnnotationDisconnectedAt] = disconnected.UTC().Format(time.RFC3339Nano)

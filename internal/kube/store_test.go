@@ -24,6 +24,7 @@ var reviewsEndpoint = registry.Endpoint{
 	Service: "reviews", Namespace: "default", Address: "10.0.0.1", Port: 8080, ServicePort: 9080,
 	Labels: map[string]string{"version": "v1"}, Locality: "eu/eu-1",
 	Identity: "spiffe://cluster.local/ns/default/sa/reviews",
+	Owner:    "spiffe://cluster.local/ns/default/sa/reviews",
 }
 
 func (f *fakes) entry(ctx context.Context, t *testing.T, name string) (map[string]string, bool) {

@@ -13,6 +13,7 @@ package register
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
@@ -21,9 +22,21 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/trellismesh/trellis/internal/registrationpb"
 )
+
+// ownerSecret is drawn once per process and sent with every
+// registration, so that the control plane lets this process, and only
+// it, take back an endpoint it registered without an identity after a
+// reconnect or at another replica.
+var ownerSecret = func() []byte {
+	b := make([]byte, 32)
+	crand.Read(b)
+	return b
+}()
 
 // Backoff bounds for re-opening a broken registration stream.
 var (
@@ -94,7 +107,14 @@ func (c *Client) loop() {
 		}
 		failures++
 		d := backoff(failures)
-		c.log.Warn("registration stream ended; retrying", "service", c.endpoint.GetService(), "error", err, "backoff", d)
+		switch status.Code(err) {
+		case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument:
+			// Retrying will not help until the configuration, the
+			// identity or the endpoint changes: say so loudly.
+			c.log.Error("the control plane refused the registration; retrying", "service", c.endpoint.GetService(), "error", err, "backoff", d)
+		default:
+			c.log.Warn("registration stream ended; retrying", "service", c.endpoint.GetService(), "error", err, "backoff", d)
+		}
 		select {
 		case <-c.stopping:
 			return
@@ -148,7 +168,7 @@ func (c *Client) session() error {
 	if err != nil {
 		return stopped(err)
 	}
-	if err := stream.Send(&registrationpb.RegisterRequest{Endpoint: c.endpoint}); err != nil {
+	if err := stream.Send(&registrationpb.RegisterRequest{Endpoint: c.endpoint, OwnerSecret: ownerSecret}); err != nil {
 		return stopped(err)
 	}
 	sent.Store(true)

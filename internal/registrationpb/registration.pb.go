@@ -128,8 +128,15 @@ func (x *Endpoint) GetLocality() string {
 }
 
 type RegisterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Endpoint      *Endpoint              `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Endpoint *Endpoint              `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// OwnerSecret is a random value (16 to 64 bytes) the workload draws once
+	// and sends with every registration of its endpoints, so that after a
+	// reconnect, or at another control-plane replica, it can take back an
+	// endpoint it registered without an identity. The control plane keeps
+	// only a digest. Identified workloads are owners by their identity and
+	// need not send it.
+	OwnerSecret   []byte `protobuf:"bytes,2,opt,name=owner_secret,json=ownerSecret,proto3" json:"owner_secret,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -167,6 +174,13 @@ func (*RegisterRequest) Descriptor() ([]byte, []int) {
 func (x *RegisterRequest) GetEndpoint() *Endpoint {
 	if x != nil {
 		return x.Endpoint
+	}
+	return nil
+}
+
+func (x *RegisterRequest) GetOwnerSecret() []byte {
+	if x != nil {
+		return x.OwnerSecret
 	}
 	return nil
 }
@@ -231,9 +245,10 @@ const file_internal_registrationpb_registration_proto_rawDesc = "" +
 	"\blocality\x18\a \x01(\tR\blocality\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"s\n" +
 	"\x0fRegisterRequest\x12=\n" +
-	"\bendpoint\x18\x01 \x01(\v2!.trellis.registration.v1.EndpointR\bendpoint\"\"\n" +
+	"\bendpoint\x18\x01 \x01(\v2!.trellis.registration.v1.EndpointR\bendpoint\x12!\n" +
+	"\fowner_secret\x18\x02 \x01(\fR\vownerSecret\"\"\n" +
 	"\x10RegisterResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id2s\n" +
 	"\fRegistration\x12c\n" +

@@ -37,6 +37,16 @@ type RegistrationClient interface {
 	// the endpoint leaves at once (a clean deregistration); when the stream
 	// breaks it leaves after a grace period, unless the same endpoint
 	// registers again within it.
+	//
+	// The control plane believes only what it has authenticated: over its
+	// TLS port the workload's certificate (an SVID of the mesh CA) says who
+	// registers, and that identity must be one allowed to serve the service;
+	// without a certificate, registration is refused unless the operator
+	// opened the mesh (xdsserver.WithInsecureRegistration). An endpoint
+	// belongs to whoever registered it first — its identity, or in an open
+	// mesh the holder of its owner_secret — until it leaves: nobody else may
+	// replace it, change it, keep it alive, or take its address and port for
+	// another service (PERMISSION_DENIED).
 	Register(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RegisterRequest, RegisterResponse], error)
 }
 
@@ -73,6 +83,16 @@ type RegistrationServer interface {
 	// the endpoint leaves at once (a clean deregistration); when the stream
 	// breaks it leaves after a grace period, unless the same endpoint
 	// registers again within it.
+	//
+	// The control plane believes only what it has authenticated: over its
+	// TLS port the workload's certificate (an SVID of the mesh CA) says who
+	// registers, and that identity must be one allowed to serve the service;
+	// without a certificate, registration is refused unless the operator
+	// opened the mesh (xdsserver.WithInsecureRegistration). An endpoint
+	// belongs to whoever registered it first — its identity, or in an open
+	// mesh the holder of its owner_secret — until it leaves: nobody else may
+	// replace it, change it, keep it alive, or take its address and port for
+	// another service (PERMISSION_DENIED).
 	Register(grpc.BidiStreamingServer[RegisterRequest, RegisterResponse]) error
 	mustEmbedUnimplementedRegistrationServer()
 }

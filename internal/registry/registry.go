@@ -31,6 +31,11 @@ type Endpoint struct {
 	// the workload proved by registering with its certificate, or empty if
 	// it registered without one.
 	Identity string
+	// Owner says who holds the registration, for the control plane's
+	// ownership rule: the Identity of an identified workload, or a digest
+	// of an anonymous workload's owner secret. Empty for endpoints that do
+	// not come from registrations.
+	Owner string
 }
 
 // Key identifies the endpoint: two registrations with the same key are the

@@ -218,15 +218,7 @@ func (b *builder) service(host, ns string) *service {
 
 func (b *builder) addServiceEntries() {
 	for _, se := range b.set.ServiceEntries {
-		var workloads []*networking.WorkloadEntry
-		workloads = append(workloads, se.Spec.Endpoints...)
-		if sel := se.Spec.WorkloadSelector; sel != nil {
-			for _, we := range b.set.WorkloadEntries {
-				if we.Namespace == se.Namespace && selects(sel.Labels, we.Spec.Labels) {
-					workloads = append(workloads, we.Spec)
-				}
-			}
-		}
+		workloads := serviceEntryWorkloads(b.set, se)
 		for _, h := range se.Spec.Hosts {
 			b.seHosts[config.CanonicalHost(h, se.Namespace)] = true
 			s := b.service(config.CanonicalHost(h, se.Namespace), se.Namespace)

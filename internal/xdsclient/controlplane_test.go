@@ -46,7 +46,7 @@ func startControlPlane(t *testing.T, addr, dir string) (string, func()) {
 // startServer is startControlPlane that also returns the server.
 func startServer(t *testing.T, addr, dir string) (*xdsserver.Server, string, func()) {
 	t.Helper()
-	srv, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithWarmup(-1))
+	srv, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithWarmup(-1), xdsserver.WithInsecureRegistration())
 	if err != nil {
 		t.Fatalf("xdsserver.New() = %v", err)
 	}

@@ -45,7 +45,7 @@ func startControlPlane(t *testing.T, config string) (addr string, c *xdsclient.C
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithWarmup(-1))
+	srv, err := xdsserver.New(xdsserver.WithConfigDir(dir), xdsserver.WithWarmup(-1), xdsserver.WithInsecureRegistration())
 	if err != nil {
 		t.Fatalf("xdsserver.New() = %v", err)
 	}
