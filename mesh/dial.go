@@ -55,7 +55,7 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 	} else if !strings.HasPrefix(target, "xds:///") {
 		return nil, fmt.Errorf("mesh: target %q: want NAME:PORT, NAME or xds:///NAME:PORT", target)
 	}
-	addr, standard, err := o.controlPlane()
+	_, standard, err := o.controlPlane()
 	if err != nil {
 		return nil, err
 	}
@@ -84,13 +84,18 @@ func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
 	if !standard {
 		id := o.acquireIdentity()
 		releases = append(releases, func() { releaseIdentity(id) })
-		builder, err := o.resolverBuilder(addr, id)
+		link, err := o.link(id)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		builder, err := o.resolverBuilder(link, id)
 		if err != nil {
 			release()
 			return nil, err
 		}
 		dialOpts = append(dialOpts, grpc.WithResolvers(builder))
-		routeOpts, rel, err := o.routeInterceptors(addr, strings.TrimPrefix(uri, "xds:///"), tel)
+		routeOpts, rel, err := o.routeInterceptors(link, strings.TrimPrefix(uri, "xds:///"), tel)
 		if err != nil {
 			release()
 			return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
@@ -133,14 +138,14 @@ func (o *options) controlPlane() (addr string, standard bool, err error) {
 }
 
 // resolverBuilder returns the xDS resolver builder for the options and the
-// control plane at addr.
-func (o *options) resolverBuilder(addr string, id *workloadIdentity) (resolver.Builder, error) {
+// link to the control plane.
+func (o *options) resolverBuilder(link controlPlaneLink, id *workloadIdentity) (resolver.Builder, error) {
 	key := ""
 	if id != nil {
 		key = id.key
 	}
 	certs := &xdsbootstrap.CertPlugin{Name: meshcert.PluginName, Config: map[string]any{"source": key}}
-	contents, err := xdsbootstrap.Contents(addr, o.node(), certs)
+	contents, err := xdsbootstrap.Contents(link.addr, link.bootstrapCreds(), o.node(), certs)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}

@@ -42,9 +42,9 @@ func (s *sharedXDSClient) observe(tel *telemetry.Telemetry) {
 	}
 }
 
-// acquireXDSClient returns the shared client for the options' control plane
-// and node; release it with releaseXDSClient.
-func (o *options) acquireXDSClient(addr string) (*sharedXDSClient, error) {
+// acquireXDSClient returns the shared client for the link to the control
+// plane and the options' node; release it with releaseXDSClient.
+func (o *options) acquireXDSClient(link controlPlaneLink) (*sharedXDSClient, error) {
 	node, err := o.node().Proto()
 	if err != nil {
 		return nil, err
@@ -53,7 +53,7 @@ func (o *options) acquireXDSClient(addr string) (*sharedXDSClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := addr + "\x00" + string(nodeJSON)
+	key := link.addr + "\x00" + link.key + "\x00" + string(nodeJSON)
 	xdsClientsMu.Lock()
 	defer xdsClientsMu.Unlock()
 	if s := xdsClients[key]; s != nil {
@@ -61,7 +61,7 @@ func (o *options) acquireXDSClient(addr string) (*sharedXDSClient, error) {
 		return s, nil
 	}
 	s := &sharedXDSClient{key: key, refs: 1}
-	c, err := xdsclient.New(xdsclient.Config{Server: addr, Node: node, Logger: o.logger,
+	c, err := xdsclient.New(xdsclient.Config{Server: link.addr, Node: node, Logger: o.logger, DialOptions: link.dialOptions(),
 		OnResponse: func(typ string, accepted, rejected int) {
 			if tel := s.tel.Load(); tel != nil {
 				tel.XDSUpdate(typ, true, accepted)
@@ -141,8 +141,8 @@ var retryOnCodes = map[string]codes.Code{
 // gives its limit (enforced first: a limited call is never retried) and
 // its retry policy. It returns the dial options and the function that
 // releases the route watch.
-func (o *options) routeInterceptors(addr, target string, tel *telemetry.Telemetry) ([]grpc.DialOption, func(), error) {
-	shared, err := o.acquireXDSClient(addr)
+func (o *options) routeInterceptors(link controlPlaneLink, target string, tel *telemetry.Telemetry) ([]grpc.DialOption, func(), error) {
+	shared, err := o.acquireXDSClient(link)
 	if err != nil {
 		return nil, nil, err
 	}

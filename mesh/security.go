@@ -88,12 +88,8 @@ type policyWatch struct {
 
 // watchPolicy starts following the listener the control plane makes for
 // the endpoint ip:port.
-func (o *options) watchPolicy(ip string, port int) (*policyWatch, error) {
-	addr, _, err := o.controlPlane()
-	if err != nil {
-		return nil, err
-	}
-	shared, err := o.acquireXDSClient(addr)
+func (o *options) watchPolicy(link controlPlaneLink, ip string, port int) (*policyWatch, error) {
+	shared, err := o.acquireXDSClient(link)
 	if err != nil {
 		return nil, err
 	}

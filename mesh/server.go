@@ -2,17 +2,13 @@ package mesh
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
 	"net"
 	"net/netip"
-	"os"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/trellismesh/trellis/internal/config"
 	"github.com/trellismesh/trellis/internal/grpcstop"
@@ -154,10 +150,10 @@ func (s *Server) Serve(lis net.Listener) error {
 
 // startRegistration registers the endpoint of a listener and starts
 // following its policy, for a Server (whose mu the caller holds) or an
-// HTTPServer with identity id (nil for none). With an identity from the
-// control plane's CA, registration goes to the secure port with the
-// workload's certificate, so the control plane knows the endpoint's
-// identity (and clients can verify it).
+// HTTPServer with identity id (nil for none). A workload with an identity
+// registers over the control plane's secure port with its certificate
+// (see link), so the control plane knows who serves the endpoint and
+// clients can verify it.
 func (o *options) startRegistration(id *workloadIdentity, addr net.Addr) (*register.Client, *policyWatch, error) {
 	tcp, ok := addr.(*net.TCPAddr)
 	if !ok {
@@ -167,40 +163,21 @@ func (o *options) startRegistration(id *workloadIdentity, addr net.Addr) (*regis
 	if ip == "" {
 		ip = advertisedIP(tcp.IP)
 	}
-	cp, _, err := o.controlPlane()
+	link, err := o.link(id)
 	if err != nil {
 		return nil, nil, err
 	}
-	creds := insecure.NewCredentials()
-	if id != nil && o.token() != "" {
-		bundle := o.bundleFile()
-		rootPEM, err := os.ReadFile(bundle)
-		if err != nil {
-			return nil, nil, fmt.Errorf("mesh: the mesh CA's root: %w", err)
-		}
-		td, err := trustDomainOf(rootPEM)
-		if err != nil {
-			return nil, nil, fmt.Errorf("mesh: %s: %w", bundle, err)
-		}
-		cfg, err := controlPlaneTLS(bundle, td)
-		if err != nil {
-			return nil, nil, err
-		}
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return id.Certificate() }
-		creds = credentials.NewTLS(cfg)
-		cp = o.caAddress()
-	}
 	// With several replicas, the registration stream re-opens on a live
 	// one when its replica fails (package replicas).
-	target, err := replicas.Target(cp)
+	target, err := replicas.Target(link.addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mesh: control plane: %w", err)
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(target, link.dialOptions()...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("mesh: control plane %s: %w", cp, err)
+		return nil, nil, fmt.Errorf("mesh: control plane %s: %w", link.addr, err)
 	}
-	watch, err := o.watchPolicy(ip, tcp.Port)
+	watch, err := o.watchPolicy(link, ip, tcp.Port)
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
@@ -214,7 +191,7 @@ func (o *options) startRegistration(id *workloadIdentity, addr net.Addr) (*regis
 		Labels:      o.endpointLabels(),
 		Locality:    o.locality,
 	}
-	o.logger.Info("registering with the control plane", "controlPlane", cp, "service", ep.Service, "address", ip, "port", ep.Port)
+	o.logger.Info("registering with the control plane", "controlPlane", link.addr, "service", ep.Service, "address", ip, "port", ep.Port)
 	return register.Start(conn, ep, o.logger), watch, nil
 }
 

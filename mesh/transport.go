@@ -99,26 +99,25 @@ func NewTransport(opts ...Option) *Transport {
 	}
 	t.hosts.Store(&map[string]*meshHost{})
 	t.clusters.Store(&map[string]*meshCluster{})
-	addr, _, err := o.controlPlane()
+	t.id = o.acquireIdentity()
+	link, err := o.link(t.id)
 	if err == nil {
 		t.tel, err = o.newTelemetry()
 	}
 	if err == nil {
-		t.shared, err = o.acquireXDSClient(addr)
+		t.shared, err = o.acquireXDSClient(link)
 	}
 	if err == nil {
 		t.shared.observe(t.tel)
 	}
 	if err == nil { // the control plane sees HTTP load as it sees grpc-go's
 		node, nerr := o.node().Proto()
-		t.lrs, err = lrs.New(lrs.Config{Server: addr, Node: node, Logger: o.logger})
+		t.lrs, err = lrs.New(lrs.Config{Server: link.addr, Node: node, Logger: o.logger, DialOptions: link.dialOptions()})
 		err = errors.Join(nerr, err)
 	}
 	if err != nil {
 		t.err = fmt.Errorf("mesh: %w", err)
-		return t
 	}
-	t.id = o.acquireIdentity()
 	return t
 }
 

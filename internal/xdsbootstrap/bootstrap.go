@@ -126,6 +126,14 @@ type CertPlugin struct {
 	Config map[string]any
 }
 
+// ChannelCreds are the credentials grpc-go's xDS client reaches the
+// control plane with: one channel_creds entry of a bootstrap. The zero
+// value is plaintext ("insecure").
+type ChannelCreds struct {
+	Type   string
+	Config any
+}
+
 // Contents returns the bootstrap JSON for a control plane at addr:
 // "host:port", several replicas "a:15010,b:15010", or any gRPC target (see
 // package replicas). A list becomes one xds_servers entry whose server_uri
@@ -133,7 +141,7 @@ type CertPlugin struct {
 // why. If certs is not nil, the bootstrap defines the CertProviderInstance
 // with it, so that clusters whose TLS contexts name that instance get the
 // workload's identity.
-func Contents(addr string, node Node, certs *CertPlugin) ([]byte, error) {
+func Contents(addr string, creds ChannelCreds, node Node, certs *CertPlugin) ([]byte, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("xdsbootstrap: no control-plane address")
 	}
@@ -144,10 +152,17 @@ func Contents(addr string, node Node, certs *CertPlugin) ([]byte, error) {
 	if node.ID == "" {
 		node.ID = NodeID()
 	}
+	cc := map[string]any{"type": "insecure"}
+	if creds.Type != "" {
+		cc = map[string]any{"type": creds.Type}
+		if creds.Config != nil {
+			cc["config"] = creds.Config
+		}
+	}
 	b := bootstrap{
 		XDSServers: []serverConfig{{
 			ServerURI:      uri,
-			ChannelCreds:   []map[string]any{{"type": "insecure"}},
+			ChannelCreds:   []map[string]any{cc},
 			ServerFeatures: []string{"xds_v3"},
 		}},
 		Node:                       nodeConfig{ID: node.ID, Cluster: node.Cluster, Metadata: node.Metadata},

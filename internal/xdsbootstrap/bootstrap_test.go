@@ -20,7 +20,7 @@ func TestProtoMatchesBootstrap(t *testing.T) {
 		Metadata: map[string]any{"NAMESPACE": "default", "LABELS": map[string]string{"app": "reviews", "version": "v2"}},
 		Locality: "eu/eu-west-1a/rack7",
 	}
-	contents, err := Contents("127.0.0.1:15010", n, nil)
+	contents, err := Contents("127.0.0.1:15010", ChannelCreds{}, n, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestContentsListsReplicasAsOneServer(t *testing.T) {
 		{"cp-a:15010, cp-b:15010", "trellis-replicas:///cp-a:15010,cp-b:15010"},
 		{"dns:///xds.example:15010", "dns:///xds.example:15010"},
 	} {
-		contents, err := Contents(tc.addr, Node{ID: "n"}, nil)
+		contents, err := Contents(tc.addr, ChannelCreds{}, Node{ID: "n"}, nil)
 		if err != nil {
 			t.Fatalf("Contents(%q) = %v", tc.addr, err)
 		}
@@ -73,7 +73,7 @@ func TestContentsListsReplicasAsOneServer(t *testing.T) {
 			t.Errorf("Resolver(Contents(%q)) = %v", tc.addr, err)
 		}
 	}
-	if _, err := Contents("cp-a:15010,cp-b", Node{}, nil); err == nil {
+	if _, err := Contents("cp-a:15010,cp-b", ChannelCreds{}, Node{}, nil); err == nil {
 		t.Error(`Contents("cp-a:15010,cp-b") succeeded, want an error naming the bad replica`)
 	}
 }
