@@ -145,10 +145,10 @@ func TestUnauthenticatedFloodDoesNotStarveTokenHolder(t *testing.T) {
 						rctx = withToken(rctx, f.token)
 					}
 					_, err := f.c.CreateCertificate(rctx, &securitypb.IstioCertificateRequest{Csr: csr})
-					if floodCtx.Err() != nil {
-						return
-					}
 					code := status.Code(err)
+					if code == codes.Canceled {
+						return // stopped before the CA answered
+					}
 					mu.Lock()
 					seen[code]++
 					mu.Unlock()
