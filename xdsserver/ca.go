@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -37,10 +38,36 @@ const (
 
 // WorkloadIdentity is the identity a join token grants: the CA issues the
 // holder spiffe://<trust-domain>/ns/<Namespace>/sa/<ServiceAccount>.
+// Namespace and ServiceAccount are required; Expires and SingleUse limit
+// the token, not the certificates it got, which keep renewing (within
+// WithMaxRenewalChain). In JSON (cmd/xdsserver's -join-tokens file):
+//
+//	{"<token>": {"namespace": "default", "serviceAccount": "reviews",
+//	  "expires": "2026-07-01T00:00:00Z", "singleUse": true}}
 type WorkloadIdentity struct {
 	Namespace      string `json:"namespace"`
 	ServiceAccount string `json:"serviceAccount"`
+	// Expires, if not zero, is when the CA stops accepting the token
+	// (RFC 3339 in JSON).
+	Expires time.Time `json:"expires,omitzero"`
+	// SingleUse makes the token good for one certificate: the first
+	// request it authenticates that is signed consumes it. With
+	// WithDataDir the record of consumed tokens is kept there
+	// (ConsumedTokensFile) and survives restarts; it is not shared between
+	// replicas, each of which may issue once for the same token.
+	SingleUse bool `json:"singleUse,omitempty"`
 }
+
+// ConsumedTokensFile is the file of the data directory (WithDataDir) that
+// records the single-use join tokens consumed, by their SHA-256 hashes.
+const ConsumedTokensFile = "consumed-join-tokens"
+
+// DefaultMaxRenewalChain is how long workloads may renew their
+// certificates without presenting their join token again, unless
+// WithMaxRenewalChain says otherwise: 24 hours, the longest lifetime of a
+// certificate, so that a stolen certificate and key serve no longer by
+// being renewed than the longest certificate the token itself could get.
+const DefaultMaxRenewalChain = ca.DefaultMaxRenewalChain
 
 // WithDataDir keeps the control plane's state in dir: the CA root
 // (root-cert.pem, root-key.pem), generated on first start and reused after,
@@ -76,10 +103,24 @@ func WithTrustDomain(td string) Option {
 
 // WithJoinTokens sets the tokens workloads present (as "authorization:
 // Bearer <token>") to get their first certificate, each bound to the one
-// identity the CA issues for it. Renewals authenticate with the current
-// certificate instead.
+// identity the CA issues for it, until it expires or, if single-use, is
+// consumed. Renewals authenticate with the current certificate instead,
+// for at most WithMaxRenewalChain since the token was last presented.
 func WithJoinTokens(tokens map[string]WorkloadIdentity) Option {
 	return optionFunc(func(o *options) { o.joinTokens = tokens })
+}
+
+// WithMaxRenewalChain bounds how long a workload renews its certificate
+// with the certificate alone: the CA records in each certificate when the
+// workload last presented its join token, issues none that expires later
+// than that plus d, and refuses (Unauthenticated) a renewal that could not
+// reach past the certificate presented, so the workload presents its token
+// again (Trellis's workloads do so by themselves) while its certificate is
+// still valid. A certificate recording no such time, as one of another
+// root, counts from its NotBefore. A renewal is also never longer-lived
+// than the certificate presented. If zero or less, DefaultMaxRenewalChain.
+func WithMaxRenewalChain(d time.Duration) Option {
+	return optionFunc(func(o *options) { o.maxChain = d })
 }
 
 // WithServingNames adds DNS names and IP addresses to the certificate the
@@ -111,6 +152,11 @@ func (s *Server) newCA() error {
 		}
 		caOpts = append(caOpts, ca.WithTrustAnchors(roots...))
 	}
+	if o.dataDir != "" {
+		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+			return fmt.Errorf("xdsserver: data directory: %w", err)
+		}
+	}
 	var authority *ca.CA
 	if o.caCert != "" {
 		authority, err = ca.LoadFiles(o.caCert, o.caKey, caOpts...)
@@ -122,9 +168,13 @@ func (s *Server) newCA() error {
 	}
 	tokens := map[string]ca.Identity{}
 	for tok, id := range o.joinTokens {
-		tokens[tok] = ca.Identity{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount}
+		tokens[tok] = ca.Identity{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Expires: id.Expires, SingleUse: id.SingleUse}
 	}
-	svc, err := ca.NewService(authority, append(caOpts, ca.WithJoinTokens(tokens))...)
+	svcOpts := append(caOpts, ca.WithJoinTokens(tokens), ca.WithMaxRenewalChain(o.maxChain))
+	if o.dataDir != "" {
+		svcOpts = append(svcOpts, ca.WithConsumedTokensFile(filepath.Join(o.dataDir, ConsumedTokensFile)))
+	}
+	svc, err := ca.NewService(authority, svcOpts...)
 	if err != nil {
 		return fmt.Errorf("xdsserver: %w", err)
 	}

@@ -2,13 +2,18 @@ package xdsserver
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"net"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -18,6 +23,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	securitypb "istio.io/api/security/v1alpha1"
 
 	"github.com/trellismesh/trellis/internal/identity"
 )
@@ -171,4 +177,74 @@ func TestServeSecureNeedsCA(t *testing.T) {
 	if rec.Code != 404 {
 		t.Errorf("/debug/ca without a CA = %d, want 404", rec.Code)
 	}
+}
+
+// TestCAJoinTokenLimits: the join-token limits of WorkloadIdentity reach
+// the CA — an expired token is refused, a single-use token is refused
+// once used, also by a restarted control plane on the same data
+// directory — and WithMaxRenewalChain bounds renewals.
+func TestCAJoinTokenLimits(t *testing.T) {
+	ctx := testContext(t)
+	dir := t.TempDir()
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	opts := []Option{WithDataDir(dir), WithMaxRenewalChain(time.Minute), WithJoinTokens(map[string]WorkloadIdentity{
+		"once":    {Namespace: "default", ServiceAccount: "reviews", SingleUse: true},
+		"expired": {Namespace: "default", ServiceAccount: "ratings", Expires: time.Now().Add(-time.Second)},
+	})}
+	s, err := New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveSecure(t, s)
+	root := s.CARootPEM()
+
+	if _, err := identity.NewCASource(ctx, dialer(addr, root), td, identity.WithJoinToken("expired")); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("NewCASource(expired token) = %v, want Unauthenticated", err)
+	}
+	src, err := identity.NewCASource(ctx, dialer(addr, root), td, identity.WithJoinToken("once"), identity.WithTTL(time.Hour))
+	if err != nil {
+		t.Fatalf("NewCASource(single-use token) = %v", err)
+	}
+	defer src.Close()
+	cert, err := src.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, max := time.Until(cert.Leaf.NotAfter), time.Minute; got > max {
+		t.Errorf("certificate lives %v, want at most the renewal chain of %v", got, max)
+	}
+	if _, err := identity.NewCASource(ctx, dialer(addr, root), td, identity.WithJoinToken("once")); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("NewCASource(used single-use token) = %v, want Unauthenticated", err)
+	}
+	// The chain ends with this certificate: renewing it is refused.
+	cc, err := dialer(addr, root)(ctx, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := securitypb.NewIstioCertificateServiceClient(cc).CreateCertificate(ctx, &securitypb.IstioCertificateRequest{Csr: testCSR(t)}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("renewal past the renewal chain = %v, want Unauthenticated", err)
+	}
+
+	s2, err := New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr2 := serveSecure(t, s2)
+	if _, err := identity.NewCASource(ctx, dialer(addr2, root), td, identity.WithJoinToken("once")); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("NewCASource(used single-use token) after a restart = %v, want Unauthenticated", err)
+	}
+}
+
+func testCSR(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }

@@ -37,7 +37,9 @@
 //
 // The CA decides each identity from who asks — the identity a join token
 // is bound to, or the one in the caller's current certificate when it
-// renews — never from the request; /debug/ca lists what it issued.
+// renews — never from the request; /debug/ca lists what it issued. Join
+// tokens may expire or be single-use (WorkloadIdentity), and renewals end
+// WithMaxRenewalChain after the token was last presented.
 //
 // A workload that registers on the secure port with its certificate gets
 // the certificate's SPIFFE ID as the endpoint's identity (verified against

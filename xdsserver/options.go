@@ -30,6 +30,7 @@ type options struct {
 	caAnchors    string
 	trustDomain  string
 	joinTokens   map[string]WorkloadIdentity
+	maxChain     time.Duration
 	servingNames []string
 	adminToken   string
 

@@ -42,7 +42,11 @@
 //
 // -join-tokens names a JSON file mapping each join token to the identity
 // the CA issues for it, {"<token>": {"namespace": "default",
-// "serviceAccount": "reviews"}}; -ca-cert and -ca-key use a given root
+// "serviceAccount": "reviews"}}, optionally with "expires" (RFC 3339) and
+// "singleUse": true (consumed by its first certificate; the record is kept
+// in -data-dir, per replica; see xdsserver.WorkloadIdentity). Workloads
+// renew with their certificate for at most -ca-max-renewal-chain (24h)
+// after they last presented their token. -ca-cert and -ca-key use a given root
 // instead of the generated one, and -ca-trust-anchors adds roots to the
 // trust bundle for a root rotation (see xdsserver.WithCATrustAnchors). The
 // /debug/ admin endpoints require the
@@ -90,7 +94,8 @@ func run() error {
 		caKey       = flag.String("ca-key", "", "PEM file of the CA root key, with -ca-cert")
 		caAnchors   = flag.String("ca-trust-anchors", "", "PEM file of further roots to trust beside the CA's own, during a root rotation")
 		trustDomain = flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
-		joinTokens  = flag.String("join-tokens", "", "JSON file mapping join tokens to the identity each grants")
+		joinTokens  = flag.String("join-tokens", "", "JSON file mapping join tokens to the identity each grants, optionally with \"expires\" (RFC 3339) and \"singleUse\"")
+		maxChain    = flag.Duration("ca-max-renewal-chain", xdsserver.DefaultMaxRenewalChain, "how long workloads may renew certificates without presenting their join token again")
 		admission   = flag.Int("stream-admission", 500, "new xDS streams admitted per second (and at once); beyond it clients back off and retry; 0: no limit")
 		adminToken  = flag.String("admin-token", os.Getenv("TRELLIS_ADMIN_TOKEN"), "bearer token the /debug/ admin endpoints require (env TRELLIS_ADMIN_TOKEN); required when -admin-addr is not a loopback address")
 		grace       = flag.Duration("registration-grace", 5*time.Second, "how long an endpoint whose registration stream broke stays in EDS")
@@ -131,6 +136,9 @@ func run() error {
 	if *xdsAddr == "" && *secureAddr == "" {
 		return errors.New("-xds-addr and -secure-addr are both empty: nothing would be served")
 	}
+	if *maxChain <= 0 {
+		return fmt.Errorf("-ca-max-renewal-chain %v: must be positive", *maxChain)
+	}
 	opts := []xdsserver.Option{
 		xdsserver.WithLogger(logger),
 		xdsserver.WithRegistrationGrace(*grace),
@@ -138,6 +146,7 @@ func run() error {
 		xdsserver.WithDataDir(*dataDir),
 		xdsserver.WithTrustDomain(*trustDomain),
 		xdsserver.WithStreamAdmission(*admission, *admission),
+		xdsserver.WithMaxRenewalChain(*maxChain),
 	}
 	if *adminToken != "" {
 		opts = append(opts, xdsserver.WithAdminToken(*adminToken))

@@ -70,6 +70,13 @@ func TestCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("renewal chain must be positive", func(t *testing.T) {
+		out, err := exec.CommandContext(ctx, bin, "-ca-max-renewal-chain", "0s", "-xds-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-secure-addr", "", "-data-dir", t.TempDir()).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "-ca-max-renewal-chain 0s: must be positive") {
+			t.Errorf("exit = %v, output %q; want status 1 refusing the flag", err, out)
+		}
+	})
+
 	t.Run("unknown flag", func(t *testing.T) {
 		err := exec.CommandContext(ctx, bin, "-bogus").Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() == 0 {

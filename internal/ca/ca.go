@@ -66,6 +66,14 @@ var (
 var oidBasicConstraints = asn1.ObjectIdentifier{2, 5, 29, 19}
 var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
+// oidAuthTime is the non-critical extension in which the CA records when
+// the holder of a certificate last proved a primary credential (a join
+// token), as a DER GeneralizedTime; renewals carry it over. Trellis has no
+// registered Private Enterprise Number: the OID sits under a number far
+// beyond those IANA has assigned, and is only ever read from certificates
+// that chain to the mesh's own trust anchors. Other verifiers ignore it.
+var oidAuthTime = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 2147480001, 1, 1}
+
 // IssuedCert records one certificate the CA issued.
 type IssuedCert struct {
 	// Serial is the certificate's serial number in lowercase hexadecimal.
@@ -352,15 +360,24 @@ func (c *CA) Bundle() *x509bundle.Bundle {
 // signed, larger than MaxCSRSize, or asks for CA:true. An id outside the
 // trust domain yields ErrForeignIdentity. A ttl of zero or less means
 // DefaultTTL; it is capped at the CA's maximum and at the root's expiry.
+//
+// The certificate records the time of the call as the one its holder
+// proved its identity (see WithMaxRenewalChain).
 func (c *CA) Sign(csrPEM []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
-	if id.IsZero() || !id.MemberOf(c.td) {
-		return nil, fmt.Errorf("%w: %q", ErrForeignIdentity, id)
+	return c.sign(csrPEM, issueParams{id: id, ttl: ttl})
+}
+
+// sign is Sign with the limits of a renewal.
+func (c *CA) sign(csrPEM []byte, p issueParams) ([]*x509.Certificate, error) {
+	if p.id.IsZero() || !p.id.MemberOf(c.td) {
+		return nil, fmt.Errorf("%w: %q", ErrForeignIdentity, p.id)
 	}
-	pub, err := checkCSR(csrPEM, id)
+	pub, err := checkCSR(csrPEM, p.id)
 	if err != nil {
 		return nil, err
 	}
-	return c.issue(pub, id, nil, nil, ttl)
+	p.pub = pub
+	return c.issue(p)
 }
 
 // ServerCertificate issues the control plane's own serving certificate,
@@ -375,7 +392,7 @@ func (c *CA) ServerCertificate(id spiffeid.ID, dnsNames []string, ips []net.IP) 
 	if err != nil {
 		return nil, fmt.Errorf("ca: generate key: %w", err)
 	}
-	chain, err := c.issue(&key.PublicKey, id, dnsNames, ips, c.cfg.maxTTL)
+	chain, err := c.issue(issueParams{pub: &key.PublicKey, id: id, dnsNames: dnsNames, ips: ips, ttl: c.cfg.maxTTL})
 	if err != nil {
 		return nil, err
 	}
@@ -386,7 +403,22 @@ func (c *CA) ServerCertificate(id spiffeid.ID, dnsNames []string, ips []net.IP) 
 	}, nil
 }
 
-func (c *CA) issue(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ips []net.IP, ttl time.Duration) ([]*x509.Certificate, error) {
+// issueParams is what one certificate is issued for.
+type issueParams struct {
+	pub      crypto.PublicKey
+	id       spiffeid.ID
+	dnsNames []string
+	ips      []net.IP
+	ttl      time.Duration // zero or less: DefaultTTL
+	// authTime is when the holder last proved a primary credential,
+	// recorded in the certificate; zero means now.
+	authTime time.Time
+	// notAfter, if not zero, is the latest expiry allowed.
+	notAfter time.Time
+}
+
+func (c *CA) issue(p issueParams) ([]*x509.Certificate, error) {
+	id, ttl := p.id, p.ttl
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
@@ -396,8 +428,22 @@ func (c *CA) issue(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ips 
 	if notAfter.After(c.root.NotAfter) {
 		notAfter = c.root.NotAfter
 	}
+	if !p.notAfter.IsZero() && notAfter.After(p.notAfter) {
+		notAfter = p.notAfter
+	}
 	if !notAfter.After(now) {
+		if !p.notAfter.IsZero() && !p.notAfter.After(now) {
+			return nil, errors.New("ca: latest expiry allowed has passed")
+		}
 		return nil, errors.New("ca: root certificate has expired")
+	}
+	authTime := p.authTime
+	if authTime.IsZero() {
+		authTime = now
+	}
+	authExt, err := marshalAuthTime(authTime)
+	if err != nil {
+		return nil, err
 	}
 	serial, err := newSerial()
 	if err != nil {
@@ -412,11 +458,12 @@ func (c *CA) issue(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ips 
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 		URIs:                  []*url.URL{id.URL()},
-		DNSNames:              dnsNames,
-		IPAddresses:           ips,
+		DNSNames:              p.dnsNames,
+		IPAddresses:           p.ips,
 		AuthorityKeyId:        c.root.SubjectKeyId,
+		ExtraExtensions:       []pkix.Extension{authExt},
 	}
-	der, err := x509.CreateCertificate(randReader, tmpl, c.root, pub, c.key)
+	der, err := x509.CreateCertificate(randReader, tmpl, c.root, p.pub, c.key)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign: %w", err)
 	}
@@ -471,6 +518,32 @@ func (c *CA) Issued() []IssuedCert {
 		return cmp.Or(a.NotAfter.Compare(b.NotAfter), cmp.Compare(a.Serial, b.Serial))
 	})
 	return out
+}
+
+func marshalAuthTime(t time.Time) (pkix.Extension, error) {
+	v, err := asn1.MarshalWithParams(t.UTC().Truncate(time.Second), "generalized")
+	if err != nil {
+		return pkix.Extension{}, fmt.Errorf("ca: authentication time: %w", err)
+	}
+	return pkix.Extension{Id: oidAuthTime, Value: v}, nil
+}
+
+// authTimeOf returns when the holder of cert last proved a primary
+// credential: the time the CA recorded, or cert's NotBefore if it recorded
+// none. It fails if the record is malformed.
+func authTimeOf(cert *x509.Certificate) (time.Time, error) {
+	for _, ext := range cert.Extensions {
+		if !ext.Id.Equal(oidAuthTime) {
+			continue
+		}
+		var t time.Time
+		rest, err := asn1.UnmarshalWithParams(ext.Value, &t, "generalized")
+		if err != nil || len(rest) != 0 {
+			return time.Time{}, errors.New("malformed authentication time extension")
+		}
+		return t, nil
+	}
+	return cert.NotBefore, nil
 }
 
 func newSerial() (*big.Int, error) {

@@ -5,12 +5,17 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
+	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -21,6 +26,8 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	securitypb "istio.io/api/security/v1alpha1"
+
+	"github.com/trellismesh/trellis/internal/ratelimit"
 )
 
 // Service serves Istio's certificate API (istio.v1.auth.
@@ -28,7 +35,14 @@ import (
 // token ("authorization: Bearer <token>" metadata) or, to renew, by the
 // TLS client certificate it presents, which must be an SVID of this CA; the
 // identity issued is the one so authenticated, never one the CSR asks for.
-// Requests are rate limited per peer address and per identity.
+// A renewal gets no longer a lifetime than the certificate it presents,
+// and renewals end WithMaxRenewalChain after the token was last presented.
+//
+// Authentication comes first: an authenticated request is rate limited
+// per identity only (WithCallerRateLimit), and a request that fails to
+// authenticate per peer address (WithPeerRateLimit), so a flood of bad
+// credentials from an address shared with a workload does not slow the
+// workload. Both limiters hold a bounded number of keys.
 //
 // To let callers renew, serve it over TLS that asks for a client
 // certificate (tls.RequestClientCert is enough: the Service verifies the
@@ -40,22 +54,35 @@ type Service struct {
 
 	ca       *CA
 	cfg      config
-	tokens   []joinToken
-	callerRL *limiter
-	peerRL   *limiter
+	tokens   []*joinToken
+	callerRL *ratelimit.Limiter
+	peerRL   *ratelimit.Limiter
+	callerL  ratelimit.Limit
+	peerL    ratelimit.Limit
+
+	mu       sync.Mutex // guards the state of single-use tokens
+	consumed map[[sha256.Size]byte]bool
+	inFlight map[[sha256.Size]byte]bool
 }
 
 type joinToken struct {
-	hash [sha256.Size]byte
-	id   spiffeid.ID
+	hash      [sha256.Size]byte
+	id        spiffeid.ID
+	expires   time.Time
+	singleUse bool
 }
+
+// limiterKeys bounds each rate limiter's keys (identities, or peer
+// addresses): some 200 bytes each, so a few MiB at most.
+const limiterKeys = 10000
 
 var _ securitypb.IstioCertificateServiceServer = (*Service)(nil)
 
 // NewService returns a Service issuing from ca. Options that configure a
-// Service: WithJoinTokens, WithCallerRateLimit, WithPeerRateLimit,
-// WithLogger. It fails if a join token is empty or maps to an identity
-// that is not a valid SPIFFE path.
+// Service: WithJoinTokens, WithMaxRenewalChain, WithConsumedTokensFile,
+// WithCallerRateLimit, WithPeerRateLimit, WithLogger. It fails if a join
+// token is empty or maps to an identity that is not a valid SPIFFE path,
+// or if the consumed-tokens file cannot be read.
 func NewService(ca *CA, opts ...Option) (*Service, error) {
 	if ca == nil {
 		return nil, errors.New("ca: NewService: nil CA")
@@ -64,9 +91,14 @@ func NewService(ca *CA, opts ...Option) (*Service, error) {
 	s := &Service{
 		ca:       ca,
 		cfg:      cfg,
-		callerRL: newLimiter(cfg.callerRL),
-		peerRL:   newLimiter(cfg.peerRL),
+		callerRL: ratelimit.New(ratelimit.WithMaxKeys(limiterKeys)),
+		peerRL:   ratelimit.New(ratelimit.WithMaxKeys(limiterKeys)),
+		callerL:  cfg.callerRL.limit(),
+		peerL:    cfg.peerRL.limit(),
+		consumed: map[[sha256.Size]byte]bool{},
+		inFlight: map[[sha256.Size]byte]bool{},
 	}
+	now := timeNow()
 	for tok, ident := range cfg.tokens {
 		if tok == "" {
 			return nil, errors.New("ca: empty join token")
@@ -78,7 +110,15 @@ func NewService(ca *CA, opts ...Option) (*Service, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ca: join token for %q/%q: %w", ident.Namespace, ident.ServiceAccount, err)
 		}
-		s.tokens = append(s.tokens, joinToken{hash: sha256.Sum256([]byte(tok)), id: id})
+		if !ident.Expires.IsZero() && !now.Before(ident.Expires) {
+			cfg.log.Warn("ca: join token already expired", "id", id.String(), "expires", ident.Expires)
+		}
+		s.tokens = append(s.tokens, &joinToken{hash: sha256.Sum256([]byte(tok)), id: id, expires: ident.Expires, singleUse: ident.SingleUse})
+	}
+	if cfg.consumedFile != "" {
+		if err := s.loadConsumed(); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -88,22 +128,36 @@ func (s *Service) Register(r grpc.ServiceRegistrar) {
 	securitypb.RegisterIstioCertificateServiceServer(r, s)
 }
 
+// credential is what a request authenticated with.
+type credential struct {
+	id  spiffeid.ID
+	how string // "token" or "svid"
+	// token is the join token presented, if any.
+	token *joinToken
+	// leaf is the certificate presented to renew, if any.
+	leaf *x509.Certificate
+}
+
 // CreateCertificate implements IstioCertificateServiceServer.
 func (s *Service) CreateCertificate(ctx context.Context, req *securitypb.IstioCertificateRequest) (*securitypb.IstioCertificateResponse, error) {
 	now := timeNow()
 	p, _ := peer.FromContext(ctx)
 	addr := peerHost(p)
-	if !s.peerRL.allow(addr, now) {
-		s.cfg.log.Warn("ca: rate limited", "peer", addr)
-		return nil, status.Error(codes.ResourceExhausted, "rate limited")
-	}
-	id, how, err := s.authenticate(ctx, p, now)
+	cred, err := s.authenticate(ctx, p, now)
 	if err != nil {
+		if !s.peerRL.Allow(peerKey(p), s.peerL) {
+			// The flood case: as little work and log as possible.
+			s.cfg.log.Debug("ca: unauthenticated request, rate limited", "peer", addr, "err", err)
+			return nil, status.Error(codes.ResourceExhausted, "rate limited")
+		}
 		s.cfg.log.Warn("ca: unauthenticated request", "peer", addr, "err", err)
 		return nil, status.Error(codes.Unauthenticated, "unauthorized")
 	}
-	log := s.cfg.log.With("peer", addr, "id", id.String(), "auth", how)
-	if !s.callerRL.allow(id.String(), now) {
+	if cred.token != nil && cred.token.singleUse {
+		defer s.release(cred.token)
+	}
+	log := s.cfg.log.With("peer", addr, "id", cred.id.String(), "auth", cred.how)
+	if !s.callerRL.Allow(cred.id.String(), s.callerL) {
 		log.Warn("ca: rate limited")
 		return nil, status.Error(codes.ResourceExhausted, "rate limited")
 	}
@@ -116,13 +170,24 @@ func (s *Service) CreateCertificate(ctx context.Context, req *securitypb.IstioCe
 	if secs < int64(math.MaxInt64/time.Second) {
 		ttl = min(ttl, time.Duration(secs)*time.Second) // zero means the default
 	}
-	chain, err := s.ca.Sign([]byte(req.GetCsr()), id, ttl)
+	params, err := s.limits(cred, ttl, now)
+	if err != nil {
+		log.Warn("ca: renewal refused", "reason", err)
+		return nil, status.Error(codes.Unauthenticated, "unauthorized")
+	}
+	chain, err := s.ca.sign([]byte(req.GetCsr()), params)
 	if err != nil {
 		log.Warn("ca: refused", "err", err)
 		if errors.Is(err, ErrInvalidCSR) {
 			return nil, status.Error(codes.InvalidArgument, "invalid csr")
 		}
 		return nil, status.Error(codes.Internal, "internal error")
+	}
+	if cred.token != nil && cred.token.singleUse {
+		if err := s.consume(cred.token); err != nil {
+			log.Error("ca: cannot record the single-use token as consumed; certificate withheld", "err", err)
+			return nil, status.Error(codes.Internal, "internal error")
+		}
 	}
 	log.Info("ca: issued", "serial", chain[0].SerialNumber.Text(16), "not_after", chain[0].NotAfter)
 	// As istiod does, the last element is the whole trust bundle, which
@@ -135,6 +200,46 @@ func (s *Service) CreateCertificate(ctx context.Context, req *securitypb.IstioCe
 	return resp, nil
 }
 
+// limits returns what cred may be issued, a certificate of at most ttl:
+// for a token, one that expires by the end of the renewal chain starting
+// now; for a renewal, one no longer-lived than the presented certificate
+// and expiring by the end of its renewal chain, which must reach past the
+// presented certificate's own expiry.
+func (s *Service) limits(cred credential, ttl time.Duration, now time.Time) (issueParams, error) {
+	if cred.leaf == nil {
+		authTime := now.Truncate(time.Second)
+		return issueParams{id: cred.id, ttl: ttl, authTime: authTime, notAfter: authTime.Add(s.cfg.maxChain)}, nil
+	}
+	leaf := cred.leaf
+	authTime, err := authTimeOf(leaf)
+	if err != nil {
+		return issueParams{}, err
+	}
+	authTime = minTime(authTime, now)
+	end := authTime.Add(s.cfg.maxChain)
+	if !end.After(leaf.NotAfter) {
+		return issueParams{}, fmt.Errorf("renewal chain ends at %s, no later than the presented certificate (%s): a join token is needed",
+			end.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	// Issued certificates start clockSkew before now: keep the whole
+	// validity period within the presented one's length.
+	lifetime := leaf.NotAfter.Sub(leaf.NotBefore) - clockSkew
+	if lifetime < time.Second {
+		return issueParams{}, fmt.Errorf("presented certificate lives %v, too short to renew", leaf.NotAfter.Sub(leaf.NotBefore))
+	}
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	return issueParams{id: cred.id, ttl: min(ttl, lifetime), authTime: authTime, notAfter: end}, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 func peerHost(p *peer.Peer) string {
 	if p == nil || p.Addr == nil {
 		return "unknown"
@@ -145,48 +250,142 @@ func peerHost(p *peer.Peer) string {
 	return p.Addr.String()
 }
 
+// peerKey is the peer-rate-limit key of p: its IPv4 address, or its
+// IPv6 /64, the smallest block a host is commonly given.
+func peerKey(p *peer.Peer) string {
+	if p == nil || p.Addr == nil {
+		return "unknown"
+	}
+	ap, err := netip.ParseAddrPort(p.Addr.String())
+	if err != nil {
+		return p.Addr.String()
+	}
+	ip := ap.Addr().Unmap()
+	if ip.Is4() {
+		return ip.String()
+	}
+	pfx, err := ip.WithZone("").Prefix(64)
+	if err != nil {
+		return ip.String()
+	}
+	return pfx.String()
+}
+
 // authenticate decides the identity of the caller: a join token if one is
-// presented (and then only it), else the TLS client certificate.
-func (s *Service) authenticate(ctx context.Context, p *peer.Peer, now time.Time) (spiffeid.ID, string, error) {
+// presented (and then only it), else the TLS client certificate. A
+// single-use token is returned reserved: the caller releases it.
+func (s *Service) authenticate(ctx context.Context, p *peer.Peer, now time.Time) (credential, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if vals := md.Get("authorization"); len(vals) > 0 {
 		if len(vals) != 1 {
-			return spiffeid.ID{}, "", errors.New("more than one authorization header")
+			return credential{}, errors.New("more than one authorization header")
 		}
 		scheme, tok, ok := strings.Cut(vals[0], " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-			return spiffeid.ID{}, "", errors.New("authorization is not a bearer token")
+			return credential{}, errors.New("authorization is not a bearer token")
 		}
-		id, ok := s.lookupToken(tok)
-		if !ok {
-			return spiffeid.ID{}, "", errors.New("unknown join token")
+		t := s.lookupToken(tok)
+		if t == nil {
+			return credential{}, errors.New("unknown join token")
 		}
-		return id, "token", nil
+		if !t.expires.IsZero() && !now.Before(t.expires) {
+			return credential{}, fmt.Errorf("join token for %s expired at %s", t.id, t.expires.UTC().Format(time.RFC3339))
+		}
+		if t.singleUse {
+			if err := s.reserve(t); err != nil {
+				return credential{}, err
+			}
+		}
+		return credential{id: t.id, how: "token", token: t}, nil
 	}
 	if p != nil {
 		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
 			id, err := s.verifySVID(info.State.PeerCertificates, now)
 			if err != nil {
-				return spiffeid.ID{}, "", fmt.Errorf("client certificate: %w", err)
+				return credential{}, fmt.Errorf("client certificate: %w", err)
 			}
-			return id, "svid", nil
+			return credential{id: id, how: "svid", leaf: info.State.PeerCertificates[0]}, nil
 		}
 	}
-	return spiffeid.ID{}, "", errors.New("no credentials")
+	return credential{}, errors.New("no credentials")
 }
 
 // lookupToken compares tok against every configured token in constant
 // time (hashes make the comparison independent of lengths too).
-func (s *Service) lookupToken(tok string) (spiffeid.ID, bool) {
+func (s *Service) lookupToken(tok string) *joinToken {
 	h := sha256.Sum256([]byte(tok))
-	var found spiffeid.ID
-	ok := 0
+	var found *joinToken
 	for _, t := range s.tokens {
 		if subtle.ConstantTimeCompare(h[:], t.hash[:]) == 1 {
-			found, ok = t.id, 1
+			found = t
 		}
 	}
-	return found, ok == 1
+	return found
+}
+
+// reserve marks single-use token t in use by one request, or fails if it
+// was consumed or is in use.
+func (s *Service) reserve(t *joinToken) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.consumed[t.hash]:
+		return fmt.Errorf("single-use join token for %s already consumed", t.id)
+	case s.inFlight[t.hash]:
+		return fmt.Errorf("single-use join token for %s in use by another request", t.id)
+	}
+	s.inFlight[t.hash] = true
+	return nil
+}
+
+// release ends the request holding single-use token t.
+func (s *Service) release(t *joinToken) {
+	s.mu.Lock()
+	delete(s.inFlight, t.hash)
+	s.mu.Unlock()
+}
+
+// consume records single-use token t as consumed, durably if
+// WithConsumedTokensFile is set, before its certificate is returned.
+func (s *Service) consume(t *joinToken) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.consumed[t.hash] = true
+	if s.cfg.consumedFile == "" {
+		return nil
+	}
+	hashes := make([]string, 0, len(s.consumed))
+	for h := range s.consumed {
+		hashes = append(hashes, hex.EncodeToString(h[:]))
+	}
+	slices.Sort(hashes)
+	if err := writeAtomic(s.cfg.consumedFile, []byte(strings.Join(hashes, "\n")+"\n"), 0o600); err != nil {
+		delete(s.consumed, t.hash)
+		return err
+	}
+	return nil
+}
+
+// loadConsumed reads the consumed-tokens file, if it exists.
+func (s *Service) loadConsumed() error {
+	data, err := os.ReadFile(s.cfg.consumedFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("ca: consumed tokens: %w", err)
+	}
+	for i, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		var h [sha256.Size]byte
+		if n, err := hex.Decode(h[:], []byte(line)); err != nil || n != sha256.Size || len(line) != 2*sha256.Size {
+			return fmt.Errorf("ca: consumed tokens: %s:%d: not a SHA-256 hash", s.cfg.consumedFile, i+1)
+		}
+		s.consumed[h] = true
+	}
+	return nil
 }
 
 // verifySVID checks a presented chain is an unexpired, non-CA X.509 SVID

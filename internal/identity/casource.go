@@ -42,8 +42,10 @@ type Dialer func(ctx context.Context, clientCert *tls.Certificate) (*grpc.Client
 // CASource is an identity Source fed by the mesh's built-in CA (Istio's
 // certificate API). It sends a CSR for a fresh P-256 key, first
 // authenticated by its join token and later renewing with its current SVID,
-// and rotates at 40–60 % of each SVID's remaining lifetime; on failure it
-// retries with jittered backoff, keeping the current SVID. The trust bundle
+// and rotates at 40–60 % of each SVID's remaining lifetime; when the CA
+// refuses a renewal (Unauthenticated, as at the end of a renewal chain) it
+// presents its join token again, and on failure it retries with jittered
+// backoff, keeping the current SVID. The trust bundle
 // is the root of each response.
 //
 // A CASource is safe for concurrent use.

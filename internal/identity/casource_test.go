@@ -97,10 +97,11 @@ func deadAddr(t *testing.T) string {
 // testDialer dials whatever target holds, trusting roots, and records
 // whether each request presented a client certificate.
 type testDialer struct {
-	target atomic.Value // string
-	roots  *x509.CertPool
-	mu     sync.Mutex
-	certs  []bool
+	target  atomic.Value // string
+	roots   *x509.CertPool
+	memDial func(context.Context, string) (net.Conn, error) // replaces target
+	mu      sync.Mutex
+	certs   []bool
 }
 
 func newTestDialer(target string, roots ...*x509.Certificate) *testDialer {
@@ -119,6 +120,9 @@ func (d *testDialer) dial(ctx context.Context, cert *tls.Certificate) (*grpc.Cli
 	cfg := &tls.Config{RootCAs: d.roots, ServerName: "localhost"}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	if d.memDial != nil {
+		return grpc.NewClient("passthrough:///ca", grpc.WithContextDialer(d.memDial), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	}
 	return grpc.NewClient(d.target.Load().(string), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 }
