@@ -36,10 +36,15 @@
 // the CA issues for it, {"<token>": {"namespace": "default",
 // "serviceAccount": "reviews"}}; -ca-cert and -ca-key use a given root
 // instead of the generated one, and -ca-trust-anchors adds roots to the
-// trust bundle for a root rotation (see xdsserver.WithCATrustAnchors). The
-// /debug/ admin endpoints require the
-// -admin-token bearer token when one is set; an -admin-addr that is not a
-// loopback address needs one.
+// trust bundle for a root rotation (see xdsserver.WithCATrustAnchors).
+//
+// The admin endpoint's /debug/ paths and /dashboard require the
+// -admin-token bearer token when one is set (and /metrics too with
+// -metrics-behind-token); an -admin-addr that is not a loopback address
+// needs one. Without a token, /debug/, /dashboard and /metrics answer only
+// requests addressed to 127.0.0.1, [::1] or localhost, so that a web page
+// cannot read them under its own name (DNS rebinding); /healthz and
+// /readyz answer anyone (see xdsserver.Server.AdminHandler).
 package main
 
 import (
@@ -74,7 +79,7 @@ func run() error {
 		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file for -kubernetes (default: the in-cluster service account)")
 		store       = flag.String("store", "memory", "where registrations (and, with neither -config nor -kubernetes, the configuration) are kept: memory, or etcd://host:port[,host:port...][/prefix]")
 		xdsAddr     = flag.String("xds-addr", "127.0.0.1:15010", "address for xDS and the registration API")
-		adminAddr   = flag.String("admin-addr", "127.0.0.1:15014", "address for /healthz, /readyz, /metrics and /debug/config_dump")
+		adminAddr   = flag.String("admin-addr", "127.0.0.1:15014", "address for /healthz, /readyz, /metrics, /debug/ and /dashboard")
 		dataDir     = flag.String("data-dir", defaultDataDir(), "directory for state the control plane keeps across restarts")
 		secureAddr  = flag.String("secure-addr", "127.0.0.1:15012", "address for xDS, registration and the CA API over TLS (empty: off)")
 		caCert      = flag.String("ca-cert", "", "PEM file of the CA root certificate (default: generated in -data-dir)")
@@ -83,7 +88,8 @@ func run() error {
 		trustDomain = flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 		joinTokens  = flag.String("join-tokens", "", "JSON file mapping join tokens to the identity each grants")
 		admission   = flag.Int("stream-admission", 500, "new xDS streams admitted per second (and at once); beyond it clients back off and retry; 0: no limit")
-		adminToken  = flag.String("admin-token", os.Getenv("TRELLIS_ADMIN_TOKEN"), "bearer token the /debug/ admin endpoints require (env TRELLIS_ADMIN_TOKEN); required when -admin-addr is not a loopback address")
+		adminToken  = flag.String("admin-token", os.Getenv("TRELLIS_ADMIN_TOKEN"), "bearer token the /debug/ admin endpoints and /dashboard require (env TRELLIS_ADMIN_TOKEN); required when -admin-addr is not a loopback address")
+		metricsAuth = flag.Bool("metrics-behind-token", false, "require the -admin-token bearer token for /metrics too (default: /metrics is open to scrapers)")
 		grace       = flag.Duration("registration-grace", 5*time.Second, "how long an endpoint whose registration stream broke stays in EDS")
 		logFormat   = flag.String("log-format", "text", "log format: text or json")
 		logLevel    = flag.String("log-level", "info", "log level: debug, info, warn or error")
@@ -113,6 +119,9 @@ func run() error {
 	if *adminToken == "" && !loopback(*adminAddr) {
 		return fmt.Errorf("-admin-addr %s is not a loopback address: set -admin-token (or TRELLIS_ADMIN_TOKEN) to protect /debug/", *adminAddr)
 	}
+	if *metricsAuth && *adminToken == "" {
+		return errors.New("-metrics-behind-token needs -admin-token (or TRELLIS_ADMIN_TOKEN)")
+	}
 	if (*caCert == "") != (*caKey == "") {
 		return fmt.Errorf("-ca-cert and -ca-key go together")
 	}
@@ -126,6 +135,9 @@ func run() error {
 	}
 	if *adminToken != "" {
 		opts = append(opts, xdsserver.WithAdminToken(*adminToken))
+	}
+	if *metricsAuth {
+		opts = append(opts, xdsserver.WithMetricsBehindToken())
 	}
 	if *caCert != "" {
 		opts = append(opts, xdsserver.WithCAFiles(*caCert, *caKey))
