@@ -86,12 +86,38 @@ type ConfigStatus struct {
 // (Prometheus text format), and the JSON debug endpoints /debug/config_dump
 // (configuration in force, last load errors, registrations, clients, xDS
 // resources; ?client=NODE: that client's status and the resources as it
-// gets them — routes for its labels, endpoints for its locality), /debug/clients (connected xDS clients and their ACK/NACK
-// state), /debug/registry (registered endpoints) and /debug/ca (the CA and
-// the certificates it issued), /debug/graph (the service graph from the
-// clients' load reports, see Graph) and the live page /dashboard. With
-// WithAdminToken the /debug/ endpoints and the dashboard require it, as a
-// bearer token or as the cookie /dashboard?token= sets.
+// gets them — routes for its labels, endpoints for its locality),
+// /debug/clients (connected xDS clients and their ACK/NACK state),
+// /debug/registry (registered endpoints) and /debug/ca (the CA and the
+// certificates it issued), /debug/graph (the service graph from the
+// clients' load reports, see Graph) and the live page /dashboard. Every
+// path answers GET (and HEAD) only; none changes anything, and none sends
+// CORS headers, so a page of another origin can neither read it nor have
+// anything to forge.
+//
+// Who may read it:
+//
+//   - With WithAdminToken, the /debug/ endpoints and the dashboard require
+//     the token, as a bearer token or as the session cookie that
+//     /dashboard?token= sets; /metrics too with WithMetricsBehindToken.
+//     The token is then all that protects the endpoint: serve it where
+//     the token can travel safely (TLS, or a network you trust).
+//   - Without a token, /debug/, /dashboard and /metrics answer only local
+//     requests, others get 403: the Host (or an absolute-form target's
+//     authority) must be loopback — "localhost", 127.0.0.0/8 or [::1],
+//     with or without a port — which keeps out browser pages that reach
+//     127.0.0.1 under their own name (DNS rebinding); and a request served
+//     by net/http's Server must have come on a connection accepted on a
+//     loopback address or a Unix socket (a remote client can claim
+//     any Host). So without a token, listen on loopback: a non-loopback
+//     listener serves only health, and Prometheus cannot scrape it.
+//   - /healthz and /readyz answer anyone: they say only whether the
+//     server is up and ready, and Kubernetes probes address them to the
+//     pod IP.
+//
+// Any local process can read a tokenless admin endpoint, and any holder
+// of the token a tokened one: the token is the boundary between local
+// users.
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -107,7 +133,15 @@ func (s *Server) AdminHandler() http.Handler {
 		}
 		w.Write([]byte("ok\n"))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+	if s.opts.adminToken == "" || s.opts.metricsBehindToken {
+		mux.HandleFunc("GET /metrics", s.guard(metrics.ServeHTTP))
+	} else {
+		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) { // open to Prometheus beside a token
+			noStore(w)
+			metrics.ServeHTTP(w, r)
+		})
+	}
 	mux.HandleFunc("GET /debug/ca", s.guard(s.serveCA))
 	mux.HandleFunc("GET /debug/clients", s.guard(s.serveClients))
 	mux.HandleFunc("GET /debug/registry", s.guard(s.serveRegistry))

@@ -101,7 +101,7 @@ func TestCAIssuesJoinTokenIdentity(t *testing.T) {
 	}
 
 	rec := httptest.NewRecorder()
-	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ca", nil))
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/debug/ca", nil))
 	var dump struct {
 		TrustDomain string `json:"trustDomain"`
 		Issued      []struct {
@@ -173,7 +173,7 @@ func TestServeSecureNeedsCA(t *testing.T) {
 		t.Errorf("ServeSecure() without a CA = %v, want an error saying the CA is needed", err)
 	}
 	rec := httptest.NewRecorder()
-	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ca", nil))
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/debug/ca", nil))
 	if rec.Code != 404 {
 		t.Errorf("/debug/ca without a CA = %d, want 404", rec.Code)
 	}

@@ -64,7 +64,7 @@ func TestDebugClientsAndRegistry(t *testing.T) {
 	h := s.AdminHandler()
 	get := func(path string, v any) int {
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost"+path, nil))
 		if rec.Code == http.StatusOK {
 			if err := json.Unmarshal(rec.Body.Bytes(), v); err != nil {
 				t.Fatalf("GET %s: %v: %s", path, err, rec.Body)

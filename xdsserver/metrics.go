@@ -36,6 +36,7 @@ type metrics struct {
 	admissionRejected prometheus.Counter
 	insecure          prometheus.Gauge
 	unauthenticated   *prometheus.CounterVec
+	adminRefused      *prometheus.CounterVec
 
 	mu      sync.Mutex
 	changed map[string]time.Time // short type → time of the last change pushed to the cache
@@ -91,6 +92,12 @@ func newMetrics() *metrics {
 		m.registrations, m.configLoads, m.configValid, m.configTimestamp, m.configErrors,
 		m.clients, m.pushLatency, m.certsIssued, m.caErrors, m.admissionRejected, m.insecure, m.unauthenticated,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.adminRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "trellis_admin_refused_total", Help: "Admin requests refused, by reason (token: without the admin token; host: without a token, addressed to a Host that is not loopback; connection: without a token, on a connection not accepted on loopback)."}, []string{"reason"})
+	m.reg.MustRegister(m.adminRefused)
+	for _, reason := range []string{"token", "host", "connection"} {
+		m.adminRefused.WithLabelValues(reason)
+	}
 	return m
 }
 

@@ -22,7 +22,7 @@ import (
 func scrape(t *testing.T, s *Server) map[string]float64 {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/metrics", nil))
 	if rec.Code != 200 {
 		t.Fatalf("GET /metrics = %d", rec.Code)
 	}

@@ -34,6 +34,8 @@ type options struct {
 	servingNames []string
 	adminToken   string
 
+	metricsBehindToken bool // WithMetricsBehindToken
+
 	// Sources other than a directory, set by WithStore and WithKubernetes.
 	store           string // WithStore's URI; see resolveStore
 	configSource    config.Source

@@ -103,6 +103,9 @@ func New(opts ...Option) (*Server, error) {
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
 	}
+	if o.metricsBehindToken && o.adminToken == "" {
+		return nil, errors.New("xdsserver: WithMetricsBehindToken needs WithAdminToken")
+	}
 	if o.debounce == 0 {
 		o.debounce = rebuildDebounce
 	}

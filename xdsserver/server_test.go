@@ -185,7 +185,7 @@ func TestNACKIsCountedAndReported(t *testing.T) {
 		return false
 	})
 	rec := httptest.NewRecorder()
-	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/metrics", nil))
 	if !strings.Contains(rec.Body.String(), `trellis_xds_nacks_total{reason="unsupported",type="LDS"} 1`) {
 		t.Errorf("/metrics lacks the NACK count:\n%s", rec.Body.String())
 	}
@@ -269,14 +269,14 @@ func TestAdminEndpoints(t *testing.T) {
 		{"/nope", 404, ""},
 	} {
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost"+tc.path, nil))
 		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.body) {
 			t.Errorf("GET %s = %d %.80q, want %d containing %q", tc.path, rec.Code, rec.Body.String(), tc.code, tc.body)
 		}
 	}
 	s.Close()
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/readyz", nil))
 	if rec.Code != 503 {
 		t.Errorf("GET /readyz after Close = %d, want 503", rec.Code)
 	}

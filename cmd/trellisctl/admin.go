@@ -99,6 +99,11 @@ func (a *adminFlags) fetch(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if resp.StatusCode == http.StatusForbidden {
+		// Only a control plane without an admin token says 403 (with one,
+		// a missing or wrong token is 401).
+		return nil, fmt.Errorf("%s%s: %s: without an admin token the control plane answers only on loopback: run trellisctl on its host (or through a port-forward) with -admin 127.0.0.1:PORT or localhost:PORT, or give it -admin-token", *a.addr, path, resp.Status)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s%s: %s: %s", *a.addr, path, resp.Status, strings.TrimSpace(string(body)))
 	}

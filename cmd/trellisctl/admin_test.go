@@ -181,3 +181,44 @@ spec:
 		t.Errorf("status against nothing = %d, want 1", code)
 	}
 }
+
+// TestAdminCommandExplainsLoopbackRefusal: a control plane without an
+// admin token refuses a request that did not come over loopback, and
+// trellisctl says why and what to do instead of a bare 403.
+func TestAdminCommandExplainsLoopbackRefusal(t *testing.T) {
+	var ip net.IP
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil && !n.IP.IsLinkLocalUnicast() {
+			ip = n.IP
+			break
+		}
+	}
+	if ip == nil {
+		t.Skip("this host has no non-loopback IPv4 address")
+	}
+	cp, err := xdsserver.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Close()
+	lis, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := &http.Server{Handler: cp.AdminHandler()}
+	go admin.Serve(lis)
+	defer admin.Close()
+	_, port, _ := net.SplitHostPort(lis.Addr().String())
+
+	var out, stderr bytes.Buffer
+	code := run([]string{"status", "-admin", net.JoinHostPort(ip.String(), port)}, &out, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "403 Forbidden: without an admin token the control plane answers only on loopback") {
+		t.Errorf("status -admin %s:%s = %d, %q; want 1 and the loopback explanation", ip, port, code, stderr.String())
+	}
+	out.Reset()
+	stderr.Reset()
+	if code := run([]string{"status", "-admin", "localhost:" + port}, &out, &stderr); code != 0 {
+		t.Errorf("status -admin localhost:%s = %d, %q; want 0", port, code, stderr.String())
+	}
+}

@@ -48,10 +48,15 @@
 // renew with their certificate for at most -ca-max-renewal-chain (24h)
 // after they last presented their token. -ca-cert and -ca-key use a given root
 // instead of the generated one, and -ca-trust-anchors adds roots to the
-// trust bundle for a root rotation (see xdsserver.WithCATrustAnchors). The
-// /debug/ admin endpoints require the
-// -admin-token bearer token when one is set; an -admin-addr that is not a
-// loopback address needs one.
+// trust bundle for a root rotation (see xdsserver.WithCATrustAnchors).
+//
+// The admin endpoint's /debug/ paths and /dashboard require the
+// -admin-token bearer token when one is set (and /metrics too with
+// -metrics-behind-token); an -admin-addr that is not a loopback address
+// needs one. Without a token, /debug/, /dashboard and /metrics answer only
+// requests addressed to 127.0.0.1, [::1] or localhost, so that a web page
+// cannot read them under its own name (DNS rebinding); /healthz and
+// /readyz answer anyone (see xdsserver.Server.AdminHandler).
 package main
 
 import (
@@ -87,7 +92,7 @@ func run() error {
 		store       = flag.String("store", "memory", "where registrations (and, with neither -config nor -kubernetes, the configuration) are kept: memory, or etcd://host:port[,host:port...][/prefix]")
 		xdsAddr     = flag.String("xds-addr", "127.0.0.1:15010", "plaintext address for xDS and the registration API (empty: off, so that only identified workloads on -secure-addr reach the control plane)")
 		insecureReg = flag.Bool("insecure-registration", false, "accept registrations without a workload certificate (an open mesh: anyone who reaches the control plane can add endpoints to services no identity is bound to; for development and meshes without identities)")
-		adminAddr   = flag.String("admin-addr", "127.0.0.1:15014", "address for /healthz, /readyz, /metrics and /debug/config_dump")
+		adminAddr   = flag.String("admin-addr", "127.0.0.1:15014", "address for /healthz, /readyz, /metrics, /debug/ and /dashboard")
 		dataDir     = flag.String("data-dir", defaultDataDir(), "directory for state the control plane keeps across restarts")
 		secureAddr  = flag.String("secure-addr", "127.0.0.1:15012", "address for xDS, registration and the CA API over TLS (empty: off)")
 		caCert      = flag.String("ca-cert", "", "PEM file of the CA root certificate (default: generated in -data-dir)")
@@ -97,7 +102,8 @@ func run() error {
 		joinTokens  = flag.String("join-tokens", "", "JSON file mapping join tokens to the identity each grants, optionally with \"expires\" (RFC 3339) and \"singleUse\"")
 		maxChain    = flag.Duration("ca-max-renewal-chain", xdsserver.DefaultMaxRenewalChain, "how long workloads may renew certificates without presenting their join token again")
 		admission   = flag.Int("stream-admission", 500, "new xDS streams admitted per second (and at once); beyond it clients back off and retry; 0: no limit")
-		adminToken  = flag.String("admin-token", os.Getenv("TRELLIS_ADMIN_TOKEN"), "bearer token the /debug/ admin endpoints require (env TRELLIS_ADMIN_TOKEN); required when -admin-addr is not a loopback address")
+		adminToken  = flag.String("admin-token", os.Getenv("TRELLIS_ADMIN_TOKEN"), "bearer token the /debug/ admin endpoints and /dashboard require (env TRELLIS_ADMIN_TOKEN); required when -admin-addr is not a loopback address")
+		metricsAuth = flag.Bool("metrics-behind-token", false, "require the -admin-token bearer token for /metrics too (default: /metrics is open to scrapers)")
 		grace       = flag.Duration("registration-grace", 5*time.Second, "how long an endpoint whose registration stream broke stays in EDS")
 		logFormat   = flag.String("log-format", "text", "log format: text or json")
 		logLevel    = flag.String("log-level", "info", "log level: debug, info, warn or error")
@@ -127,6 +133,9 @@ func run() error {
 	if *adminToken == "" && !loopback(*adminAddr) {
 		return fmt.Errorf("-admin-addr %s is not a loopback address: set -admin-token (or TRELLIS_ADMIN_TOKEN) to protect /debug/", *adminAddr)
 	}
+	if *metricsAuth && *adminToken == "" {
+		return errors.New("-metrics-behind-token needs -admin-token (or TRELLIS_ADMIN_TOKEN)")
+	}
 	if (*caCert == "") != (*caKey == "") {
 		return fmt.Errorf("-ca-cert and -ca-key go together")
 	}
@@ -153,6 +162,9 @@ func run() error {
 	}
 	if *insecureReg {
 		opts = append(opts, xdsserver.WithInsecureRegistration())
+	}
+	if *metricsAuth {
+		opts = append(opts, xdsserver.WithMetricsBehindToken())
 	}
 	if *caCert != "" {
 		opts = append(opts, xdsserver.WithCAFiles(*caCert, *caKey))

@@ -53,6 +53,48 @@ func TestCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("metrics behind the token needs a token", func(t *testing.T) {
+		out, err := exec.CommandContext(ctx, bin, "-metrics-behind-token", "-admin-addr", "127.0.0.1:0", "-xds-addr", "127.0.0.1:0", "-secure-addr", "", "-data-dir", t.TempDir()).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "-metrics-behind-token needs -admin-token") {
+			t.Errorf("exit = %v, output %q; want status 1 asking for -admin-token", err, out)
+		}
+	})
+
+	t.Run("metrics behind the token", func(t *testing.T) {
+		admin := startCommand(ctx, t, bin, "-admin-token", "s3cret", "-metrics-behind-token")
+		for _, tc := range []struct {
+			path, auth string
+			want       int
+		}{
+			{"/metrics", "", http.StatusUnauthorized},
+			{"/metrics", "Bearer s3cret", http.StatusOK},
+			{"/debug/config_dump", "", http.StatusUnauthorized},
+			{"/healthz", "", http.StatusOK},
+		} {
+			if got := get(t, "http://"+admin+tc.path, "", tc.auth); got != tc.want {
+				t.Errorf("GET %s with %q = %d, want %d", tc.path, tc.auth, got, tc.want)
+			}
+		}
+	})
+
+	t.Run("without a token only loopback hosts are served", func(t *testing.T) {
+		admin := startCommand(ctx, t, bin)
+		for _, tc := range []struct {
+			path, host string
+			want       int
+		}{
+			{"/debug/config_dump", "attacker.example:15014", http.StatusForbidden},
+			{"/metrics", "attacker.example:15014", http.StatusForbidden},
+			{"/dashboard", "127.0.0.1.nip.io", http.StatusForbidden},
+			{"/healthz", "attacker.example:15014", http.StatusOK},
+			{"/debug/config_dump", "localhost", http.StatusOK},
+		} {
+			if got := get(t, "http://"+admin+tc.path, tc.host, ""); got != tc.want {
+				t.Errorf("GET %s with Host %s = %d, want %d", tc.path, tc.host, got, tc.want)
+			}
+		}
+	})
+
 	t.Run("kubernetes flags", func(t *testing.T) {
 		for _, c := range []struct {
 			args []string
@@ -121,4 +163,66 @@ func TestCommand(t *testing.T) {
 			t.Errorf("after SIGTERM: %v, want a clean exit", err)
 		}
 	})
+}
+
+// startCommand runs the command with args (and loopback addresses), waits
+// for it to log its admin address and returns it; the command is stopped
+// with SIGTERM when the test ends, and must exit cleanly.
+func startCommand(ctx context.Context, t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	args = append(args, "-xds-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-secure-addr", "", "-data-dir", t.TempDir(), "-log-format", "json")
+	cmd := exec.CommandContext(ctx, bin, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	admin := ""
+	sc := bufio.NewScanner(stderr)
+	re := regexp.MustCompile(`"admin":"([0-9.:]+)"`)
+	for admin == "" && sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			admin = m[1]
+		}
+	}
+	if admin == "" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("the command never logged its admin address")
+	}
+	copied := make(chan struct{})
+	go func() { io.Copy(io.Discard, stderr); close(copied) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-copied
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("after SIGTERM: %v, want a clean exit", err)
+		}
+	})
+	return admin
+}
+
+// get sends GET url with the Host host (if not empty) and the
+// Authorization auth (if not empty) and returns the status code.
+func get(t *testing.T, url, host, auth string) int {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
 }

@@ -123,7 +123,7 @@ func TestReconnectHerdIsAdmitted(t *testing.T) {
 	took := time.Since(began)
 
 	rec := httptest.NewRecorder()
-	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/metrics", nil))
 	m := regexp.MustCompile(`(?m)^trellis_xds_streams_rejected_total (\d+)`).FindStringSubmatch(rec.Body.String())
 	rejected := 0
 	if m != nil {

@@ -168,7 +168,7 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 		t.Helper()
 		waitFor(ctx, t, step+": both workloads renewed", func() error {
 			rec := httptest.NewRecorder()
-			srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ca", nil))
+			srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/debug/ca", nil))
 			var dump struct {
 				Issued []struct {
 					ID string `json:"spiffeId"`

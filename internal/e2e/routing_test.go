@@ -266,7 +266,7 @@ spec:
 	}
 	// The client has gone; its ACKs and NACKs stay counted.
 	rec := httptest.NewRecorder()
-	cp.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	cp.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/metrics", nil))
 	metrics := rec.Body.String()
 	for _, want := range []string{`trellis_xds_acks_total{type="LDS"}`, `trellis_xds_acks_total{type="CDS"}`, `trellis_xds_acks_total{type="EDS"}`} {
 		if !strings.Contains(metrics, want) {

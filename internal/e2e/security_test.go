@@ -298,7 +298,7 @@ spec:
 func (m *secureMesh) issued(t testing.TB, serials map[string]map[string]bool) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	m.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ca", nil))
+	m.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/debug/ca", nil))
 	var dump struct {
 		Issued []struct {
 			ID     string `json:"spiffeId"`

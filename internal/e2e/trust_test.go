@@ -70,7 +70,7 @@ func endpointOf(t *testing.T, ns, service, addr string, labels map[string]string
 func registrationResults(t *testing.T, cp *controlPlane) map[string]float64 {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	cp.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	cp.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost/metrics", nil))
 	out := map[string]float64{}
 	sc := bufio.NewScanner(rec.Body)
 	for sc.Scan() {
