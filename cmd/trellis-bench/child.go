@@ -58,6 +58,9 @@ type childArgs struct {
 var joinTokens = map[string]xdsserver.WorkloadIdentity{
 	"greeter-token": {Namespace: "default", ServiceAccount: "greeter"},
 	"client-token":  {Namespace: "default", ServiceAccount: "client"},
+	// The HTTP service kb runs as its own service account: an identity
+	// serves only the service of its name unless configuration binds it.
+	"kb-token": {Namespace: "default", ServiceAccount: "kb"},
 }
 
 const greeterID = "spiffe://cluster.local/ns/default/sa/greeter"

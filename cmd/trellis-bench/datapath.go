@@ -210,7 +210,7 @@ func dataPath(ctx context.Context, cfg config) ([]row, error) {
 		if err != nil {
 			return nil, err
 		}
-		srv, err := mesh.NewHTTPServer(handler, append(as("greeter-token"), mesh.WithService("kb", "v1"), mesh.WithServicePort(8080))...)
+		srv, err := mesh.NewHTTPServer(handler, append(as("kb-token"), mesh.WithService("kb", "v1"), mesh.WithServicePort(8080))...)
 		if err != nil {
 			return nil, err
 		}
