@@ -660,8 +660,14 @@ func apiListener(name, routeName string, faults bool) *v3listenerpb.Listener {
 	}
 }
 
+// mustAny wraps m in an Any, marshalled deterministically (map entries,
+// such as RBAC policies, in key order), so that the same configuration
+// gives the same bytes on every build: resources are compared with
+// proto.Equal, which compares an Any's bytes, to decide what changed and
+// whether two endpoints' listeners agree.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
+	a := &anypb.Any{}
+	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
 	if err != nil {
 		panic(fmt.Sprintf("translate: marshal %T: %v", m, err))
 	}
