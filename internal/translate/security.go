@@ -125,6 +125,8 @@ type serverEndpoint struct {
 	// config marks endpoints from configuration, which a standard gRPC
 	// xDS server may run: their ports get wildcard listeners too.
 	config bool
+	// identity is the endpoint's SPIFFE ID, if known.
+	identity string
 }
 
 // wildcardAddresses are the addresses of the server listeners a standard
@@ -152,12 +154,22 @@ func (b *builder) addServerListeners(registered []registry.Endpoint) {
 	for _, e := range eps {
 		name := ServerListenerName(e.address, e.port)
 		mode := b.peerMode(e.namespace, e.labels, e.port)
+		if e.config && e.identity != "" && mode == security.PeerAuthentication_MutualTLS_PERMISSIVE {
+			// A standard gRPC server cannot serve both on one port: grpc-go
+			// drops the "tls" chain and would serve plaintext only, while
+			// the mesh's clients dial an endpoint with an identity over
+			// mTLS. Serve what they send.
+			mode = security.PeerAuthentication_MutualTLS_STRICT
+		}
 		filters, err := b.httpFilters(e.namespace, e.labels)
 		if err != nil {
 			b.warn("%s: security policy cannot be translated; its server listener denies every request: %v", e.what, err)
 			filters = denyAll()
 		} else {
 			filters = b.serverRateLimit(e.host, filters)
+		}
+		if e.config {
+			requireJWT(filters)
 		}
 		l := serverListener(name, e.address, e.port, mode, filters)
 		if prev, ok := b.res.ServerListeners[name]; ok && !proto.Equal(prev, l) {
@@ -177,7 +189,9 @@ func (b *builder) addServerListeners(registered []registry.Endpoint) {
 // matched by its destination IP (grpc-go's xDS server matches
 // prefix_ranges on a wildcard listener, and nothing else but source and
 // transport_protocol "raw_buffer"). A connection to an IP the control
-// plane does not know matches no chain and is closed. An endpoint
+// plane does not know matches no chain and is closed. Only servers other
+// than Trellis's ask for these listeners, so jwt_authn is required in all
+// of their chains (see requireJWT). An endpoint
 // registered or configured at the wildcard address itself makes the
 // policy of that listener ambiguous: it denies every request.
 func (b *builder) addWildcardListeners(ports map[uint32]bool) {
@@ -209,6 +223,15 @@ func (b *builder) addWildcardListeners(ports map[uint32]bool) {
 					c.FilterChainMatch = &v3listenerpb.FilterChainMatch{}
 				}
 				c.FilterChainMatch.PrefixRanges = []*v3corepb.CidrRange{{AddressPrefix: ip.String(), PrefixLen: wrapperspb.UInt32(uint32(ip.BitLen()))}}
+				// Only servers other than Trellis's ask for wildcard
+				// listeners, registered endpoints' IPs included.
+				for _, f := range c.GetFilters() {
+					h := &v3hcmpb.HttpConnectionManager{}
+					if f.GetTypedConfig().UnmarshalTo(h) == nil {
+						requireJWT(h.HttpFilters)
+						f.ConfigType = &v3listenerpb.Filter_TypedConfig{TypedConfig: mustAny(h)}
+					}
+				}
 				chains = append(chains, c)
 			}
 		}
@@ -250,7 +273,9 @@ func (b *builder) httpFilters(ns string, labels map[string]string) ([]*v3hcmpb.H
 		filters = append(filters, &v3hcmpb.HttpFilter{
 			Name:       JWTAuthnFilterName,
 			ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(jwt)},
-			// Standard gRPC servers have no JWT filter; they skip it.
+			// Trellis's servers enforce it; a standard gRPC server has no JWT
+			// filter and skips it (registered endpoints are Trellis's; see
+			// requireJWT for the others).
 			IsOptional: true,
 		})
 	}
@@ -269,6 +294,19 @@ func (b *builder) httpFilters(ns string, labels map[string]string) ([]*v3hcmpb.H
 		filters = append(filters, rbacFilter(cfg))
 	}
 	return append(filters, routerFilter()), nil
+}
+
+// requireJWT makes the jwt_authn filter among filters required. Endpoints
+// from configuration are run by servers other than Trellis's, such as
+// grpc-go's xDS server, which has no JWT filter: skipping an optional one,
+// it would serve requests with invalid tokens that Istio refuses; with a
+// required one it rejects the listener and does not serve (fail closed).
+func requireJWT(filters []*v3hcmpb.HttpFilter) {
+	for _, f := range filters {
+		if f.GetName() == JWTAuthnFilterName {
+			f.IsOptional = false
+		}
+	}
 }
 
 // rbacFilter is the RBAC HTTP filter of one config, named by its action:

@@ -756,6 +756,9 @@ func wildcardChains(t *testing.T, l *v3listenerpb.Listener) []string {
 // one set per endpoint IP of the port. An IP whose endpoints disagree on
 // the policy, or an endpoint at the wildcard address itself, denies every
 // request; a port only registered endpoints use gets no wildcard listener.
+// PERMISSIVE is served as mTLS only to an endpoint with an identity, since
+// grpc-go's xDS server keeps only a PERMISSIVE listener's plaintext chain
+// while the mesh's clients dial such an endpoint over mTLS.
 func TestConfigEndpointServerListeners(t *testing.T) {
 	set := load(t, docs(
 		pa("default", "strict", "  selector: {matchLabels: {m: strict}}\n  mtls: {mode: STRICT}\n"),
@@ -789,6 +792,7 @@ spec:
 		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm2}\nspec: {address: 10.0.0.2, ports: {grpc: 7001}, labels: {app: echo}}\n",
 		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm3}\nspec: {address: \"fd00::3\", ports: {grpc: 7001}, labels: {app: echo, m: plain}}\n",
 		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm4}\nspec: {address: 10.0.0.4, ports: {grpc: 7001}, labels: {app: echo, m: strict}}\n",
+		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm5}\nspec: {address: 10.0.0.5, ports: {grpc: 7001}, labels: {app: echo}, serviceAccount: echo}\n",
 	))
 	res := Build(set, []registry.Endpoint{
 		reg("other", "", "10.0.0.4", 7001, 0, map[string]string{"m": "plain"}), // disagrees with vm4
@@ -798,6 +802,7 @@ spec:
 		"mtls/10.0.0.1  10.0.0.1/32",
 		"mtls/10.0.0.2 tls 10.0.0.2/32", "plaintext/10.0.0.2 raw_buffer 10.0.0.2/32",
 		"plaintext/10.0.0.4  10.0.0.4/32",
+		"mtls/10.0.0.5  10.0.0.5/32",
 		"plaintext/fd00::3  fd00::3/128",
 	}
 	for _, tc := range []struct {
@@ -810,6 +815,7 @@ spec:
 		{"10.0.0.2", 7001, []string{"mtls tls ", "plaintext raw_buffer "}, []string{"envoy.filters.http.router"}},
 		{"fd00::3", 7001, []string{"plaintext  "}, []string{"envoy.filters.http.router"}},
 		{"10.0.0.4", 7001, []string{"plaintext  "}, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
+		{"10.0.0.5", 7001, []string{"mtls  "}, []string{"envoy.filters.http.router"}},
 		{"0.0.0.0", 7001, wildcard, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
 		{"::", 7001, wildcard, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
 		{"10.0.0.9", 7100, []string{"mtls tls ", "plaintext raw_buffer "}, []string{"envoy.filters.http.router"}},
@@ -868,5 +874,59 @@ spec:
 	}
 	if len(res.Warnings) < 2 {
 		t.Errorf("Build(...).Warnings = %q, want the ambiguous IP and the endpoint at the wildcard address", res.Warnings)
+	}
+}
+
+// TestStandardServerCannotSkipJWT guards against a server other than
+// Trellis's (grpc-go's xDS server, which has no JWT filter) serving
+// requests with invalid tokens that a RequestAuthentication refuses: on
+// the listeners of endpoints from configuration the jwt_authn filter is
+// required, so such a server rejects the listener and does not serve;
+// registered (Trellis) servers keep it optional, as they enforce it.
+func TestStandardServerCannotSkipJWT(t *testing.T) {
+	set := load(t, `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  selector: {matchLabels: {app: echo}}
+  jwtRules: [{issuer: https://issuer.example.com, jwksUri: https://issuer.example.com/jwks}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  resolution: STATIC
+  ports: [{number: 50051, name: grpc}]
+  endpoints: [{address: 10.0.0.1, ports: {grpc: 7001}, labels: {app: echo}}]
+`)
+	res := Build(set, []registry.Endpoint{reg("echo", "", "10.0.0.2", 7001, 50051, map[string]string{"app": "echo"})}, Options{})
+	for _, tc := range []struct {
+		address  string
+		optional bool
+	}{{"10.0.0.1", false}, {"0.0.0.0", false}, {"::", false}, {"10.0.0.2", true}} {
+		name := ServerListenerName(tc.address, 7001)
+		l := res.ServerListeners[name]
+		if l == nil {
+			t.Fatalf("Build(...) has no listener %q", name)
+		}
+		for _, fc := range l.GetFilterChains() {
+			h := &v3hcmpb.HttpConnectionManager{}
+			if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, f := range h.GetHttpFilters() {
+				if f.GetName() == JWTAuthnFilterName {
+					found = true
+					if f.GetIsOptional() != tc.optional {
+						t.Errorf("listener %q chain %q: jwt_authn is_optional = %v, want %v", name, fc.GetName(), f.GetIsOptional(), tc.optional)
+					}
+				}
+			}
+			if !found {
+				t.Errorf("listener %q chain %q has no jwt_authn filter", name, fc.GetName())
+			}
+		}
 	}
 }

@@ -269,7 +269,7 @@ func (b *builder) addServiceEntries() {
 					ep.ports[p.Number] = target
 					b.configServers = append(b.configServers, serverEndpoint{
 						what: w.what, namespace: se.Namespace, host: host, labels: w.spec.Labels,
-						address: w.spec.Address, port: target, config: true,
+						address: w.spec.Address, port: target, config: true, identity: ep.identity,
 					})
 				}
 				s.endpoints = append(s.endpoints, ep)
