@@ -191,9 +191,10 @@ func (b *builder) addServerListeners(registered []registry.Endpoint) {
 // transport_protocol "raw_buffer"). A connection to an IP the control
 // plane does not know matches no chain and is closed. Only servers other
 // than Trellis's ask for these listeners, so jwt_authn is required in all
-// of their chains (see requireJWT). An endpoint
-// registered or configured at the wildcard address itself makes the
-// policy of that listener ambiguous: it denies every request.
+// of their chains (see requireJWT). An endpoint registered or configured
+// at the wildcard address itself, or one IP written two ways
+// ("::ffff:10.0.0.1" and "10.0.0.1"), makes the policy of that port's
+// wildcard listeners ambiguous: they deny every request.
 func (b *builder) addWildcardListeners(ports map[uint32]bool) {
 	byPort := map[uint32][]*v3listenerpb.Listener{}
 	for _, name := range slices.Sorted(maps.Keys(b.res.ServerListeners)) {
@@ -205,17 +206,24 @@ func (b *builder) addWildcardListeners(ports map[uint32]bool) {
 	}
 	for _, port := range slices.Sorted(maps.Keys(ports)) {
 		var chains []*v3listenerpb.FilterChain
-		var atWildcard *v3listenerpb.Listener
+		ambiguous := ""
+		seen := map[netip.Addr]bool{}
 		for _, l := range byPort[port] {
-			ip, err := netip.ParseAddr(l.GetAddress().GetSocketAddress().GetAddress())
+			addr := l.GetAddress().GetSocketAddress().GetAddress()
+			ip, err := netip.ParseAddr(addr)
 			if err != nil {
 				continue // validated before translation; never here
 			}
 			ip = ip.Unmap().WithZone("")
-			if ip.IsUnspecified() {
-				atWildcard = l
+			switch {
+			case ip.IsUnspecified():
+				ambiguous = "an endpoint is at the wildcard address " + addr
+				continue
+			case seen[ip]:
+				ambiguous = "endpoints are at " + ip.String() + " under two spellings"
 				continue
 			}
+			seen[ip] = true
 			for _, fc := range l.GetFilterChains() {
 				c := proto.Clone(fc).(*v3listenerpb.FilterChain)
 				c.Name = fc.GetName() + "/" + ip.String()
@@ -235,6 +243,9 @@ func (b *builder) addWildcardListeners(ports map[uint32]bool) {
 				chains = append(chains, c)
 			}
 		}
+		if ambiguous != "" {
+			b.warn("port %d: %s, so the policy of its wildcard listeners is ambiguous; they deny every request", port, ambiguous)
+		}
 		for _, addr := range wildcardAddresses {
 			name := ServerListenerName(addr, port)
 			l := &v3listenerpb.Listener{
@@ -245,8 +256,7 @@ func (b *builder) addWildcardListeners(ports map[uint32]bool) {
 				}}},
 				FilterChains: chains,
 			}
-			if atWildcard != nil {
-				b.warn("an endpoint is at the wildcard address %s, so the policy of %s is ambiguous; the listener denies every request", net.JoinHostPort(atWildcard.GetAddress().GetSocketAddress().GetAddress(), strconv.FormatUint(uint64(port), 10)), name)
+			if ambiguous != "" {
 				l = serverListener(name, addr, port, security.PeerAuthentication_MutualTLS_STRICT, denyAll())
 			}
 			b.res.ServerListeners[name] = l

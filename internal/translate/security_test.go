@@ -754,8 +754,9 @@ func wildcardChains(t *testing.T, l *v3listenerpb.Listener) []string {
 // its port gets the wildcard listeners grpc-go asks for when it listens
 // on 0.0.0.0 or [::], whose filter chains are matched by destination IP,
 // one set per endpoint IP of the port. An IP whose endpoints disagree on
-// the policy, or an endpoint at the wildcard address itself, denies every
-// request; a port only registered endpoints use gets no wildcard listener.
+// the policy, an endpoint at the wildcard address itself, or one IP written
+// two ways, denies every request; a port only registered endpoints use gets
+// no wildcard listener.
 // PERMISSIVE is served as mTLS only to an endpoint with an identity, since
 // grpc-go's xDS server keeps only a PERMISSIVE listener's plaintext chain
 // while the mesh's clients dial such an endpoint over mTLS.
@@ -787,6 +788,15 @@ spec:
   resolution: STATIC
   ports: [{number: 7002, name: grpc}]
   endpoints: [{address: 0.0.0.0}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: twice}
+spec:
+  hosts: [twice]
+  resolution: STATIC
+  ports: [{number: 7003, name: grpc}]
+  endpoints: [{address: "::ffff:10.0.0.8"}]
 `,
 		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm1}\nspec: {address: 10.0.0.1, ports: {grpc: 7001}, labels: {app: echo, m: strict}, serviceAccount: echo}\n",
 		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm2}\nspec: {address: 10.0.0.2, ports: {grpc: 7001}, labels: {app: echo}}\n",
@@ -797,6 +807,7 @@ spec:
 	res := Build(set, []registry.Endpoint{
 		reg("other", "", "10.0.0.4", 7001, 0, map[string]string{"m": "plain"}), // disagrees with vm4
 		reg("solo", "", "10.0.0.9", 7100, 0, nil),
+		reg("twice", "", "10.0.0.8", 7003, 0, nil), // the same IP as the ServiceEntry's, written otherwise
 	}, Options{})
 	wildcard := []string{
 		"mtls/10.0.0.1  10.0.0.1/32",
@@ -852,7 +863,7 @@ spec:
 	}
 	// The ambiguous IP and the endpoint at the wildcard address deny
 	// everything: an ALLOW without policies.
-	for _, name := range []string{ServerListenerName("10.0.0.4", 7001), ServerListenerName("0.0.0.0", 7002), ServerListenerName("::", 7002)} {
+	for _, name := range []string{ServerListenerName("10.0.0.4", 7001), ServerListenerName("0.0.0.0", 7002), ServerListenerName("::", 7002), ServerListenerName("0.0.0.0", 7003), ServerListenerName("::", 7003)} {
 		if got := rbacPolicies(t, res.ServerListeners[name]); !cmp.Equal(got, map[string][]string{"envoy.filters.http.rbac/allow": {}}) {
 			t.Errorf("listener %q RBAC policies = %v, want an ALLOW with none (deny all)", name, got)
 		}
@@ -872,8 +883,8 @@ spec:
 			t.Errorf("Build(...) has %q, want no wildcard listener for a port only registered endpoints use", name)
 		}
 	}
-	if len(res.Warnings) < 2 {
-		t.Errorf("Build(...).Warnings = %q, want the ambiguous IP and the endpoint at the wildcard address", res.Warnings)
+	if len(res.Warnings) < 3 {
+		t.Errorf("Build(...).Warnings = %q, want the ambiguous IP, the endpoint at the wildcard address and the IP written two ways", res.Warnings)
 	}
 }
 
