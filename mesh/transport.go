@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -53,7 +54,10 @@ var ErrNoRoute = errors.New("mesh: no route")
 // timeouts, retries (retryOn 5xx, gateway-error, connect-failure, reset,
 // retriable-4xx, status codes; per-try timeouts; the retry budget), fault
 // injection, and per cluster the DestinationRule's load balancing, circuit
-// breaking, outlier ejection and mutual TLS to exact SPIFFE IDs. Requests
+// breaking, outlier ejection and mutual TLS to exact SPIFFE IDs, decided per
+// endpoint: each endpoint must present its own identity when the control
+// plane names it, and only automatic mTLS sends plaintext, to the endpoints
+// without identity (never under ISTIO_MUTUAL). Requests
 // to other hosts go to http.DefaultTransport unless WithMeshOnly is given.
 // A host is a mesh host if the control plane has a listener for it (as
 // for gRPC targets); IP addresses and localhost never are. Request bodies
@@ -398,10 +402,11 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 	if err != nil {
 		return nil, outcomeNoHealthy, err
 	}
-	st, picker, err := c.wait(ctx)
+	snap, err := c.wait(ctx)
 	if err != nil {
 		return nil, outcomeNoHealthy, err
 	}
+	st, picker := snap.state, snap.picker
 	ep, done, err := picker.Pick(hash)
 	for i := 0; err == nil && tried[ep.Address] && i < maxRepicks; i++ {
 		done(pick.Ignored)
@@ -418,7 +423,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 		t.tel.Event(ctx, telemetry.EventNoHealthy, req.URL.Host, st.Name)
 		return serviceUnavailable(req, "no healthy upstream"), outcomeNoHealthy, nil
 	}
-	rt, err := c.transport(t, st)
+	rt, secure, err := c.transport(t, snap, ep.Address)
 	if err != nil {
 		done(pick.Failure)
 		return nil, outcomeConnect, err
@@ -442,7 +447,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, r *httpRoute
 		out.Header = req.Header.Clone()
 	}
 	out.URL.Host = ep.Address
-	if st.TLS != nil {
+	if secure {
 		out.URL.Scheme = "https" // mutual TLS to the endpoint
 	}
 	out.Host = req.Host
@@ -794,14 +799,26 @@ type meshCluster struct {
 type clusterSnap struct {
 	state  *xdscluster.State
 	picker *pick.Picker // nil until the cluster has had a good state
+	// tls holds, for a cluster with TLS, the endpoints that are reached in
+	// plaintext or must present a named identity, by address; the others
+	// are reached over mutual TLS accepting any of the cluster's SANs.
+	tls map[string]endpointTLS
 }
 
-// clusterTLS is the mutual TLS transport of a cluster, for the SPIFFE IDs
-// key (and the state it was last checked for).
+// endpointTLS is how to reach one endpoint of a cluster with TLS.
+type endpointTLS struct {
+	plaintext bool   // automatic mTLS, and the endpoint has no identity
+	identity  string // the SPIFFE ID it must present; "" for any of the cluster's
+}
+
+// clusterTLS holds the mutual TLS transports of a cluster for the SPIFFE
+// IDs key (and the state it was last checked for): one per endpoint
+// identity, "" for endpoints accepting any of the cluster's SANs. It is
+// immutable once stored.
 type clusterTLS struct {
 	key   string
 	state *xdscluster.State
-	tr    *http.Transport
+	trs   map[string]*http.Transport
 }
 
 func (t *Transport) cluster(name string) (*meshCluster, error) {
@@ -840,7 +857,18 @@ func (c *meshCluster) update(st *xdscluster.State) {
 			c.picker.Update(cfg, eps)
 		}
 	}
-	c.snap.Store(&clusterSnap{state: st, picker: c.picker})
+	snap := &clusterSnap{state: st, picker: c.picker}
+	if st.Err == nil && st.TLS != nil {
+		for _, e := range st.Endpoints {
+			if e.Plaintext || e.Identity != "" {
+				if snap.tls == nil {
+					snap.tls = map[string]endpointTLS{}
+				}
+				snap.tls[e.Address] = endpointTLS{plaintext: e.Plaintext, identity: e.Identity}
+			}
+		}
+	}
+	c.snap.Store(snap)
 	c.mu.Unlock()
 	c.once.Do(func() { close(c.ready) })
 }
@@ -877,50 +905,83 @@ func pickConfig(st *xdscluster.State) (pick.Config, []pick.Endpoint) {
 }
 
 // wait returns the cluster's state and picker once known.
-func (c *meshCluster) wait(ctx context.Context) (*xdscluster.State, *pick.Picker, error) {
+func (c *meshCluster) wait(ctx context.Context) (*clusterSnap, error) {
 	select {
 	case <-c.ready:
 	default:
 		select {
 		case <-c.ready:
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
 	s := c.snap.Load()
 	if s.state.Err != nil {
-		return nil, nil, fmt.Errorf("mesh: cluster %s: %w", s.state.Name, s.state.Err)
+		return nil, fmt.Errorf("mesh: cluster %s: %w", s.state.Name, s.state.Err)
 	}
 	if s.picker == nil {
-		return nil, nil, fmt.Errorf("mesh: cluster %s has no endpoints", s.state.Name)
+		return nil, fmt.Errorf("mesh: cluster %s has no endpoints", s.state.Name)
 	}
-	return s.state, s.picker, nil
+	return s, nil
 }
 
-// transport returns the round tripper for the cluster's endpoints:
-// plaintext, or mutual TLS accepting exactly the cluster's SPIFFE IDs.
-func (c *meshCluster) transport(t *Transport, st *xdscluster.State) (http.RoundTripper, error) {
+// transport returns the round tripper for the cluster's endpoint at addr,
+// and whether it speaks mutual TLS: plaintext if the cluster has no TLS or
+// the control plane has that endpoint reached in plaintext (automatic mTLS,
+// an endpoint without identity); else mutual TLS accepting exactly the
+// endpoint's SPIFFE ID when the control plane names it (and the cluster's
+// SANs include it), any of the cluster's SANs otherwise.
+func (c *meshCluster) transport(t *Transport, snap *clusterSnap, addr string) (http.RoundTripper, bool, error) {
+	st := snap.state
 	if st.TLS == nil {
-		return t.plain, nil
+		return t.plain, false, nil
+	}
+	ep := snap.tls[addr]
+	if ep.plaintext {
+		return t.plain, false, nil
 	}
 	if t.id == nil {
-		return nil, fmt.Errorf("mesh: cluster %s requires mutual TLS and this process has no identity (see WithJoinToken)", st.Name)
+		return nil, false, fmt.Errorf("mesh: cluster %s requires mutual TLS and this process has no identity (see WithJoinToken)", st.Name)
 	}
 	if cur := c.tlsc.Load(); cur != nil && cur.state == st {
-		return cur.tr, nil // checked for this very state already
+		if tr := cur.trs[ep.identity]; tr != nil {
+			return tr, true, nil // checked for this very state already
+		}
 	}
+	tr, err := c.newTransport(t, st, ep.identity)
+	return tr, err == nil, err
+}
+
+// newTransport returns the mutual TLS transport of the cluster in state st
+// for endpoints that must present identity ("": any of the cluster's
+// SANs), making it if needed. When the cluster's SANs change, the
+// transports made for the old ones are retired.
+func (c *meshCluster) newTransport(t *Transport, st *xdscluster.State, identity string) (*http.Transport, error) {
 	key := strings.Join(st.TLS.SANs, ",")
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cur := c.tlsc.Load()
+	next := &clusterTLS{key: key, state: st, trs: map[string]*http.Transport{}}
 	if cur != nil && cur.key == key {
-		if cur.state != st {
-			c.tlsc.Store(&clusterTLS{key: key, state: st, tr: cur.tr})
+		maps.Copy(next.trs, cur.trs)
+	} else if cur != nil {
+		for _, tr := range cur.trs {
+			tr.CloseIdleConnections()
 		}
-		return cur.tr, nil
+	}
+	if tr := next.trs[identity]; tr != nil {
+		c.tlsc.Store(next)
+		return tr, nil
+	}
+	accept := st.TLS.SANs
+	if identity != "" {
+		if !slices.Contains(st.TLS.SANs, identity) {
+			return nil, fmt.Errorf("mesh: cluster %s: the endpoint's identity %s is not one of the cluster's subjectAltNames", st.Name, identity)
+		}
+		accept = []string{identity}
 	}
 	var ids []spiffeid.ID
-	for _, san := range st.TLS.SANs {
+	for _, san := range accept {
 		id, err := spiffeid.FromString(san)
 		if err != nil {
 			continue // a SAN no SPIFFE certificate carries: never matches
@@ -935,16 +996,37 @@ func (c *meshCluster) transport(t *Transport, st *xdscluster.State) (http.RoundT
 		return nil, err
 	}
 	cfg.NextProtos = []string{"h2", "http/1.1"}
-	if cur != nil {
-		cur.tr.CloseIdleConnections()
-	}
-	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
-	c.tlsc.Store(&clusterTLS{key: key, state: st, tr: tr})
+	tr := &http.Transport{DialTLSContext: dialMTLS(cfg), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	next.trs[identity] = tr
+	c.tlsc.Store(next)
 	return tr, nil
+}
+
+// dialMTLS connects and completes the TLS handshake with cfg. A failed
+// handshake (a server that does not speak mTLS, or presents an identity
+// not accepted) is a connection failure, as for Envoy: the request is
+// retried under connect-failure and the endpoint left out of the picks for
+// a backoff, as one that refused the connection.
+func dialMTLS(cfg *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		raw, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		conn := tls.Client(raw, cfg)
+		if err := conn.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, &net.OpError{Op: "dial", Net: network, Addr: raw.RemoteAddr(), Err: fmt.Errorf("tls handshake: %w", err)}
+		}
+		return conn, nil
+	}
 }
 
 func (c *meshCluster) closeIdle() {
 	if cur := c.tlsc.Load(); cur != nil {
-		cur.tr.CloseIdleConnections()
+		for _, tr := range cur.trs {
+			tr.CloseIdleConnections()
+		}
 	}
 }

@@ -186,7 +186,9 @@ var validCases = []validCase{
     ports: {grpc: 9090, http: 9091}
     labels: {version: v1, example.com/tier: gold}
     locality: us-east1/us-east1-b/rack1
+    serviceAccount: reviews
   - address: "fd00::1"
+  subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]
 `)},
 		want: []proto.Message{&networking.ServiceEntry{
 			Hosts:      []string{"reviews", "Reviews.Example.COM"},
@@ -199,13 +201,15 @@ var validCases = []validCase{
 			},
 			Endpoints: []*networking.WorkloadEntry{
 				{
-					Address:  "10.0.0.1",
-					Ports:    map[string]uint32{"grpc": 9090, "http": 9091},
-					Labels:   map[string]string{"version": "v1", "example.com/tier": "gold"},
-					Locality: "us-east1/us-east1-b/rack1",
+					Address:        "10.0.0.1",
+					Ports:          map[string]uint32{"grpc": 9090, "http": 9091},
+					Labels:         map[string]string{"version": "v1", "example.com/tier": "gold"},
+					Locality:       "us-east1/us-east1-b/rack1",
+					ServiceAccount: "reviews",
 				},
 				{Address: "fd00::1"},
 			},
+			SubjectAltNames: []string{"spiffe://cluster.local/ns/default/sa/reviews"},
 		}},
 	},
 	{
@@ -225,6 +229,7 @@ var validCases = []validCase{
   ports: {grpc: 19080}
   labels: {app: ratings, version: v2}
   locality: europe-west1/europe-west1-c
+  serviceAccount: ratings
 `))},
 		want: []proto.Message{
 			&networking.ServiceEntry{
@@ -235,10 +240,11 @@ var validCases = []validCase{
 				WorkloadSelector: &networking.WorkloadSelector{Labels: map[string]string{"app": "ratings"}},
 			},
 			&networking.WorkloadEntry{
-				Address:  "192.168.1.7",
-				Ports:    map[string]uint32{"grpc": 19080},
-				Labels:   map[string]string{"app": "ratings", "version": "v2"},
-				Locality: "europe-west1/europe-west1-c",
+				Address:        "192.168.1.7",
+				Ports:          map[string]uint32{"grpc": 19080},
+				Labels:         map[string]string{"app": "ratings", "version": "v2"},
+				Locality:       "europe-west1/europe-west1-c",
+				ServiceAccount: "ratings",
 			},
 		},
 	},
@@ -755,7 +761,7 @@ func populated(m protoreflect.Message, prefix string, paths map[string]bool) {
 // other, and so do the two hash keys).
 var policyBodies = []string{
 	`{loadBalancer: {simple: RANDOM, localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}}, connectionPool: {http: {http2MaxRequests: 5, maxRequestsPerConnection: 100}}, outlierDetection: {consecutive5xxErrors: 2, consecutiveGatewayErrors: 1, interval: 1m, baseEjectionTime: 90s, maxEjectionPercent: 30, minHealthPercent: 10}}`,
-	`{loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}}, tls: {mode: ISTIO_MUTUAL}}`,
+	`{loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}}, tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/a]}}`,
 	`{loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {distribute: [{from: "us-east/*", to: {"us-east/zone-a/*": 80, "us-west": 20}}]}}}`,
 }
 
@@ -1162,15 +1168,23 @@ var rejections = []struct {
 		},
 	},
 	{
-		name: "ServiceEntry exportTo and subjectAltNames",
-		yaml: seReviews + "  exportTo: [\"*\"]\n  subjectAltNames: [spiffe://x]\n",
+		name: "ServiceEntry exportTo",
+		yaml: seReviews + "  exportTo: [\"*\"]\n",
 		want: []string{
 			`mesh.yaml:1: ServiceEntry default/reviews: spec.exportTo: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`mesh.yaml:1: ServiceEntry default/reviews: spec.subjectAltNames: field not supported by Trellis (see docs/SUPPORT.md)`,
 		},
 	},
 	{
-		name: "WorkloadEntry serviceAccount, network and weight",
+		name: "ServiceEntry subjectAltNames that are not SPIFFE IDs",
+		yaml: seReviews + "  subjectAltNames: [reviews.example.com, \"spiffe://cluster.local/ns/default/sa/a\", \"spiffe://Bad/x\"]\n  endpoints: [{address: 10.0.0.1, serviceAccount: Not_A_Name}]\n",
+		want: []string{
+			`mesh.yaml:1: ServiceEntry default/reviews: spec.endpoints[0].serviceAccount: "Not_A_Name" is not a valid service account name (a DNS-1123 subdomain)`,
+			`mesh.yaml:1: ServiceEntry default/reviews: spec.subjectAltNames[0]: "reviews.example.com" is not a SPIFFE ID such as spiffe://cluster.local/ns/default/sa/reviews (mesh certificates carry only SPIFFE IDs)`,
+			`mesh.yaml:1: ServiceEntry default/reviews: spec.subjectAltNames[2]: "spiffe://Bad/x" is not a SPIFFE ID such as spiffe://cluster.local/ns/default/sa/reviews (mesh certificates carry only SPIFFE IDs)`,
+		},
+	},
+	{
+		name: "WorkloadEntry network and weight",
 		yaml: res("WorkloadEntry", "vm", `
   address: 10.0.0.1
   serviceAccount: reviews
@@ -1179,9 +1193,13 @@ var rejections = []struct {
 `),
 		want: []string{
 			`mesh.yaml:1: WorkloadEntry default/vm: spec.network: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`mesh.yaml:1: WorkloadEntry default/vm: spec.serviceAccount: field not supported by Trellis (see docs/SUPPORT.md)`,
 			`mesh.yaml:1: WorkloadEntry default/vm: spec.weight: field not supported by Trellis (see docs/SUPPORT.md)`,
 		},
+	},
+	{
+		name: "WorkloadEntry serviceAccount not a service account name",
+		yaml: res("WorkloadEntry", "vm", "  address: 10.0.0.1\n  serviceAccount: \"a/b\"\n"),
+		want: []string{`mesh.yaml:1: WorkloadEntry default/vm: spec.serviceAccount: "a/b" is not a valid service account name (a DNS-1123 subdomain)`},
 	},
 	{
 		name: "ServiceEntry endpoint network",
@@ -1764,8 +1782,24 @@ spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
 		want: []string{
 			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: field not supported by Trellis (see docs/SUPPORT.md)`,
 			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.sni: field not supported by Trellis (see docs/SUPPORT.md)`,
-			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.subjectAltNames: field not supported by Trellis (see docs/SUPPORT.md)`,
 			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].tls.mode: required: ISTIO_MUTUAL or DISABLE`,
+		},
+	},
+	{
+		name: "DestinationRule subjectAltNames without ISTIO_MUTUAL, or not SPIFFE IDs",
+		yaml: res("DestinationRule", "reviews", `
+  host: reviews
+  trafficPolicy:
+    tls: {mode: DISABLE, subjectAltNames: ["spiffe://cluster.local/ns/default/sa/reviews"]}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: ISTIO_MUTUAL, subjectAltNames: ["spiffe://cluster.local/ns/default/sa/reviews", "*.example.com"]}
+`),
+		want: []string{
+			`mesh.yaml:1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.subjectAltNames[1]: "*.example.com" is not a SPIFFE ID such as spiffe://cluster.local/ns/default/sa/reviews (mesh certificates carry only SPIFFE IDs)`,
+			`mesh.yaml:1: DestinationRule default/reviews: spec.trafficPolicy.tls.subjectAltNames: applies only with mode ISTIO_MUTUAL`,
 		},
 	},
 	{

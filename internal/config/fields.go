@@ -20,9 +20,11 @@ var supported = map[string]map[string]bool{
 		"ports", "ports.number", "ports.protocol", "ports.name", "ports.target_port",
 		"location", "resolution",
 		"endpoints", "endpoints.address", "endpoints.ports", "endpoints.labels", "endpoints.locality",
+		"endpoints.service_account",
 		"workload_selector", "workload_selector.labels",
+		"subject_alt_names",
 	),
-	KindWorkloadEntry: set("address", "ports", "labels", "locality"),
+	KindWorkloadEntry: set("address", "ports", "labels", "locality", "service_account"),
 	KindVirtualService: set(
 		"hosts",
 		"http", "http.name",
@@ -89,7 +91,7 @@ var trafficPolicyFields = []string{
 	"outlier_detection", "outlier_detection.consecutive_5xx_errors", "outlier_detection.consecutive_gateway_errors",
 	"outlier_detection.interval", "outlier_detection.base_ejection_time",
 	"outlier_detection.max_ejection_percent", "outlier_detection.min_health_percent",
-	"tls", "tls.mode",
+	"tls", "tls.mode", "tls.subject_alt_names",
 }
 
 func destinationRuleFields() map[string]bool {

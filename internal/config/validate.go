@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	networking "istio.io/api/networking/v1alpha3"
 )
 
@@ -88,6 +89,17 @@ func (p *problems) address(field, addr string) {
 	}
 }
 
+// subjectAltNames checks a list of subject alternative names a client
+// pins: each must be a SPIFFE ID, the only name a mesh certificate
+// carries.
+func (p *problems) subjectAltNames(field string, sans []string) {
+	for i, san := range sans {
+		if _, err := spiffeid.FromString(san); err != nil {
+			p.add(fmt.Sprintf("%s[%d]", field, i), "%q is not a SPIFFE ID such as spiffe://cluster.local/ns/default/sa/reviews (mesh certificates carry only SPIFFE IDs)", san)
+		}
+	}
+}
+
 func (p *problems) stringMatch(field string, m *networking.StringMatch, allowEmpty bool) {
 	switch t := m.GetMatchType().(type) {
 	case nil:
@@ -156,6 +168,7 @@ func validateServiceEntry(se *ServiceEntry) []error {
 		f := fmt.Sprintf("spec.endpoints[%d]", i)
 		validateWorkload(p, f, ep, names)
 	}
+	p.subjectAltNames("spec.subjectAltNames", s.SubjectAltNames)
 	return p.errs
 }
 
@@ -173,6 +186,9 @@ func validateWorkload(p *problems, f string, w *networking.WorkloadEntry, portNa
 		}
 	}
 	p.labels(f+".labels", w.Labels)
+	if sa := w.ServiceAccount; sa != "" && !isDNS1123Subdomain(sa) {
+		p.add(f+".serviceAccount", "%q is not a valid service account name (a DNS-1123 subdomain)", sa)
+	}
 	if w.Locality != "" && len(strings.Split(w.Locality, "/")) > 3 {
 		p.add(f+".locality", "%q has more than region/zone/subzone", w.Locality)
 	}
@@ -524,6 +540,10 @@ func validatePortPolicy(p *problems, f string, lb *networking.LoadBalancerSettin
 		default:
 			p.add(f+".tls.mode", "%s is not supported (supported: ISTIO_MUTUAL, DISABLE)", tls.Mode)
 		}
+		if len(tls.SubjectAltNames) > 0 && tls.Mode != networking.ClientTLSSettings_ISTIO_MUTUAL {
+			p.add(f+".tls.subjectAltNames", "applies only with mode ISTIO_MUTUAL")
+		}
+		p.subjectAltNames(f+".tls.subjectAltNames", tls.SubjectAltNames)
 	}
 	if lb != nil {
 		switch t := lb.LbPolicy.(type) {

@@ -1,7 +1,6 @@
 package translate
 
 import (
-	"cmp"
 	"fmt"
 	"time"
 
@@ -18,7 +17,6 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/trellismesh/trellis/internal/config"
-	"github.com/trellismesh/trellis/internal/registry"
 )
 
 // Local rate limits travel as Envoy's local_ratelimit HTTP filter:
@@ -167,11 +165,11 @@ func insertBeforeRouter(filters []*v3hcmpb.HttpFilter, f *v3hcmpb.HttpFilter) []
 	return append(out, f, filters[n-1])
 }
 
-// serverRateLimit adds the server-side limit of a registered endpoint's
-// service, if its DestinationRule sets one, to the endpoint's HTTP filters.
-func (b *builder) serverRateLimit(r registry.Endpoint, filters []*v3hcmpb.HttpFilter) []*v3hcmpb.HttpFilter {
-	ns := cmp.Or(r.Namespace, config.DefaultNamespace)
-	dr := b.ruleFor(config.CanonicalHost(r.Service, ns))
+// serverRateLimit adds the server-side limit of the service host (a
+// canonical host), if its DestinationRule sets one, to the HTTP filters of
+// one of its endpoints.
+func (b *builder) serverRateLimit(host string, filters []*v3hcmpb.HttpFilter) []*v3hcmpb.HttpFilter {
+	dr := b.ruleFor(host)
 	if dr == nil {
 		return filters
 	}

@@ -3,12 +3,14 @@ package translate
 //lint:file-ignore SA1019 grpc-go reads match_subject_alt_names, not its typed successor, and other readers the deprecated root provider field.
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 
-	v3clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -19,6 +21,7 @@ import (
 	v3tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
@@ -109,30 +112,155 @@ func (b *builder) peerMode(ns string, labels map[string]string, port uint32) sec
 	return mode
 }
 
-// addServerListeners adds the server listener of every registered
-// endpoint. Endpoints sharing an address and port but not a policy get a
-// listener that denies every request: which policy is meant is unknown.
+// serverEndpoint is a workload listening at address:port whose server
+// listener the control plane emits: a registered endpoint, a ServiceEntry
+// endpoint or a WorkloadEntry a ServiceEntry selects.
+type serverEndpoint struct {
+	what      string // names it in warnings
+	namespace string
+	host      string // canonical host of its service, for its server rate limit
+	labels    map[string]string
+	address   string
+	port      uint32
+	// config marks endpoints from configuration, which a standard gRPC
+	// xDS server may run: their ports get wildcard listeners too.
+	config bool
+	// identity is the endpoint's SPIFFE ID, if known.
+	identity string
+}
+
+// wildcardAddresses are the addresses of the server listeners a standard
+// gRPC xDS server asks for when it listens on every address: grpc-go names
+// its listener by the net.Listener's address, "0.0.0.0:PORT" for
+// "0.0.0.0:PORT", "[::]:PORT" for ":PORT".
+var wildcardAddresses = []string{"0.0.0.0", "::"}
+
+// addServerListeners adds the server listener of every registered endpoint
+// and every endpoint from configuration (IP:PORT), and, for the ports of
+// endpoints from configuration, the wildcard listeners (0.0.0.0:PORT,
+// [::]:PORT) with each IP's filter chains matched by destination IP.
+// Endpoints sharing an address and port but not a policy get a listener
+// that denies every request: which policy is meant is unknown.
 func (b *builder) addServerListeners(registered []registry.Endpoint) {
+	eps := slices.Clone(b.configServers)
 	for _, r := range registered {
-		name := ServerListenerName(r.Address, r.Port)
-		ns := r.Namespace
-		if ns == "" {
-			ns = config.DefaultNamespace
+		ns := cmp.Or(r.Namespace, config.DefaultNamespace)
+		eps = append(eps, serverEndpoint{
+			what: "registered endpoint " + r.Key(), namespace: ns, host: config.CanonicalHost(r.Service, ns),
+			labels: r.Labels, address: r.Address, port: r.Port,
+		})
+	}
+	wildcardPorts := map[uint32]bool{}
+	for _, e := range eps {
+		name := ServerListenerName(e.address, e.port)
+		mode := b.peerMode(e.namespace, e.labels, e.port)
+		if e.config && e.identity != "" && mode == security.PeerAuthentication_MutualTLS_PERMISSIVE {
+			// A standard gRPC server cannot serve both on one port: grpc-go
+			// drops the "tls" chain and would serve plaintext only, while
+			// the mesh's clients dial an endpoint with an identity over
+			// mTLS. Serve what they send.
+			mode = security.PeerAuthentication_MutualTLS_STRICT
 		}
-		mode := b.peerMode(ns, r.Labels, r.Port)
-		filters, err := b.httpFilters(ns, r.Labels)
+		filters, err := b.httpFilters(e.namespace, e.labels)
 		if err != nil {
-			b.warn("registered endpoint %s: security policy cannot be translated; its server listener denies every request: %v", r.Key(), err)
+			b.warn("%s: security policy cannot be translated; its server listener denies every request: %v", e.what, err)
 			filters = denyAll()
 		} else {
-			filters = b.serverRateLimit(r, filters)
+			filters = b.serverRateLimit(e.host, filters)
 		}
-		l := serverListener(name, r.Address, r.Port, mode, filters)
+		if e.config {
+			requireJWT(filters)
+		}
+		l := serverListener(name, e.address, e.port, mode, filters)
 		if prev, ok := b.res.ServerListeners[name]; ok && !proto.Equal(prev, l) {
-			b.warn("registered endpoint %s: another endpoint on %s:%d has a different security policy; the listener denies every request", r.Key(), r.Address, r.Port)
-			l = serverListener(name, r.Address, r.Port, mode, denyAll())
+			b.warn("%s: another endpoint on %s has a different security policy; the listener denies every request", e.what, net.JoinHostPort(e.address, strconv.FormatUint(uint64(e.port), 10)))
+			l = serverListener(name, e.address, e.port, mode, denyAll())
 		}
 		b.res.ServerListeners[name] = l
+		if e.config {
+			wildcardPorts[e.port] = true
+		}
+	}
+	b.addWildcardListeners(wildcardPorts)
+}
+
+// addWildcardListeners adds, for each port, the listeners 0.0.0.0:PORT and
+// [::]:PORT: the filter chains of every IP:PORT listener of the port, each
+// matched by its destination IP (grpc-go's xDS server matches
+// prefix_ranges on a wildcard listener, and nothing else but source and
+// transport_protocol "raw_buffer"). A connection to an IP the control
+// plane does not know matches no chain and is closed. Only servers other
+// than Trellis's ask for these listeners, so jwt_authn is required in all
+// of their chains (see requireJWT). An endpoint registered or configured
+// at the wildcard address itself, or one IP written two ways
+// ("::ffff:10.0.0.1" and "10.0.0.1"), makes the policy of that port's
+// wildcard listeners ambiguous: they deny every request.
+func (b *builder) addWildcardListeners(ports map[uint32]bool) {
+	byPort := map[uint32][]*v3listenerpb.Listener{}
+	for _, name := range slices.Sorted(maps.Keys(b.res.ServerListeners)) {
+		l := b.res.ServerListeners[name]
+		sa := l.GetAddress().GetSocketAddress()
+		if ports[sa.GetPortValue()] {
+			byPort[sa.GetPortValue()] = append(byPort[sa.GetPortValue()], l)
+		}
+	}
+	for _, port := range slices.Sorted(maps.Keys(ports)) {
+		var chains []*v3listenerpb.FilterChain
+		ambiguous := ""
+		seen := map[netip.Addr]bool{}
+		for _, l := range byPort[port] {
+			addr := l.GetAddress().GetSocketAddress().GetAddress()
+			ip, err := netip.ParseAddr(addr)
+			if err != nil {
+				continue // validated before translation; never here
+			}
+			ip = ip.Unmap().WithZone("")
+			switch {
+			case ip.IsUnspecified():
+				ambiguous = "an endpoint is at the wildcard address " + addr
+				continue
+			case seen[ip]:
+				ambiguous = "endpoints are at " + ip.String() + " under two spellings"
+				continue
+			}
+			seen[ip] = true
+			for _, fc := range l.GetFilterChains() {
+				c := proto.Clone(fc).(*v3listenerpb.FilterChain)
+				c.Name = fc.GetName() + "/" + ip.String()
+				if c.FilterChainMatch == nil {
+					c.FilterChainMatch = &v3listenerpb.FilterChainMatch{}
+				}
+				c.FilterChainMatch.PrefixRanges = []*v3corepb.CidrRange{{AddressPrefix: ip.String(), PrefixLen: wrapperspb.UInt32(uint32(ip.BitLen()))}}
+				// Only servers other than Trellis's ask for wildcard
+				// listeners, registered endpoints' IPs included.
+				for _, f := range c.GetFilters() {
+					h := &v3hcmpb.HttpConnectionManager{}
+					if f.GetTypedConfig().UnmarshalTo(h) == nil {
+						requireJWT(h.HttpFilters)
+						f.ConfigType = &v3listenerpb.Filter_TypedConfig{TypedConfig: mustAny(h)}
+					}
+				}
+				chains = append(chains, c)
+			}
+		}
+		if ambiguous != "" {
+			b.warn("port %d: %s, so the policy of its wildcard listeners is ambiguous; they deny every request", port, ambiguous)
+		}
+		for _, addr := range wildcardAddresses {
+			name := ServerListenerName(addr, port)
+			l := &v3listenerpb.Listener{
+				Name: name,
+				Address: &v3corepb.Address{Address: &v3corepb.Address_SocketAddress{SocketAddress: &v3corepb.SocketAddress{
+					Address:       addr,
+					PortSpecifier: &v3corepb.SocketAddress_PortValue{PortValue: port},
+				}}},
+				FilterChains: chains,
+			}
+			if ambiguous != "" {
+				l = serverListener(name, addr, port, security.PeerAuthentication_MutualTLS_STRICT, denyAll())
+			}
+			b.res.ServerListeners[name] = l
+		}
 	}
 }
 
@@ -155,7 +283,9 @@ func (b *builder) httpFilters(ns string, labels map[string]string) ([]*v3hcmpb.H
 		filters = append(filters, &v3hcmpb.HttpFilter{
 			Name:       JWTAuthnFilterName,
 			ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(jwt)},
-			// Standard gRPC servers have no JWT filter; they skip it.
+			// Trellis's servers enforce it; a standard gRPC server has no JWT
+			// filter and skips it (registered endpoints are Trellis's; see
+			// requireJWT for the others).
 			IsOptional: true,
 		})
 	}
@@ -174,6 +304,19 @@ func (b *builder) httpFilters(ns string, labels map[string]string) ([]*v3hcmpb.H
 		filters = append(filters, rbacFilter(cfg))
 	}
 	return append(filters, routerFilter()), nil
+}
+
+// requireJWT makes the jwt_authn filter among filters required. Endpoints
+// from configuration are run by servers other than Trellis's, such as
+// grpc-go's xDS server, which has no JWT filter: skipping an optional one,
+// it would serve requests with invalid tokens that Istio refuses; with a
+// required one it rejects the listener and does not serve (fail closed).
+func requireJWT(filters []*v3hcmpb.HttpFilter) {
+	for _, f := range filters {
+		if f.GetName() == JWTAuthnFilterName {
+			f.IsOptional = false
+		}
+	}
 }
 
 // rbacFilter is the RBAC HTTP filter of one config, named by its action:
@@ -286,36 +429,104 @@ func serverListener(name, address string, port uint32, mode security.PeerAuthent
 	}
 }
 
-// clientTLS sets the transport socket of a cluster whose endpoints are
-// members: mTLS when the DestinationRule asks for ISTIO_MUTUAL, or, with no
-// tls setting, when every endpoint proved an identity at registration and
-// none serves plaintext only (Istio's auto mTLS); plaintext otherwise. The
-// server must present one of the endpoints' identities.
-func (b *builder) clientTLS(c *v3clusterpb.Cluster, tls *networking.ClientTLSSettings, members []endpoint) {
-	var ids []string
-	auto := len(members) > 0
-	for _, ep := range members {
-		if ep.identity != "" {
-			ids = append(ids, ep.identity)
-		}
-		auto = auto && ep.identity != "" && ep.mode != security.PeerAuthentication_MutualTLS_DISABLE
-	}
+// EndpointTLSMetadata is the filter_metadata namespace that tells a client
+// how to connect to one endpoint of a cluster with mTLS (a cluster with a
+// TLS transport_socket). Its fields:
+//
+//   - "mode": "ISTIO_MUTUAL", mutual TLS; or "DISABLE", plaintext, written
+//     only under automatic mTLS for an endpoint without identity or in
+//     DISABLE PeerAuthentication mode;
+//   - "identity": the exact SPIFFE ID the endpoint must present, when
+//     known (its registration, or its WorkloadEntry's serviceAccount); it
+//     must also be in the cluster's SAN list.
+//
+// This stands in for Istio's transport_socket_matches on
+// envoy.transport_socket_match {tlsMode: istio}, which grpc-go rejects: a
+// cluster with any transport_socket_matches is NACKed. Standard xDS
+// clients ignore the metadata and dial every endpoint with the cluster's
+// transport socket, so an endpoint without identity fails closed for them.
+// resolver/xdscluster reads it for the mesh's HTTP client.
+const EndpointTLSMetadata = "trellis.io/tls"
+
+// member is an endpoint of one cluster, at its workload port.
+type member struct {
+	endpoint
+	target uint32
+	// takesMTLS: the endpoint has an identity and its PeerAuthentication
+	// mode at target is not DISABLE.
+	takesMTLS bool
+}
+
+// upstream is a cluster's client mTLS.
+type upstream struct {
+	sans []string
+	// auto: no DestinationRule tls setting; endpoints that do not take
+	// mTLS get plaintext.
+	auto bool
+}
+
+// clusterTLS decides the client mTLS of a cluster with the given tls
+// setting and members: nil for plaintext. With ISTIO_MUTUAL, every
+// endpoint is dialled with mTLS; with no setting, if any endpoint takes
+// mTLS (Istio's auto mTLS), those endpoints are and the others get
+// plaintext; with DISABLE, none is. The SAN list is the rule's
+// subjectAltNames, else the ServiceEntry's, else the identities of the
+// members dialled with mTLS; sorted, de-duplicated, and never empty (a SAN no certificate
+// carries stands for none).
+func (b *builder) clusterTLS(s *service, tls *networking.ClientTLSSettings, members []member) *upstream {
 	switch {
-	case tls == nil && !auto:
-		return
 	case tls != nil && tls.Mode != networking.ClientTLSSettings_ISTIO_MUTUAL:
-		return // DISABLE: the loader lets no other mode through
+		return nil // DISABLE: the loader lets no other mode through
+	case tls == nil && !slices.ContainsFunc(members, func(m member) bool { return m.takesMTLS }):
+		return nil
 	}
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	if len(ids) == 0 {
-		ids = []string{"spiffe://" + b.trustDomain + NoIdentitySAN}
+	var sans []string
+	switch {
+	case len(tls.GetSubjectAltNames()) > 0:
+		sans = slices.Clone(tls.GetSubjectAltNames())
+	case len(s.sans) > 0:
+		sans = slices.Clone(s.sans)
+	default:
+		for _, m := range members {
+			// Automatic mTLS dials only the endpoints that take it.
+			if m.identity != "" && (tls != nil || m.takesMTLS) {
+				sans = append(sans, m.identity)
+			}
+		}
 	}
-	var sans []*v3matcherpb.StringMatcher
-	for _, id := range ids {
-		sans = append(sans, &v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Exact{Exact: id}})
+	slices.Sort(sans)
+	sans = slices.Compact(sans)
+	if len(sans) == 0 {
+		sans = []string{"spiffe://" + b.trustDomain + NoIdentitySAN}
 	}
-	c.TransportSocket = &v3corepb.TransportSocket{
+	return &upstream{sans: sans, auto: tls == nil}
+}
+
+// endpointMetadata is the EDS metadata of a member of a cluster with
+// mTLS u (nil: none), under EndpointTLSMetadata.
+func (u *upstream) endpointMetadata(m member) *v3corepb.Metadata {
+	if u == nil {
+		return nil
+	}
+	fields := map[string]*structpb.Value{"mode": structpb.NewStringValue(networking.ClientTLSSettings_ISTIO_MUTUAL.String())}
+	switch {
+	case u.auto && !m.takesMTLS:
+		fields["mode"] = structpb.NewStringValue(networking.ClientTLSSettings_DISABLE.String())
+	case m.identity != "":
+		fields["identity"] = structpb.NewStringValue(m.identity)
+	}
+	return &v3corepb.Metadata{FilterMetadata: map[string]*structpb.Struct{EndpointTLSMetadata: {Fields: fields}}}
+}
+
+// upstreamTLS is the transport socket of a cluster with mTLS: the mesh
+// certificate, and the server verified against the mesh roots and sans
+// (exact SPIFFE IDs).
+func upstreamTLS(sans []string) *v3corepb.TransportSocket {
+	var matchers []*v3matcherpb.StringMatcher
+	for _, id := range sans {
+		matchers = append(matchers, &v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Exact{Exact: id}})
+	}
+	return &v3corepb.TransportSocket{
 		Name: TLSTransportSocket,
 		ConfigType: &v3corepb.TransportSocket_TypedConfig{TypedConfig: mustAny(&v3tlspb.UpstreamTlsContext{
 			CommonTlsContext: &v3tlspb.CommonTlsContext{
@@ -324,7 +535,7 @@ func (b *builder) clientTLS(c *v3clusterpb.Cluster, tls *networking.ClientTLSSet
 					CombinedValidationContext: &v3tlspb.CommonTlsContext_CombinedCertificateValidationContext{
 						DefaultValidationContext: &v3tlspb.CertificateValidationContext{
 							CaCertificateProviderInstance: certProvider(xdsbootstrap.RootCertName),
-							MatchSubjectAltNames:          sans,
+							MatchSubjectAltNames:          matchers,
 						},
 						ValidationContextCertificateProviderInstance: legacyCertProvider(xdsbootstrap.RootCertName),
 					},

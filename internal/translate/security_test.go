@@ -11,6 +11,7 @@ import (
 
 	v3clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -501,10 +502,45 @@ func clusterTLS(t *testing.T, c *v3clusterpb.Cluster) []string {
 	return sans
 }
 
-// TestClusterMTLS guards client mTLS: ISTIO_MUTUAL always, with the exact,
-// sorted, de-duplicated identities of the cluster's endpoints (or one no
-// certificate has, never none); DISABLE never; and without a setting, only
-// when every endpoint proved an identity and none serves plaintext only.
+// endpointTLS summarises the per-endpoint TLS metadata of a cluster's
+// endpoints: "ip:port MODE [identity]", or "ip:port" without metadata.
+func endpointTLS(t *testing.T, cla *v3endpointpb.ClusterLoadAssignment) []string {
+	t.Helper()
+	var out []string
+	for _, loc := range cla.GetEndpoints() {
+		for _, lb := range loc.GetLbEndpoints() {
+			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+			e := fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())
+			md := lb.GetMetadata().GetFilterMetadata()
+			if len(md) > 1 || (len(md) == 1 && md[EndpointTLSMetadata] == nil) {
+				t.Errorf("endpoint %s metadata = %v, want only %s", e, md, EndpointTLSMetadata)
+			}
+			if m := md[EndpointTLSMetadata]; m != nil {
+				e += " " + m.GetFields()["mode"].GetStringValue()
+				if id := m.GetFields()["identity"].GetStringValue(); id != "" {
+					e += " " + id
+				}
+			}
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// upstreamWant is what a test expects of a cluster's client TLS: the SANs
+// of its transport socket (nil: plaintext) and its endpoints as
+// endpointTLS summarises them.
+type upstreamWant struct {
+	SANs      []string
+	Endpoints []string
+}
+
+// TestClusterMTLS guards client mTLS: ISTIO_MUTUAL always, to every
+// endpoint, with the exact, sorted, de-duplicated identities of the
+// cluster's endpoints (or one no certificate has, never none); DISABLE
+// never; and without a setting (automatic mTLS), per endpoint: an endpoint
+// without identity, or in DISABLE mode, gets plaintext without turning
+// mTLS off for the others.
 func TestClusterMTLS(t *testing.T) {
 	id := func(sa string) string { return "spiffe://cluster.local/ns/default/sa/" + sa }
 	withID := func(port uint32, version, identity string) registry.Endpoint {
@@ -515,6 +551,7 @@ func TestClusterMTLS(t *testing.T) {
 	dr := func(body string) string {
 		return "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n" + body
 	}
+	mtls := func(port, sa string) string { return "10.0.0.1:" + port + " ISTIO_MUTUAL " + id(sa) }
 	subsets := "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n"
 	host := "reviews.default.svc.cluster.local"
 	all, v1, v2 := ClusterName(host, 9080, ""), ClusterName(host, 9080, "v1"), ClusterName(host, 9080, "v2")
@@ -523,44 +560,78 @@ func TestClusterMTLS(t *testing.T) {
 		yaml string
 		eps  []registry.Endpoint
 		td   string
-		want map[string][]string // cluster -> SANs; nil value: plaintext
+		want map[string]upstreamWant
 	}{
 		{"ISTIO_MUTUAL with identities, sorted and de-duplicated",
 			dr("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
 			[]registry.Endpoint{withID(7001, "v1", id("b")), withID(7002, "v1", id("a")), withID(7003, "v1", id("b"))}, "",
-			map[string][]string{all: {id("a"), id("b")}}},
+			map[string]upstreamWant{all: {[]string{id("a"), id("b")}, []string{mtls("7001", "b"), mtls("7002", "a"), mtls("7003", "b")}}}},
 		{"ISTIO_MUTUAL without identities fails closed",
 			dr("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
 			[]registry.Endpoint{withID(7001, "v1", "")}, "example.org",
-			map[string][]string{all: {"spiffe://example.org/trellis/no-known-identity"}}},
+			map[string]upstreamWant{all: {[]string{"spiffe://example.org/trellis/no-known-identity"}, []string{"10.0.0.1:7001 ISTIO_MUTUAL"}}}},
+		{"ISTIO_MUTUAL never falls back to plaintext for an endpoint without identity",
+			dr("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
+			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", "")}, "",
+			map[string]upstreamWant{all: {[]string{id("a")}, []string{mtls("7001", "a"), "10.0.0.1:7002 ISTIO_MUTUAL"}}}},
 		{"ISTIO_MUTUAL without endpoints fails closed",
 			dr("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n" + subsets),
 			[]registry.Endpoint{withID(7001, "v1", id("a"))}, "",
-			map[string][]string{all: {id("a")}, v1: {id("a")}, v2: {"spiffe://cluster.local/trellis/no-known-identity"}}},
+			map[string]upstreamWant{
+				all: {[]string{id("a")}, []string{mtls("7001", "a")}},
+				v1:  {[]string{id("a")}, []string{mtls("7001", "a")}},
+				v2:  {[]string{"spiffe://cluster.local/trellis/no-known-identity"}, nil},
+			}},
 		{"DISABLE with identities",
 			dr("  trafficPolicy: {tls: {mode: DISABLE}}\n"),
 			[]registry.Endpoint{withID(7001, "v1", id("a"))}, "",
-			map[string][]string{all: nil}},
+			map[string]upstreamWant{all: {nil, []string{"10.0.0.1:7001"}}}},
 		{"auto: every endpoint has an identity",
 			"",
 			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", id("b"))}, "",
-			map[string][]string{all: {id("a"), id("b")}}},
-		{"auto: one endpoint without identity",
+			map[string]upstreamWant{all: {[]string{id("a"), id("b")}, []string{mtls("7001", "a"), mtls("7002", "b")}}}},
+		{"auto: no endpoint has an identity",
 			"",
-			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", "")}, "",
-			map[string][]string{all: nil}},
+			[]registry.Endpoint{withID(7001, "v1", ""), withID(7002, "v2", "")}, "",
+			map[string]upstreamWant{all: {nil, []string{"10.0.0.1:7001", "10.0.0.1:7002"}}}},
+		{"auto: one endpoint without identity does not turn mTLS off for the others",
+			"",
+			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", ""), withID(7003, "v2", id("c"))}, "",
+			map[string]upstreamWant{all: {[]string{id("a"), id("c")}, []string{mtls("7001", "a"), "10.0.0.1:7002 DISABLE", mtls("7003", "c")}}}},
 		{"auto: per subset",
 			dr(subsets),
 			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", "")}, "",
-			map[string][]string{all: nil, v1: {id("a")}, v2: nil}},
-		{"auto: an endpoint in DISABLE mode",
+			map[string]upstreamWant{
+				all: {[]string{id("a")}, []string{mtls("7001", "a"), "10.0.0.1:7002 DISABLE"}},
+				v1:  {[]string{id("a")}, []string{mtls("7001", "a")}},
+				v2:  {nil, []string{"10.0.0.1:7002"}},
+			}},
+		{"auto: an endpoint in DISABLE mode gets plaintext",
 			pa("default", "workload", "  selector: {matchLabels: {version: v2}}\n  mtls: {mode: DISABLE}\n") + "---\n" + dr(subsets),
 			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", id("b"))}, "",
-			map[string][]string{all: nil, v1: {id("a")}, v2: nil}},
+			map[string]upstreamWant{
+				all: {[]string{id("a")}, []string{mtls("7001", "a"), "10.0.0.1:7002 DISABLE"}},
+				v1:  {[]string{id("a")}, []string{mtls("7001", "a")}},
+				v2:  {nil, []string{"10.0.0.1:7002"}},
+			}},
 		{"subset and port-level settings override the rule",
 			dr("  trafficPolicy: {tls: {mode: DISABLE}}\n  subsets:\n  - {name: v1, labels: {version: v1}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}\n  - {name: v2, labels: {version: v2}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, portLevelSettings: [{port: {number: 9080}, tls: {mode: DISABLE}}]}}\n"),
 			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", id("b"))}, "",
-			map[string][]string{all: nil, v1: {id("a")}, v2: nil}},
+			map[string]upstreamWant{
+				all: {nil, []string{"10.0.0.1:7001", "10.0.0.1:7002"}},
+				v1:  {[]string{id("a")}, []string{mtls("7001", "a")}},
+				v2:  {nil, []string{"10.0.0.1:7002"}},
+			}},
+		{"subjectAltNames pin the SANs at every level",
+			dr("  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL, subjectAltNames: [\"" + id("pinned") + "\"]}\n" +
+				"  subsets:\n  - {name: v1, labels: {version: v1}}\n" +
+				"  - name: v2\n    labels: {version: v2}\n    trafficPolicy:\n      portLevelSettings: [{port: {number: 9080}, tls: {mode: ISTIO_MUTUAL, subjectAltNames: [\"" + id("z") + "\", \"" + id("y") + "\", \"" + id("z") + "\"]}}]\n"),
+			[]registry.Endpoint{withID(7001, "v1", id("a")), withID(7002, "v2", id("b"))}, "",
+			map[string]upstreamWant{
+				all: {[]string{id("pinned")}, []string{mtls("7001", "a"), mtls("7002", "b")}},
+				v1:  {[]string{id("pinned")}, []string{mtls("7001", "a")}},
+				v2:  {[]string{id("y"), id("z")}, []string{mtls("7002", "b")}},
+			}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -569,17 +640,304 @@ func TestClusterMTLS(t *testing.T) {
 				set = load(t, tc.yaml)
 			}
 			res := Build(set, tc.eps, Options{TrustDomain: tc.td})
-			got := map[string][]string{}
+			got := map[string]upstreamWant{}
 			for name := range tc.want {
 				c, ok := res.Clusters[name]
 				if !ok {
 					t.Fatalf("no cluster %s", name)
 				}
-				got[name] = clusterTLS(t, c)
+				got[name] = upstreamWant{clusterTLS(t, c), endpointTLS(t, res.Endpoints[name])}
 			}
 			if diff := cmp.Diff(got, tc.want); diff != "" {
-				t.Errorf("Build(...) cluster SANs, nil for plaintext (-got +want):\n%s", diff)
+				t.Errorf("Build(...) cluster SANs (nil for plaintext) and endpoint TLS (-got +want):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestConfigEndpointIdentity guards the identities of endpoints from
+// configuration: a WorkloadEntry's (or ServiceEntry endpoint's)
+// serviceAccount is its SPIFFE ID in the trust domain, so such endpoints
+// get automatic mTLS verified against exactly that identity; a
+// ServiceEntry's subjectAltNames replace the endpoints' identities as the
+// SAN list, and a DestinationRule's replace the ServiceEntry's.
+func TestConfigEndpointIdentity(t *testing.T) {
+	se := func(extra string) string {
+		return `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: apps}
+spec:
+  hosts: [echo]
+  resolution: STATIC
+  ports: [{number: 50051, name: grpc}]
+  workloadSelector: {labels: {app: echo}}
+` + extra + `---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm1, namespace: apps}
+spec: {address: 10.0.0.1, ports: {grpc: 7001}, labels: {app: echo}, serviceAccount: echo}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm2, namespace: apps}
+spec: {address: 10.0.0.2, ports: {grpc: 7002}, labels: {app: echo}}
+`
+	}
+	inline := `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: apps}
+spec:
+  hosts: [echo]
+  resolution: STATIC
+  ports: [{number: 50051, name: grpc}]
+  endpoints: [{address: 10.0.0.1, ports: {grpc: 7001}, serviceAccount: echo}]
+`
+	dr := `---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: apps}
+spec:
+  host: echo
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL, subjectAltNames: ["spiffe://example.org/ns/apps/sa/pinned"]}}
+`
+	echo := "spiffe://example.org/ns/apps/sa/echo"
+	tests := []struct {
+		name string
+		yaml string
+		want upstreamWant
+	}{
+		{"WorkloadEntry serviceAccount", se(""),
+			upstreamWant{[]string{echo}, []string{"10.0.0.1:7001 ISTIO_MUTUAL " + echo, "10.0.0.2:7002 DISABLE"}}},
+		{"ServiceEntry endpoint serviceAccount", inline,
+			upstreamWant{[]string{echo}, []string{"10.0.0.1:7001 ISTIO_MUTUAL " + echo}}},
+		{"ServiceEntry subjectAltNames", se("  subjectAltNames: [\"spiffe://example.org/ns/apps/sa/b\", \"spiffe://example.org/ns/apps/sa/a\"]\n"),
+			upstreamWant{[]string{"spiffe://example.org/ns/apps/sa/a", "spiffe://example.org/ns/apps/sa/b"}, []string{"10.0.0.1:7001 ISTIO_MUTUAL " + echo, "10.0.0.2:7002 DISABLE"}}},
+		{"DestinationRule subjectAltNames over the ServiceEntry's", se("  subjectAltNames: [\"spiffe://example.org/ns/apps/sa/a\"]\n") + dr,
+			upstreamWant{[]string{"spiffe://example.org/ns/apps/sa/pinned"}, []string{"10.0.0.1:7001 ISTIO_MUTUAL " + echo, "10.0.0.2:7002 ISTIO_MUTUAL"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Build(load(t, tc.yaml), nil, Options{TrustDomain: "example.org"})
+			name := ClusterName("echo.apps.svc.cluster.local", 50051, "")
+			got := upstreamWant{clusterTLS(t, res.Clusters[name]), endpointTLS(t, res.Endpoints[name])}
+			if diff := cmp.Diff(got, tc.want); diff != "" {
+				t.Errorf("Build(...) cluster %s SANs and endpoint TLS (-got +want):\n%s", name, diff)
+			}
+		})
+	}
+}
+
+// wildcardChains summarises a listener's filter chains as
+// "name transport_protocol prefix,..." and checks each has a transport
+// socket exactly when it is an mTLS chain.
+func wildcardChains(t *testing.T, l *v3listenerpb.Listener) []string {
+	t.Helper()
+	var out []string
+	for _, fc := range l.GetFilterChains() {
+		m := fc.GetFilterChainMatch()
+		var prefixes []string
+		for _, r := range m.GetPrefixRanges() {
+			prefixes = append(prefixes, fmt.Sprintf("%s/%d", r.GetAddressPrefix(), r.GetPrefixLen().GetValue()))
+		}
+		out = append(out, fmt.Sprintf("%s %s %s", fc.GetName(), m.GetTransportProtocol(), strings.Join(prefixes, ",")))
+		if (fc.GetTransportSocket() != nil) != (fc.GetName() == MTLSChain || strings.HasPrefix(fc.GetName(), MTLSChain+"/")) {
+			t.Errorf("filter chain %q has transport socket %v", fc.GetName(), fc.GetTransportSocket())
+		}
+	}
+	return out
+}
+
+// TestConfigEndpointServerListeners guards against a WorkloadEntry (or
+// ServiceEntry) endpoint that a standard gRPC xDS server runs never
+// serving, or serving under the wrong policy: each gets its IP:PORT
+// listener with its own PeerAuthentication and AuthorizationPolicy, and
+// its port gets the wildcard listeners grpc-go asks for when it listens
+// on 0.0.0.0 or [::], whose filter chains are matched by destination IP,
+// one set per endpoint IP of the port. An IP whose endpoints disagree on
+// the policy, an endpoint at the wildcard address itself, or one IP written
+// two ways, denies every request; a port only registered endpoints use gets
+// no wildcard listener.
+// PERMISSIVE is served as mTLS only to an endpoint with an identity, since
+// grpc-go's xDS server keeps only a PERMISSIVE listener's plaintext chain
+// while the mesh's clients dial such an endpoint over mTLS.
+func TestConfigEndpointServerListeners(t *testing.T) {
+	set := load(t, docs(
+		pa("default", "strict", "  selector: {matchLabels: {m: strict}}\n  mtls: {mode: STRICT}\n"),
+		pa("default", "plain", "  selector: {matchLabels: {m: plain}}\n  mtls: {mode: DISABLE}\n"),
+		`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-web}
+spec:
+  selector: {matchLabels: {m: strict}}
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/web]}}], to: [{operation: {paths: [/echo.Echo/*]}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  resolution: STATIC
+  ports: [{number: 50051, name: grpc}]
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: odd}
+spec:
+  hosts: [odd]
+  resolution: STATIC
+  ports: [{number: 7002, name: grpc}]
+  endpoints: [{address: 0.0.0.0}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: twice}
+spec:
+  hosts: [twice]
+  resolution: STATIC
+  ports: [{number: 7003, name: grpc}]
+  endpoints: [{address: "::ffff:10.0.0.8"}]
+`,
+		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm1}\nspec: {address: 10.0.0.1, ports: {grpc: 7001}, labels: {app: echo, m: strict}, serviceAccount: echo}\n",
+		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm2}\nspec: {address: 10.0.0.2, ports: {grpc: 7001}, labels: {app: echo}}\n",
+		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm3}\nspec: {address: \"fd00::3\", ports: {grpc: 7001}, labels: {app: echo, m: plain}}\n",
+		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm4}\nspec: {address: 10.0.0.4, ports: {grpc: 7001}, labels: {app: echo, m: strict}}\n",
+		"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm5}\nspec: {address: 10.0.0.5, ports: {grpc: 7001}, labels: {app: echo}, serviceAccount: echo}\n",
+	))
+	res := Build(set, []registry.Endpoint{
+		reg("other", "", "10.0.0.4", 7001, 0, map[string]string{"m": "plain"}), // disagrees with vm4
+		reg("solo", "", "10.0.0.9", 7100, 0, nil),
+		reg("twice", "", "10.0.0.8", 7003, 0, nil), // the same IP as the ServiceEntry's, written otherwise
+	}, Options{})
+	wildcard := []string{
+		"mtls/10.0.0.1  10.0.0.1/32",
+		"mtls/10.0.0.2 tls 10.0.0.2/32", "plaintext/10.0.0.2 raw_buffer 10.0.0.2/32",
+		"plaintext/10.0.0.4  10.0.0.4/32",
+		"mtls/10.0.0.5  10.0.0.5/32",
+		"plaintext/fd00::3  fd00::3/128",
+	}
+	for _, tc := range []struct {
+		address string
+		port    uint32
+		chains  []string
+		filters []string // of the first chain
+	}{
+		{"10.0.0.1", 7001, []string{"mtls  "}, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
+		{"10.0.0.2", 7001, []string{"mtls tls ", "plaintext raw_buffer "}, []string{"envoy.filters.http.router"}},
+		{"fd00::3", 7001, []string{"plaintext  "}, []string{"envoy.filters.http.router"}},
+		{"10.0.0.4", 7001, []string{"plaintext  "}, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
+		{"10.0.0.5", 7001, []string{"mtls  "}, []string{"envoy.filters.http.router"}},
+		{"0.0.0.0", 7001, wildcard, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
+		{"::", 7001, wildcard, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
+		{"10.0.0.9", 7100, []string{"mtls tls ", "plaintext raw_buffer "}, []string{"envoy.filters.http.router"}},
+		{"0.0.0.0", 7002, []string{"mtls  "}, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
+		{"::", 7002, []string{"mtls  "}, []string{"envoy.filters.http.rbac/allow", "envoy.filters.http.router"}},
+	} {
+		name := ServerListenerName(tc.address, tc.port)
+		l, ok := res.ServerListeners[name]
+		if !ok {
+			t.Errorf("Build(...) has no server listener %q", name)
+			continue
+		}
+		if sa := l.GetAddress().GetSocketAddress(); sa.GetAddress() != tc.address || sa.GetPortValue() != tc.port {
+			t.Errorf("listener %q address = %v, want %s port %d (grpc-go serves only a listener whose address is its own)", name, sa, tc.address, tc.port)
+		}
+		if diff := cmp.Diff(wildcardChains(t, l), tc.chains); diff != "" {
+			t.Errorf("listener %q filter chains (-got +want):\n%s", name, diff)
+		}
+		first := l.GetFilterChains()[0]
+		h := &v3hcmpb.HttpConnectionManager{}
+		if err := first.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, f := range h.GetHttpFilters() {
+			names = append(names, f.GetName())
+		}
+		if diff := cmp.Diff(names, tc.filters); diff != "" {
+			t.Errorf("listener %q chain %q HTTP filters (-got +want):\n%s", name, first.GetName(), diff)
+		}
+		if err := l.ValidateAll(); err != nil {
+			t.Errorf("listener %q ValidateAll() = %v", name, err)
+		}
+	}
+	// The ambiguous IP and the endpoint at the wildcard address deny
+	// everything: an ALLOW without policies.
+	for _, name := range []string{ServerListenerName("10.0.0.4", 7001), ServerListenerName("0.0.0.0", 7002), ServerListenerName("::", 7002), ServerListenerName("0.0.0.0", 7003), ServerListenerName("::", 7003)} {
+		if got := rbacPolicies(t, res.ServerListeners[name]); !cmp.Equal(got, map[string][]string{"envoy.filters.http.rbac/allow": {}}) {
+			t.Errorf("listener %q RBAC policies = %v, want an ALLOW with none (deny all)", name, got)
+		}
+	}
+	wl := res.ServerListeners[ServerListenerName("0.0.0.0", 7001)]
+	for i, want := range map[int]map[string][]string{
+		0: {"envoy.filters.http.rbac/allow": {"default/allow-web[0]"}},
+		3: {"envoy.filters.http.rbac/allow": {}},
+	} {
+		one := &v3listenerpb.Listener{FilterChains: wl.GetFilterChains()[i : i+1]}
+		if got := rbacPolicies(t, one); !cmp.Equal(got, want) {
+			t.Errorf("wildcard chain %q RBAC policies = %v, want %v", wl.GetFilterChains()[i].GetName(), got, want)
+		}
+	}
+	for _, name := range []string{ServerListenerName("0.0.0.0", 7100), ServerListenerName("::", 7100)} {
+		if _, ok := res.ServerListeners[name]; ok {
+			t.Errorf("Build(...) has %q, want no wildcard listener for a port only registered endpoints use", name)
+		}
+	}
+	if len(res.Warnings) < 3 {
+		t.Errorf("Build(...).Warnings = %q, want the ambiguous IP, the endpoint at the wildcard address and the IP written two ways", res.Warnings)
+	}
+}
+
+// TestStandardServerCannotSkipJWT guards against a server other than
+// Trellis's (grpc-go's xDS server, which has no JWT filter) serving
+// requests with invalid tokens that a RequestAuthentication refuses: on
+// the listeners of endpoints from configuration the jwt_authn filter is
+// required, so such a server rejects the listener and does not serve;
+// registered (Trellis) servers keep it optional, as they enforce it.
+func TestStandardServerCannotSkipJWT(t *testing.T) {
+	set := load(t, `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  selector: {matchLabels: {app: echo}}
+  jwtRules: [{issuer: https://issuer.example.com, jwksUri: https://issuer.example.com/jwks}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  resolution: STATIC
+  ports: [{number: 50051, name: grpc}]
+  endpoints: [{address: 10.0.0.1, ports: {grpc: 7001}, labels: {app: echo}}]
+`)
+	res := Build(set, []registry.Endpoint{reg("echo", "", "10.0.0.2", 7001, 50051, map[string]string{"app": "echo"})}, Options{})
+	for _, tc := range []struct {
+		address  string
+		optional bool
+	}{{"10.0.0.1", false}, {"0.0.0.0", false}, {"::", false}, {"10.0.0.2", true}} {
+		name := ServerListenerName(tc.address, 7001)
+		l := res.ServerListeners[name]
+		if l == nil {
+			t.Fatalf("Build(...) has no listener %q", name)
+		}
+		for _, fc := range l.GetFilterChains() {
+			h := &v3hcmpb.HttpConnectionManager{}
+			if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, f := range h.GetHttpFilters() {
+				if f.GetName() == JWTAuthnFilterName {
+					found = true
+					if f.GetIsOptional() != tc.optional {
+						t.Errorf("listener %q chain %q: jwt_authn is_optional = %v, want %v", name, fc.GetName(), f.GetIsOptional(), tc.optional)
+					}
+				}
+			}
+			if !found {
+				t.Errorf("listener %q chain %q has no jwt_authn filter", name, fc.GetName())
+			}
+		}
 	}
 }

@@ -15,11 +15,17 @@
 //   - Route configurations are named "<canonical host>:<port>".
 //   - Clusters, and their EDS resources, follow Istio:
 //     "outbound|<port>|<subset>|<canonical host>".
-//   - Every registered endpoint has a server listener named by gRPC's
-//     template, "grpc/server?xds.resource.listening_address=<ip>:<port>",
-//     carrying its PeerAuthentication mode (mTLS and plaintext filter
-//     chains) and the AuthorizationPolicy (RBAC) and RequestAuthentication
-//     (jwt_authn) filters that select it; see ServerListenerName.
+//   - Every registered endpoint, ServiceEntry endpoint and selected
+//     WorkloadEntry has a server listener named by gRPC's template,
+//     "grpc/server?xds.resource.listening_address=<ip>:<port>", carrying
+//     its PeerAuthentication mode (mTLS and plaintext filter chains) and
+//     the AuthorizationPolicy (RBAC) and RequestAuthentication (jwt_authn)
+//     filters that select it; see ServerListenerName. The ports of
+//     endpoints from configuration also get "0.0.0.0:<port>" and
+//     "[::]:<port>", for standard gRPC servers listening on every address:
+//     each endpoint IP's chains, matched by destination IP.
+//   - In a cluster with mTLS, each EDS endpoint says how to reach it under
+//     EndpointTLSMetadata.
 package translate
 
 import (
@@ -54,8 +60,9 @@ import (
 type Resources struct {
 	// Listeners are the API listeners clients dial.
 	Listeners map[string]*v3listenerpb.Listener
-	// ServerListeners are the listeners of registered servers, by
-	// ServerListenerName. They are served over LDS beside Listeners.
+	// ServerListeners are the listeners of servers (registered, or
+	// endpoints from configuration), by ServerListenerName. They are
+	// served over LDS beside Listeners.
 	ServerListeners map[string]*v3listenerpb.Listener
 	Routes          map[string]*v3routepb.RouteConfiguration
 	Clusters        map[string]*v3clusterpb.Cluster
@@ -88,15 +95,14 @@ type servicePort struct {
 
 // endpoint is one workload of a service, with its port per service port.
 type endpoint struct {
-	address  string
-	ports    map[uint32]uint32 // service port -> workload port
-	labels   map[string]string
-	locality string
-	identity string // SPIFFE ID proved at registration; "" if unknown
-	// mode is the PeerAuthentication mode of a registered endpoint's
-	// server listener; UNSET for endpoints from configuration, which have
-	// no Trellis server listener.
-	mode security.PeerAuthentication_MutualTLS_Mode
+	address   string
+	ports     map[uint32]uint32 // service port -> workload port
+	namespace string            // the workload's, which selects its PeerAuthentication
+	labels    map[string]string
+	locality  string
+	// identity is the SPIFFE ID the workload presents: proved at
+	// registration, or its WorkloadEntry's serviceAccount; "" if unknown.
+	identity string
 }
 
 type service struct {
@@ -105,6 +111,9 @@ type service struct {
 	name      string // short name, if the host is "<name>.<namespace>.svc.cluster.local"
 	ports     []servicePort
 	endpoints []endpoint
+	// sans are the ServiceEntry's subjectAltNames: when set, the identities
+	// clients accept from the service's endpoints over mTLS.
+	sans []string
 }
 
 func (s *service) port(n uint32) (servicePort, bool) {
@@ -123,6 +132,9 @@ type builder struct {
 	subsets     map[string]map[string]map[string]string
 	rules       map[string]*config.DestinationRule // by canonical host
 	seHosts     map[string]bool                    // canonical hosts a ServiceEntry defines
+	// configServers are the ServiceEntry endpoints and selected
+	// WorkloadEntries, which get server listeners as registered endpoints do.
+	configServers []serverEndpoint
 	// conditions are the sourceLabels of routes that have them.
 	conditions map[*v3routepb.Route]map[string]string
 	res        *Resources
@@ -220,23 +232,42 @@ func (b *builder) addServiceEntries() {
 	for _, se := range b.set.ServiceEntries {
 		workloads := serviceEntryWorkloads(b.set, se)
 		for _, h := range se.Spec.Hosts {
-			b.seHosts[config.CanonicalHost(h, se.Namespace)] = true
-			s := b.service(config.CanonicalHost(h, se.Namespace), se.Namespace)
+			host := config.CanonicalHost(h, se.Namespace)
+			b.seHosts[host] = true
+			s := b.service(host, se.Namespace)
+			s.sans = append(s.sans, se.Spec.SubjectAltNames...)
 			for _, p := range se.Spec.Ports {
 				if _, dup := s.port(p.Number); !dup {
 					s.ports = append(s.ports, servicePort{number: p.Number, name: p.Name, targetPort: p.TargetPort})
 				}
 			}
 			for _, w := range workloads {
-				ep := endpoint{address: w.Address, ports: map[uint32]uint32{}, labels: w.Labels, locality: w.Locality}
+				ep := endpoint{
+					address:   w.spec.Address,
+					ports:     map[uint32]uint32{},
+					namespace: se.Namespace,
+					labels:    w.spec.Labels,
+					locality:  w.spec.Locality,
+					identity:  b.serviceAccountID(se.Namespace, w.spec.ServiceAccount),
+				}
 				for _, p := range se.Spec.Ports {
-					target := cmp.Or(w.Ports[p.Name], p.TargetPort, p.Number)
+					target := cmp.Or(w.spec.Ports[p.Name], p.TargetPort, p.Number)
 					ep.ports[p.Number] = target
+					b.configServers = append(b.configServers, serverEndpoint{
+						what: w.what, namespace: se.Namespace, host: host, labels: w.spec.Labels,
+						address: w.spec.Address, port: target, config: true, identity: ep.identity,
+					})
 				}
 				s.endpoints = append(s.endpoints, ep)
 			}
 		}
 	}
+}
+
+// serviceAccountID is the SPIFFE ID of a service account of namespace ns,
+// as Istio names it; "" for no service account.
+func (b *builder) serviceAccountID(ns, sa string) string {
+	return WorkloadIdentity(b.trustDomain, ns, sa)
 }
 
 func (b *builder) addRegistered(registered []registry.Endpoint) {
@@ -258,12 +289,12 @@ func (b *builder) addRegistered(registered []registry.Endpoint) {
 			}
 		}
 		s.endpoints = append(s.endpoints, endpoint{
-			address:  r.Address,
-			ports:    map[uint32]uint32{sp: r.Port},
-			labels:   r.Labels,
-			locality: r.Locality,
-			identity: r.Identity,
-			mode:     b.peerMode(ns, r.Labels, r.Port),
+			address:   r.Address,
+			ports:     map[uint32]uint32{sp: r.Port},
+			namespace: ns,
+			labels:    r.Labels,
+			locality:  r.Locality,
+			identity:  r.Identity,
 		})
 	}
 }
@@ -540,22 +571,27 @@ func (b *builder) addCluster(s *service, port uint32, subset string) {
 	if subset != "" {
 		selector = b.subsets[s.host][subset]
 	}
-	byLocality := map[string][]*v3endpointpb.LbEndpoint{}
-	var members []endpoint
+	var members []member
 	for _, ep := range s.endpoints {
 		target, ok := ep.ports[port]
 		if !ok || (subset != "" && !selects(selector, ep.labels)) {
 			continue
 		}
-		members = append(members, ep)
-		byLocality[ep.locality] = append(byLocality[ep.locality], &v3endpointpb.LbEndpoint{
+		takes := ep.identity != "" && b.peerMode(ep.namespace, ep.labels, target) != security.PeerAuthentication_MutualTLS_DISABLE
+		members = append(members, member{endpoint: ep, target: target, takesMTLS: takes})
+	}
+	tls := b.clusterTLS(s, pol.tls, members)
+	byLocality := map[string][]*v3endpointpb.LbEndpoint{}
+	for _, m := range members {
+		byLocality[m.locality] = append(byLocality[m.locality], &v3endpointpb.LbEndpoint{
 			HostIdentifier: &v3endpointpb.LbEndpoint_Endpoint{Endpoint: &v3endpointpb.Endpoint{
 				Address: &v3corepb.Address{Address: &v3corepb.Address_SocketAddress{SocketAddress: &v3corepb.SocketAddress{
-					Address:       ep.address,
-					PortSpecifier: &v3corepb.SocketAddress_PortValue{PortValue: target},
+					Address:       m.address,
+					PortSpecifier: &v3corepb.SocketAddress_PortValue{PortValue: m.target},
 				}}},
 			}},
 			HealthStatus: v3corepb.HealthStatus_HEALTHY,
+			Metadata:     tls.endpointMetadata(m),
 		})
 	}
 	cla := &v3endpointpb.ClusterLoadAssignment{ClusterName: name}
@@ -576,7 +612,9 @@ func (b *builder) addCluster(s *service, port uint32, subset string) {
 		})
 	}
 	b.res.Endpoints[name] = cla
-	b.clientTLS(b.res.Clusters[name], pol.tls, members)
+	if tls != nil {
+		b.res.Clusters[name].TransportSocket = upstreamTLS(tls.sans)
+	}
 }
 
 // apiListener returns the API listener of a dialable name. The fault filter
@@ -605,8 +643,14 @@ func apiListener(name, routeName string, faults bool) *v3listenerpb.Listener {
 	}
 }
 
+// mustAny wraps m in an Any, marshalled deterministically (map entries,
+// such as RBAC policies, in key order), so that the same configuration
+// gives the same bytes on every build: resources are compared with
+// proto.Equal, which compares an Any's bytes, to decide what changed and
+// whether two endpoints' listeners agree.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
+	a := &anypb.Any{}
+	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
 	if err != nil {
 		panic(fmt.Sprintf("translate: marshal %T: %v", m, err))
 	}

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -43,7 +44,8 @@ func ConfigWorkloads(set *config.Set, trustDomain string) []ConfigWorkload {
 	}
 	var out []ConfigWorkload
 	for _, se := range set.ServiceEntries {
-		for _, w := range serviceEntryWorkloads(set, se) {
+		for _, sw := range serviceEntryWorkloads(set, se) {
+			w := sw.spec
 			if w.Address == "" {
 				continue
 			}
@@ -67,14 +69,23 @@ func ConfigWorkloads(set *config.Set, trustDomain string) []ConfigWorkload {
 	return out
 }
 
+// seWorkload is one workload of a ServiceEntry.
+type seWorkload struct {
+	what string // names it in warnings
+	spec *networking.WorkloadEntry
+}
+
 // serviceEntryWorkloads returns the inline endpoints of se and the
 // WorkloadEntries of its namespace that its workloadSelector picks.
-func serviceEntryWorkloads(set *config.Set, se *config.ServiceEntry) []*networking.WorkloadEntry {
-	workloads := slices.Clone(se.Spec.Endpoints)
+func serviceEntryWorkloads(set *config.Set, se *config.ServiceEntry) []seWorkload {
+	var workloads []seWorkload
+	for i, w := range se.Spec.Endpoints {
+		workloads = append(workloads, seWorkload{fmt.Sprintf("ServiceEntry %s/%s endpoints[%d]", se.Namespace, se.Name, i), w})
+	}
 	if sel := se.Spec.WorkloadSelector; sel != nil {
 		for _, we := range set.WorkloadEntries {
 			if we.Namespace == se.Namespace && selects(sel.Labels, we.Spec.Labels) {
-				workloads = append(workloads, we.Spec)
+				workloads = append(workloads, seWorkload{"WorkloadEntry " + we.Namespace + "/" + we.Name, we.Spec})
 			}
 		}
 	}
@@ -82,8 +93,9 @@ func serviceEntryWorkloads(set *config.Set, se *config.ServiceEntry) []*networki
 }
 
 // ServiceIdentities returns, by canonical host, the SPIFFE IDs the
-// configuration binds to each service, as Istio does: the ServiceEntry's
-// spiffe:// subjectAltNames and the service accounts of its workloads.
+// configuration binds to each service, as clients verify them: the
+// ServiceEntry's spiffe:// subjectAltNames if it has any, else the service
+// accounts of its workloads.
 // The control plane lets only these identities register endpoints of a
 // bound service. Each list is sorted and without duplicates.
 func ServiceIdentities(set *config.Set, trustDomain string) map[string][]string {
@@ -92,15 +104,19 @@ func ServiceIdentities(set *config.Set, trustDomain string) map[string][]string 
 		return out
 	}
 	for _, se := range set.ServiceEntries {
+		// As clients verify (clientTLS): the ServiceEntry's subjectAltNames
+		// replace its workloads' identities.
 		var ids []string
 		for _, san := range se.Spec.SubjectAltNames {
 			if strings.HasPrefix(san, "spiffe://") {
 				ids = append(ids, san)
 			}
 		}
-		for _, w := range serviceEntryWorkloads(set, se) {
-			if id := WorkloadIdentity(trustDomain, se.Namespace, w.ServiceAccount); id != "" {
-				ids = append(ids, id)
+		if len(se.Spec.SubjectAltNames) == 0 {
+			for _, w := range serviceEntryWorkloads(set, se) {
+				if id := WorkloadIdentity(trustDomain, se.Namespace, w.spec.ServiceAccount); id != "" {
+					ids = append(ids, id)
+				}
 			}
 		}
 		if len(ids) == 0 {

@@ -248,3 +248,49 @@ func TestCancel(t *testing.T) {
 	default:
 	}
 }
+
+// TestEndpointTLSFromControlPlane: the control plane's per-endpoint TLS
+// reaches the State as the HTTP client needs it. Under automatic mTLS the
+// endpoint with a serviceAccount is reached over TLS with exactly its
+// identity and the one without is plaintext, the cluster keeping its TLS;
+// under ISTIO_MUTUAL neither is plaintext.
+func TestEndpointTLSFromControlPlane(t *testing.T) {
+	entries := `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: greeter}
+spec:
+  hosts: [greeter]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints:
+  - {address: 10.0.0.1, serviceAccount: greeter}
+  - {address: 10.0.0.2}
+`
+	id := "spiffe://cluster.local/ns/default/sa/greeter"
+	for _, tc := range []struct {
+		name string
+		dr   string
+		want []Endpoint
+	}{
+		{"automatic", "", []Endpoint{
+			{Address: "10.0.0.1:9080", Weight: 1, Locality: "//", LocalityWeight: 2, Identity: id},
+			{Address: "10.0.0.2:9080", Weight: 1, Locality: "//", LocalityWeight: 2, Plaintext: true},
+		}},
+		{"ISTIO_MUTUAL", "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: greeter}\nspec: {host: greeter, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}\n", []Endpoint{
+			{Address: "10.0.0.1:9080", Weight: 1, Locality: "//", LocalityWeight: 2, Identity: id},
+			{Address: "10.0.0.2:9080", Weight: 1, Locality: "//", LocalityWeight: 2},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t)
+			_, c := startControlPlane(t, entries+tc.dr)
+			got := waitState(ctx, t, watch(t, c, greeterCluster), "the cluster", func(*State) bool { return true })
+			if diff := cmp.Diff(got.TLS, &TLSConfig{SANs: []string{id}}); diff != "" {
+				t.Errorf("State.TLS (-got +want):\n%s", diff)
+			}
+			if diff := cmp.Diff(got.Endpoints, tc.want); diff != "" {
+				t.Errorf("State.Endpoints (-got +want):\n%s", diff)
+			}
+		})
+	}
+}

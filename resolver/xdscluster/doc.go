@@ -30,7 +30,11 @@
 // (trellis_outlier, trellis_recycle, trellis_random, as xds.type.v3
 // TypedStructs) wrap or replace the standard ones. Without
 // load_balancing_policy, lb_policy ROUND_ROBIN, LEAST_REQUEST and RING_HASH
-// are read with their legacy configs. A cluster whose policy, TLS or
+// are read with their legacy configs. Upstream TLS is the cluster's
+// transport socket (State.TLS: mTLS accepting its SANs), narrowed per
+// endpoint by the EndpointTLSMetadata the control plane writes: an
+// endpoint's exact Identity, or, under automatic mTLS only, Plaintext for
+// an endpoint without one. A cluster whose policy, TLS or
 // discovery type is not understood gets a State with Err set: the caller
 // must fail its requests, as grpc-go rejects such a cluster.
 package xdscluster

@@ -340,6 +340,50 @@ func TestParseEndpoints(t *testing.T) {
 	}
 }
 
+// TestEndpointTLSFailsClosed: an endpoint is plaintext only when its
+// metadata says mode DISABLE; no metadata, another namespace, an unknown
+// or misspelt mode, or a mode that is not a string is TLS. Its identity is
+// read when named.
+func TestEndpointTLSFailsClosed(t *testing.T) {
+	with := func(addr string, ns string, fields map[string]any) *v3endpointpb.LbEndpoint {
+		e := lbEndpoint(addr, 80, v3corepb.HealthStatus_HEALTHY, 0)
+		s, err := structpb.NewStruct(fields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Metadata = &v3corepb.Metadata{FilterMetadata: map[string]*structpb.Struct{ns: s}}
+		return e
+	}
+	id := "spiffe://cluster.local/ns/default/sa/a"
+	cla := &v3endpointpb.ClusterLoadAssignment{Endpoints: []*v3endpointpb.LocalityLbEndpoints{{
+		LoadBalancingWeight: wrapperspb.UInt32(1),
+		LbEndpoints: []*v3endpointpb.LbEndpoint{
+			lbEndpoint("10.0.0.1", 80, v3corepb.HealthStatus_HEALTHY, 0),
+			with("10.0.0.2", EndpointTLSMetadata, map[string]any{"mode": "ISTIO_MUTUAL", "identity": id}),
+			with("10.0.0.3", EndpointTLSMetadata, map[string]any{"mode": "DISABLE"}),
+			with("10.0.0.4", "envoy.transport_socket_match", map[string]any{"mode": "DISABLE"}),
+			with("10.0.0.5", EndpointTLSMetadata, map[string]any{"mode": "disable"}),
+			with("10.0.0.6", EndpointTLSMetadata, map[string]any{"mode": true}),
+			with("10.0.0.7", EndpointTLSMetadata, map[string]any{"identity": id}),
+		},
+	}}}
+	want := map[string]string{
+		"10.0.0.1:80": "tls ", "10.0.0.2:80": "tls " + id, "10.0.0.3:80": "plaintext ",
+		"10.0.0.4:80": "tls ", "10.0.0.5:80": "tls ", "10.0.0.6:80": "tls ", "10.0.0.7:80": "tls " + id,
+	}
+	got := map[string]string{}
+	for _, e := range parseEndpoints(cla) {
+		mode := "tls "
+		if e.Plaintext {
+			mode = "plaintext "
+		}
+		got[e.Address] = mode + e.Identity
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("parseEndpoints() TLS per endpoint (-got +want):\n%s", diff)
+	}
+}
+
 // TestJSONNumbers: configs from xDS Structs carry numbers as doubles.
 func TestJSONNumbers(t *testing.T) {
 	var cfg map[string]any

@@ -66,7 +66,27 @@ type Endpoint struct {
 	LocalityWeight uint32
 	// Priority is the locality's priority, 0 the most preferred.
 	Priority uint32
+	// Plaintext says the control plane has this endpoint reached without
+	// TLS although the cluster has TLS (State.TLS is not nil): automatic
+	// mTLS, for an endpoint without identity or serving plaintext only.
+	// Read from the endpoint's EndpointTLSMetadata mode "DISABLE"; any
+	// other mode, or none, is TLS. Meaningless when State.TLS is nil.
+	Plaintext bool
+	// Identity is the exact SPIFFE ID the endpoint must present over TLS,
+	// from its EndpointTLSMetadata; empty when not named, and then any of
+	// State.TLS.SANs is accepted. When named, the ID must also be one of
+	// State.TLS.SANs.
+	Identity string
 }
+
+// EndpointTLSMetadata is the filter_metadata namespace, on an EDS
+// endpoint, of how to reach it in a cluster with TLS, as the Trellis
+// control plane writes it (translate.EndpointTLSMetadata): a Struct whose
+// string field "mode" is "ISTIO_MUTUAL" or "DISABLE" and "identity" the
+// endpoint's SPIFFE ID. It stands in for Istio's transport_socket_matches,
+// which grpc-go rejects; grpc-go ignores the metadata and dials every
+// endpoint with the cluster's transport socket.
+const EndpointTLSMetadata = "trellis.io/tls"
 
 // LBConfig is a cluster's load-balancing policy.
 type LBConfig struct {
@@ -175,12 +195,15 @@ func parseEndpoints(cla *v3endpointpb.ClusterLoadAssignment) []Endpoint {
 			if v := lbe.GetLoadBalancingWeight(); v != nil {
 				w = max(v.GetValue(), 1)
 			}
+			tls := lbe.GetMetadata().GetFilterMetadata()[EndpointTLSMetadata].GetFields()
 			out = append(out, Endpoint{
 				Address:        net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(port.PortValue), 10)),
 				Weight:         w,
 				Locality:       locality,
 				LocalityWeight: lw,
 				Priority:       loc.GetPriority(),
+				Plaintext:      tls["mode"].GetStringValue() == "DISABLE",
+				Identity:       tls["identity"].GetStringValue(),
 			})
 		}
 	}
