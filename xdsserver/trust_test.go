@@ -544,3 +544,70 @@ func (s *Server) peerSnapshot() map[string]int {
 	defer s.admitMu.Unlock()
 	return maps.Clone(s.peerRegs)
 }
+
+// TestConfigurationBindsServicesToIdentities: a ServiceEntry's
+// subjectAltNames, or its WorkloadEntries' serviceAccounts, bind the
+// service to those identities: they may register it, the identity named
+// after the service no longer may, nor may anonymous workloads of an open
+// mesh.
+func TestConfigurationBindsServicesToIdentities(t *testing.T) {
+	ctx := testContext(t)
+	dir := t.TempDir()
+	if err := writeTestFile(dir, "mesh.yaml", `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  ports: [{number: 9080, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  subjectAltNames: ["spiffe://cluster.local/ns/default/sa/bookinfo-reviews"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  ports: [{number: 9090, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: ratings}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-vm, namespace: default}
+spec:
+  address: 127.0.0.5
+  labels: {app: ratings}
+  serviceAccount: bookinfo-ratings
+`); err != nil {
+		t.Fatal(err)
+	}
+	s, plain := start(t, WithConfigDir(dir), WithDataDir(t.TempDir()))
+	addr := serveSecure(t, s)
+	for i, tc := range []struct {
+		path, service string
+		address       string
+		want          codes.Code
+	}{
+		{"/ns/default/sa/bookinfo-reviews", "reviews", "127.0.0.1", codes.OK},
+		{"/ns/default/sa/reviews", "reviews", "127.0.0.1", codes.PermissionDenied},
+		{"", "reviews", "127.0.0.1", codes.PermissionDenied},
+		{"/ns/default/sa/bookinfo-ratings", "ratings", "127.0.0.1", codes.OK},
+		{"/ns/default/sa/ratings", "ratings", "127.0.0.1", codes.PermissionDenied},
+		// The WorkloadEntry's own address belongs to its identity.
+		{"/ns/default/sa/bookinfo-ratings", "ratings", "127.0.0.5", codes.OK},
+		{"/ns/default/sa/bookinfo-reviews", "reviews", "127.0.0.5", codes.PermissionDenied},
+	} {
+		cc := plain
+		if tc.path != "" {
+			cc = secureConn(ctx, t, s, addr, tc.path)
+		}
+		port := uint32(9100 + i)
+		if tc.address == "127.0.0.5" {
+			port = 9090
+		}
+		ep := &registrationpb.Endpoint{Service: tc.service, Address: tc.address, Port: port}
+		_, err := registerAs(ctx, t, cc, attackerOwner, ep)
+		wantCode(t, fmt.Sprintf("Register(%s at %s:%d) as %q", tc.service, tc.address, port, tc.path), err, tc.want)
+	}
+}
