@@ -41,17 +41,17 @@
 // tokens may expire or be single-use (WorkloadIdentity), and renewals end
 // WithMaxRenewalChain after the token was last presented.
 //
-// A workload that registers on the secure port with its certificate gets
-// the certificate's SPIFFE ID as the endpoint's identity (verified against
-// the CA root; a certificate that does not verify is refused with
-// Unauthenticated, an identity of another namespace with PermissionDenied).
-// Each registered endpoint has a server listener,
+// The Server believes only what it authenticated: a workload registers on
+// the secure port with its certificate, whose SPIFFE ID becomes the
+// endpoint's identity and decides which services it may register; an
+// endpoint belongs to whoever registered it. Registrations without a
+// certificate are refused unless WithInsecureRegistration opens the mesh.
+// docs/SECURITY.md has the rules. Each endpoint has a server listener,
 // "grpc/server?xds.resource.listening_address=IP:PORT", with mTLS and
 // plaintext filter chains by its PeerAuthentication mode and the RBAC and
 // jwt_authn filters of the policies selecting it; clusters carry client
-// mTLS (the endpoints' identities as the accepted SANs) when a
-// DestinationRule asks for ISTIO_MUTUAL, or automatically when every
-// endpoint registered with an identity.
+// mTLS to the endpoints' identities when a DestinationRule asks for
+// ISTIO_MUTUAL, or automatically for the endpoints that have one.
 //
 // On Kubernetes, WithKubernetes reads the same Istio resources as custom
 // resources (checked as strictly as files, errors naming
