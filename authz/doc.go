@@ -34,7 +34,9 @@
 // The request path is canonicalised with [secpolicy.CanonicalPath] ("//a",
 // "/x/../a", "/%61" all become "/a"); a path with no canonical form
 // ("%2F", backslash, NUL, no leading '/') is denied whatever the policies
-// say, as is a request with NUL, CR or LF in a header value. Paths are
+// say, as is a request with NUL, CR or LF in a header value. Header
+// matchers see a repeated header as its values joined with "," (Envoy's and
+// grpc-go's semantics). Paths are
 // case-sensitive.
 //
 // Supported permissions: any, and_rules, or_rules, not_rule, header,
