@@ -11,7 +11,9 @@
 //  3. otherwise it is allowed.
 //
 // LOG policies (Istio's AUDIT) never change the decision; the ones that
-// matched are listed in [Decision.Audit].
+// matched are listed in [Decision.Audit]. Shadow rules (Envoy's
+// shadow_rules, Istio's dry-run policies) are evaluated by a [Shadow],
+// each config on its own, and only reported.
 //
 //	engine, err := authz.New(rbacs, authz.WithLogger(logger))
 //	if err != nil {

@@ -297,7 +297,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var v verdict
 	if p != nil {
 		var err error
-		if v, err = p.check(ctx, log, &c); err != nil {
+		if v, err = p.check(ctx, log, ml.tel, &c); err != nil {
 			jwtFailure := err == errUnauthenticated && (c.mutual || p.mode != modeStrict)
 			if err == errUnauthenticated && !jwtFailure {
 				w.Header().Set("Connection", "close")
