@@ -15,7 +15,7 @@ import (
 // docs[i] as annotated istio.io/dry-run: "true") as the control plane does
 // for a server listener, and builds the enforced engine and the shadow of
 // its RBAC filters.
-func filtersFor(t *testing.T, dryRun []bool, docs ...string) (*Engine, *Shadow) {
+func filtersFor(t testing.TB, dryRun []bool, docs ...string) (*Engine, *Shadow) {
 	t.Helper()
 	var ps []secpolicy.NamedAuthorizationPolicy
 	for i, d := range docs {
