@@ -318,24 +318,32 @@ func (c *compiler) header(field string, h *v3routepb.HeaderMatcher) (matcher, er
 	invert := h.GetInvertMatch()
 	missingEmpty := h.GetTreatMissingHeaderAsEmpty()
 	return func(in *input) bool {
-		vals := headerValues(in, name)
+		v, found := headerValue(in, name)
 		var ok bool
 		switch {
 		case present != nil:
-			ok = (len(vals) > 0) == *present
-		default:
-			if len(vals) == 0 && missingEmpty {
-				vals = []string{""}
-			}
-			for _, v := range vals {
-				if !strings.ContainsRune(v, 0) && vm(v) {
-					ok = true
-					break
-				}
-			}
+			ok = found == *present
+		case found || missingEmpty:
+			ok = !strings.ContainsRune(v, 0) && vm(v)
 		}
 		return ok != invert
 	}, nil
+}
+
+// headerValue returns the value a header matcher sees: the values of a
+// repeated header joined with "," (no space), as Envoy (since
+// CVE-2020-25017) and grpc-go's xDS matchers see them, so that a request
+// cannot satisfy a rule with one value while its handler reads another.
+// found is false when the request has no such header.
+func headerValue(in *input, name string) (v string, found bool) {
+	vals := headerValues(in, name)
+	switch len(vals) {
+	case 0:
+		return "", false
+	case 1:
+		return vals[0], true
+	}
+	return strings.Join(vals, ","), true
 }
 
 func headerValues(in *input, name string) []string {

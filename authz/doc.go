@@ -11,7 +11,9 @@
 //  3. otherwise it is allowed.
 //
 // LOG policies (Istio's AUDIT) never change the decision; the ones that
-// matched are listed in [Decision.Audit].
+// matched are listed in [Decision.Audit]. Shadow rules (Envoy's
+// shadow_rules, Istio's dry-run policies) are evaluated by a [Shadow],
+// each config on its own, and only reported.
 //
 //	engine, err := authz.New(rbacs, authz.WithLogger(logger))
 //	if err != nil {
@@ -34,7 +36,9 @@
 // The request path is canonicalised with [secpolicy.CanonicalPath] ("//a",
 // "/x/../a", "/%61" all become "/a"); a path with no canonical form
 // ("%2F", backslash, NUL, no leading '/') is denied whatever the policies
-// say, as is a request with NUL, CR or LF in a header value. Paths are
+// say, as is a request with NUL, CR or LF in a header value. Header
+// matchers see a repeated header as its values joined with "," (Envoy's and
+// grpc-go's semantics). Paths are
 // case-sensitive.
 //
 // Supported permissions: any, and_rules, or_rules, not_rule, header,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -63,9 +64,11 @@ type Request struct {
 	// Host is the ":authority" (or "host") header.
 	Host string
 	// Headers holds the request headers. Names are matched case-insensitively
-	// (lower-case names are fastest; an http.Header works too). Every value
-	// of a repeated header is checked: a header matcher matches when any
-	// value matches. A request with a NUL, CR or LF in any header value is
+	// (lower-case names are fastest; an http.Header works too). A header
+	// matcher sees the values of a repeated header joined with "," (no
+	// space), as Envoy and grpc-go do: "x-tenant: secret" and "x-tenant:
+	// public" are "secret,public", which an exact match on "public" does not
+	// match. A request with a NUL, CR or LF in any header value is
 	// denied.
 	Headers map[string][]string
 	// RequestPrincipal is "iss/sub" of a verified JWT; empty when there is
@@ -220,12 +223,13 @@ func (e *Engine) Authorize(r *Request) Decision {
 	in := &input{r: r, path: path}
 	if !lower {
 		// Headers under mixed-case names (an http.Header, say) are merged
-		// under lower-case ones, so no matcher can miss them.
+		// under lower-case ones, so no matcher can miss them; in the order
+		// of their names, so that the joined value is always the same.
 		cp := *r
 		cp.Headers = make(map[string][]string, len(r.Headers))
-		for name, vals := range r.Headers {
+		for _, name := range slices.Sorted(maps.Keys(r.Headers)) {
 			k := strings.ToLower(name)
-			cp.Headers[k] = append(cp.Headers[k], vals...)
+			cp.Headers[k] = append(cp.Headers[k], r.Headers[name]...)
 		}
 		in.r = &cp
 	}

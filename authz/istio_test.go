@@ -364,23 +364,45 @@ spec: {action: DENY, rules: [{to: [{operation: {paths: [/pkg.Svc/Method]}}]}]}`)
 	}
 }
 
-func TestRepeatedHeaderDenyMatchesAnyValue(t *testing.T) {
-	e := engineFor(t, allowAll, `
+// TestRepeatedHeaderMatchesJoinedValue: a header matcher sees a repeated
+// header as its values joined with "," (Envoy since CVE-2020-25017, and
+// grpc-go), so that "x-tenant: secret" plus "x-tenant: public" cannot
+// satisfy an ALLOW on "public" while the handler reads "secret". The same
+// holds for DENY: "bob,admin" is not "admin" (as in Envoy; a policy that
+// must catch any occurrence matches with a wildcard or on presence).
+func TestRepeatedHeaderMatchesJoinedValue(t *testing.T) {
+	allowPublic := engineFor(t, `
+metadata: {name: public, namespace: ns}
+spec: {action: ALLOW, rules: [{when: [{key: "request.headers[x-tenant]", values: [public]}]}]}`)
+	denyAdmin := engineFor(t, allowAll, `
+metadata: {name: d, namespace: ns}
+spec: {action: DENY, rules: [{when: [{key: "request.headers[x-user]", values: [admin, "admin,*", "*,admin"]}]}]}`)
+	denyExact := engineFor(t, allowAll, `
 metadata: {name: d, namespace: ns}
 spec: {action: DENY, rules: [{when: [{key: "request.headers[x-user]", values: [admin]}]}]}`)
 	for _, tt := range []struct {
-		vals    []string
+		name    string
+		e       *Engine
+		headers map[string][]string
 		allowed bool
 	}{
-		{[]string{"bob"}, true},
-		{[]string{"admin"}, false},
-		{[]string{"bob", "admin"}, false},
-		{[]string{"admin", "bob"}, false},
-		{nil, true},
+		{"allow: public", allowPublic, map[string][]string{"x-tenant": {"public"}}, true},
+		{"allow: secret then public", allowPublic, map[string][]string{"x-tenant": {"secret", "public"}}, false},
+		{"allow: public then secret", allowPublic, map[string][]string{"x-tenant": {"public", "secret"}}, false},
+		{"allow: public twice", allowPublic, map[string][]string{"x-tenant": {"public", "public"}}, false},
+		{"allow: one comma-separated value", allowPublic, map[string][]string{"x-tenant": {"secret,public"}}, false},
+		{"allow: mixed-case names are one header", allowPublic, map[string][]string{"X-Tenant": {"secret"}, "x-tenant": {"public"}}, false},
+		{"allow: empty list is absent", allowPublic, map[string][]string{"x-tenant": {}}, false},
+		{"deny wildcards: bob then admin", denyAdmin, map[string][]string{"x-user": {"bob", "admin"}}, false},
+		{"deny wildcards: admin then bob", denyAdmin, map[string][]string{"x-user": {"admin", "bob"}}, false},
+		{"deny wildcards: bob", denyAdmin, map[string][]string{"x-user": {"bob"}}, true},
+		{"deny exact: admin", denyExact, map[string][]string{"x-user": {"admin"}}, false},
+		{"deny exact: bob then admin is bob,admin", denyExact, map[string][]string{"x-user": {"bob", "admin"}}, true},
+		{"deny exact: absent", denyExact, nil, true},
 	} {
-		r := with(func(r *Request) { r.Headers = map[string][]string{"x-user": tt.vals} })
-		if got := e.Authorize(&r); got.Allowed != tt.allowed {
-			t.Errorf("Authorize(x-user: %q) = %+v, want Allowed %v", tt.vals, got, tt.allowed)
+		r := with(func(r *Request) { r.Headers = tt.headers })
+		if got := tt.e.Authorize(&r); got.Allowed != tt.allowed {
+			t.Errorf("%s: Authorize(%q) = %+v, want Allowed %v", tt.name, tt.headers, got, tt.allowed)
 		}
 	}
 }
@@ -420,7 +442,7 @@ spec: {action: DENY, rules: [{when: [{key: "request.headers[X-User]", values: [a
 	}{
 		{map[string][]string{"x-user": {"admin"}}, false},
 		{map[string][]string{"X-User": {"admin"}}, false},
-		{map[string][]string{"x-user": {"bob"}, "X-USER": {"admin"}}, false},
+		{map[string][]string{"x-user": {}, "X-USER": {"admin"}}, false},
 		{map[string][]string{"X-User": {"bob"}}, true},
 	} {
 		r := with(func(r *Request) { r.Headers = tt.headers })

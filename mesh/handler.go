@@ -257,6 +257,16 @@ type guard struct {
 }
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.IndexByte(r.RequestURI, '#') >= 0 {
+		// A fragment never belongs in a request target (RFC 9112 3.2),
+		// and net/http leaves it in the path it gives the handler, which
+		// the policy's canonicaliser would have matched without it:
+		// "/public/x#/../../admin" is "/public/x" to the policy and
+		// "/admin" to http.FileServer. Envoy refuses it too.
+		g.opts.logger.Info("mesh: refused a request target with a fragment", "peer", r.RemoteAddr)
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
 	ctx := r.Context()
 	if ctx.Value(httpAdmittedKey{}) != nil {
 		g.h.ServeHTTP(w, r)
@@ -287,7 +297,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var v verdict
 	if p != nil {
 		var err error
-		if v, err = p.check(ctx, log, &c); err != nil {
+		if v, err = p.check(ctx, log, ml.tel, &c); err != nil {
 			jwtFailure := err == errUnauthenticated && (c.mutual || p.mode != modeStrict)
 			if err == errUnauthenticated && !jwtFailure {
 				w.Header().Set("Connection", "close")

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -161,5 +162,62 @@ func TestHTTPServerWithoutService(t *testing.T) {
 	}
 	if _, err := lis2.Accept(); err == nil {
 		t.Errorf("Serve() after Shutdown left the listener open")
+	}
+}
+
+// TestFragmentRefusedOutsidePolicy: a raw '#' in the request target is
+// refused with 400 by Handler on a plain net/http server too, and by an
+// HTTPServer following no policy: the handler behind it would see the
+// fragment in its path ("/x#/../admin" is "/admin" to http.FileServer)
+// while a path check in front of it would not.
+func TestFragmentRefusedOutsidePolicy(t *testing.T) {
+	var ran atomic.Int32
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { ran.Add(1) })
+	plain := httptest.NewServer(Handler(h))
+	t.Cleanup(plain.Close)
+	srv, err := NewHTTPServer(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve() = %v, want ErrServerClosed", err)
+		}
+	})
+	for _, addr := range []string{plain.Listener.Addr().String(), lis.Addr().String()} {
+		for _, tc := range []struct {
+			target string
+			want   int
+		}{
+			{"/x", http.StatusOK},
+			{"/x#/../admin", http.StatusBadRequest},
+			{"/x?a#b", http.StatusBadRequest},
+			{"http://h/x#", http.StatusBadRequest},
+			{"/x%23/../admin", http.StatusOK}, // an escaped '#' is a path byte
+		} {
+			ran.Store(0)
+			conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(conn, "GET "+tc.target+" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("GET %s on %s: %v", tc.target, addr, err)
+			}
+			resp.Body.Close()
+			conn.Close()
+			if resp.StatusCode != tc.want || (ran.Load() == 1) != (tc.want == http.StatusOK) {
+				t.Errorf("GET %s on %s = %d, handler ran %d times; want %d", tc.target, addr, resp.StatusCode, ran.Load(), tc.want)
+			}
+		}
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/trellismesh/trellis/internal/mtls"
 	"github.com/trellismesh/trellis/internal/xdsbootstrap"
 	"github.com/trellismesh/trellis/internal/xdsclient"
+	"github.com/trellismesh/trellis/telemetry"
 )
 
 // PeerID returns the SPIFFE ID of the peer of a call a mesh Server is
@@ -65,6 +66,7 @@ func (m mtlsMode) String() string {
 type serverPolicy struct {
 	mode     mtlsMode
 	authz    *authz.Engine // nil: no policy
+	shadow   *authz.Shadow // nil: no dry-run policy
 	jwtCfg   *v3jwtauthnpb.JwtAuthentication
 	jwt      *jwt.Verifier // nil: no RequestAuthentication
 	limit    *serverLimit  // nil: no rate limit
@@ -194,7 +196,7 @@ func compilePolicy(l *v3listenerpb.Listener, old *serverPolicy, o *options) (*se
 	case !tlsChain && !plainChain:
 		return nil, errors.New("no filter chain")
 	}
-	var rbacs []*v3rbacpb.RBAC
+	var rbacs, shadows []*v3rbacpb.RBAC
 	for _, f := range hcm.GetHttpFilters() {
 		tc := f.GetTypedConfig()
 		switch {
@@ -203,11 +205,15 @@ func compilePolicy(l *v3listenerpb.Listener, old *serverPolicy, o *options) (*se
 			if err := tc.UnmarshalTo(r); err != nil {
 				return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
 			}
-			if r.GetShadowRules() != nil || r.GetMatcher() != nil || r.GetShadowMatcher() != nil {
-				return nil, fmt.Errorf("http filter %q: only rules are supported", f.GetName())
+			if r.GetMatcher() != nil || r.GetShadowMatcher() != nil {
+				return nil, fmt.Errorf("http filter %q: only rules and shadow_rules are supported", f.GetName())
 			}
 			if r.GetRules() != nil {
 				rbacs = append(rbacs, r.GetRules())
+			}
+			if r.GetShadowRules() != nil {
+				// Dry-run policies: evaluated and reported, never enforced.
+				shadows = append(shadows, r.GetShadowRules())
 			}
 		case tc.MessageIs(&v3jwtauthnpb.JwtAuthentication{}):
 			j := new(v3jwtauthnpb.JwtAuthentication)
@@ -237,6 +243,13 @@ func compilePolicy(l *v3listenerpb.Listener, old *serverPolicy, o *options) (*se
 			return nil, err
 		}
 		p.authz = e
+	}
+	if len(shadows) > 0 {
+		sh, err := authz.NewShadow(shadows, authz.WithLogger(o.logger))
+		if err != nil {
+			return nil, err
+		}
+		p.shadow = sh
 	}
 	if p.jwtCfg != nil {
 		if old != nil && old.jwt != nil && proto.Equal(old.jwtCfg, p.jwtCfg) {
@@ -383,6 +396,7 @@ type call struct {
 	destPort int
 	id       spiffeid.ID // the peer's SPIFFE ID, if mutual TLS
 	mutual   bool
+	grpc     bool // a gRPC call (else HTTP)
 }
 
 // peerForLog is the peer's address as the server's log shows it.
@@ -420,10 +434,10 @@ func addrPortOf(a net.Addr) (ip netip.Addr, port int, ok bool) {
 }
 
 // readsRequest reports whether the policy looks at a call's headers, host
-// or query (JWT rules or authorization policies); without them a check
-// needs only the connection's facts and the path.
+// or query (JWT rules, authorization policies, dry-run ones included);
+// without them a check needs only the connection's facts and the path.
 func (p *serverPolicy) readsRequest() bool {
-	return p != nil && (p.jwt != nil || p.authz != nil)
+	return p != nil && (p.jwt != nil || p.authz != nil || p.shadow != nil)
 }
 
 // verdict is the outcome of an admitted call: the headers the handler must
@@ -437,8 +451,10 @@ type verdict struct {
 // check applies the port's policy to a call: mTLS mode, JWT
 // authentication, then authorization. It returns errDenied,
 // errUnauthenticated or errNotServing for a refused call. The call's
-// headers, host and query must be set if p.readsRequest().
-func (p *serverPolicy) check(ctx context.Context, log *slog.Logger, c *call) (verdict, error) {
+// headers, host and query must be set if p.readsRequest(). Dry-run
+// policies are evaluated for every call that reaches authorization; what
+// they would decide is logged and counted by tel, and decides nothing.
+func (p *serverPolicy) check(ctx context.Context, log *slog.Logger, tel *telemetry.Telemetry, c *call) (verdict, error) {
 	var v verdict
 	if p.notFound {
 		return v, errNotServing
@@ -461,6 +477,9 @@ func (p *serverPolicy) check(ctx context.Context, log *slog.Logger, c *call) (ve
 			req.RequestPrincipal, req.Claims = res.Principal, res.Claims
 			v.strip, v.payloadHeader, v.payload = res.StripHeaders, res.PayloadHeader, res.Payload
 		}
+		if p.shadow != nil {
+			dryRun(ctx, log, tel, c, req, p.shadow.Evaluate(req))
+		}
 		if p.authz != nil {
 			d := p.authz.Authorize(req)
 			if len(d.Audit) > 0 {
@@ -479,6 +498,41 @@ func (p *serverPolicy) check(ctx context.Context, log *slog.Logger, c *call) (ve
 		return v, errLimited
 	}
 	return v, nil
+}
+
+// dryRun logs and counts the would-be decisions of dry-run policies on a
+// call: at level Info those a policy made and those that would refuse the
+// call, at Debug the others (a dry-run DENY that matched nothing).
+func dryRun(ctx context.Context, log *slog.Logger, tel *telemetry.Telemetry, c *call, req *authz.Request, ds []authz.ShadowDecision) {
+	protocol := "http"
+	if c.grpc {
+		protocol = "grpc"
+	}
+	report := func(action, policy, decision, reason string) {
+		level := slog.LevelInfo
+		if policy == "" && decision != telemetry.DryRunDeny {
+			level = slog.LevelDebug
+		}
+		if log.Enabled(ctx, level) {
+			log.Log(ctx, level, "mesh: dry-run policy decision (not enforced)", "action", action, "policy", policy, "decision", decision,
+				"path", c.path, "principal", req.Principal, "requestPrincipal", req.RequestPrincipal, "reason", reason)
+		}
+		tel.DryRunDecision(ctx, protocol, action, policy, decision)
+	}
+	for _, d := range ds {
+		switch d.Action {
+		case v3rbacpb.RBAC_LOG:
+			for _, name := range d.Audit {
+				report("AUDIT", name, telemetry.DryRunAudit, "matched AUDIT policy")
+			}
+		default:
+			decision := telemetry.DryRunDeny
+			if d.Allowed {
+				decision = telemetry.DryRunAllow
+			}
+			report(d.Action.String(), d.Policy, decision, d.Reason)
+		}
+	}
 }
 
 // grpcStatus maps a refusal to what a gRPC caller sees.
@@ -511,7 +565,7 @@ func (s *Server) admit(ctx context.Context, fullMethod string) (context.Context,
 	if p == nil {
 		return ctx, nil
 	}
-	c := call{method: "POST", path: fullMethod, peer: remote}
+	c := call{method: "POST", path: fullMethod, peer: remote, grpc: true}
 	if ip, _, ok := addrPortOf(remote); ok {
 		c.sourceIP = ip
 	}
@@ -529,7 +583,7 @@ func (s *Server) admit(ctx context.Context, fullMethod string) (context.Context,
 	if pr != nil {
 		c.id, c.mutual = peerIDOf(pr.AuthInfo)
 	}
-	v, err := p.check(ctx, s.opts.logger, &c)
+	v, err := p.check(ctx, s.opts.logger, s.tel, &c)
 	if err != nil {
 		return ctx, grpcStatus(err)
 	}

@@ -298,8 +298,25 @@ func (t *Transport) meshRoundTrip(req *http.Request, h *meshHost) (*http.Respons
 	headersOf := func() map[string][]string {
 		if headers == nil {
 			headers = make(map[string][]string, len(req.Header)+2)
+			merged := false
 			for k, v := range req.Header {
-				headers[strings.ToLower(k)] = v
+				lk := strings.ToLower(k)
+				_, merged = headers[lk]
+				if merged {
+					break
+				}
+				headers[lk] = v
+			}
+			if merged {
+				// Names that differ only in case (set on the map
+				// directly) are one header on the wire, which routes
+				// must see as one: all its values, in the order of the
+				// names, as HTTP/1 writes them.
+				clear(headers)
+				for _, k := range slices.Sorted(maps.Keys(req.Header)) {
+					lk := strings.ToLower(k)
+					headers[lk] = append(slices.Clip(headers[lk]), req.Header[k]...)
+				}
 			}
 			headers[":method"] = methodValues(req.Method)
 			headers[":authority"] = h.authority

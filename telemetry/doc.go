@@ -31,8 +31,11 @@
 // trellis.client.attempts (each attempt), trellis.client.retries,
 // trellis.client.events (event = circuit_breaker_open, fault_abort,
 // no_healthy_upstream, outlier_ejection), trellis.server.policy.denials
-// (reason = denied, unauthenticated, not_serving; counted when the
-// Admitted interceptors mark what passed the policy),
+// (reason = denied, unauthenticated, not_serving, invalid_request; counted
+// when the Admitted interceptors mark what passed the policy),
+// trellis.server.policy.dry_run (what dry-run authorization policies would
+// have decided, never enforced: policy, action, decision = allow, deny,
+// audit; see DryRunDecision),
 // trellis.server.tls.handshake_failures (reason = peer_rejected, not_tls,
 // handshake_error; see HandshakeFailed) and
 // trellis.xds_client.resource_updates (type = LDS, RDS, CDS, EDS; result =

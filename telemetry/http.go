@@ -111,6 +111,8 @@ func httpRefusal(code int) string {
 		return "unauthenticated"
 	case http.StatusServiceUnavailable:
 		return "not_serving"
+	case http.StatusBadRequest:
+		return "invalid_request"
 	}
 	return ""
 }

@@ -172,6 +172,7 @@ type Telemetry struct {
 	retries            metric.Int64Counter
 	events             metric.Int64Counter
 	denials            metric.Int64Counter
+	dryRuns            metric.Int64Counter
 	handshakeFailures  metric.Int64Counter
 	xdsUpdates         metric.Int64Counter
 	components         *grpcMetrics // grpc-go's own non-per-call metrics
@@ -188,6 +189,11 @@ const (
 	MetricDenials       = "trellis.server.policy.denials" // calls the server's policy refused: attribute reason
 	MetricRPCClientBusy = "trellis.rpc.client.active_requests"
 	MetricRPCServerBusy = "trellis.rpc.server.active_requests"
+	// MetricDryRun counts what dry-run authorization policies (Istio's
+	// istio.io/dry-run, Envoy's RBAC shadow rules) would have decided of
+	// inbound calls, by attributes policy, action and decision (see
+	// DryRunDecision). They are never enforced.
+	MetricDryRun = "trellis.server.policy.dry_run"
 	// MetricHandshakeFailures counts inbound connections whose mutual TLS
 	// handshake failed, by attribute reason (see HandshakeFailed).
 	MetricHandshakeFailures = "trellis.server.tls.handshake_failures"
@@ -277,6 +283,7 @@ func New(opts ...Option) (*Telemetry, error) {
 	t.retries = counter(MetricRetries, "{retry}", "Retries of outbound calls.")
 	t.events = counter(MetricEvents, "{event}", "Mesh events on outbound calls (circuit breaking, fault injection, no healthy upstream).")
 	t.denials = counter(MetricDenials, "{request}", "Inbound calls refused by the server's mTLS, authentication or authorization policy.")
+	t.dryRuns = counter(MetricDryRun, "{request}", "Would-be decisions of dry-run authorization policies on inbound calls, never enforced: attributes policy, action, decision.")
 	t.handshakeFailures = counter(MetricHandshakeFailures, "{connection}", "Inbound connections whose mutual TLS handshake failed: attribute reason.")
 	t.xdsUpdates = counter(MetricXDSUpdates, "{resource}", "xDS resources received by the mesh's own xDS client (HTTP path): attributes type and result (accepted, rejected).")
 	t.components = newGRPCMetrics(m)
@@ -379,6 +386,35 @@ func (t *Telemetry) HandshakeFailed(reason string) {
 	}
 	kv := t.cfg.workload.attrs([]attribute.KeyValue{attribute.String("reason", reason)}, "destination_")
 	t.handshakeFailures.Add(context.Background(), 1, metric.WithAttributes(kv...))
+}
+
+// Would-be decisions of a dry-run policy, the values of the attribute
+// "decision" of MetricDryRun.
+const (
+	DryRunAllow = "allow" // the policy's action would admit the call
+	DryRunDeny  = "deny"  // it would refuse it
+	DryRunAudit = "audit" // an AUDIT policy would log it
+)
+
+// DryRunDecision counts what a dry-run authorization policy would have
+// decided of the inbound call of ctx, which the server decided by its
+// enforced policies alone: protocol is "grpc" or "http", action the
+// policy's ("ALLOW", "DENY", "AUDIT"), policy its name (empty when an ALLOW
+// decision denies because no policy matched), decision DryRunAllow,
+// DryRunDeny or DryRunAudit. Labelled with the local workload as the
+// destination. A nil Telemetry ignores it.
+func (t *Telemetry) DryRunDecision(ctx context.Context, protocol, action, policy, decision string) {
+	if !t.Active() {
+		return
+	}
+	kv := []attribute.KeyValue{
+		attribute.String("protocol", protocol),
+		attribute.String("action", action),
+		attribute.String("policy", policy),
+		attribute.String("decision", decision),
+	}
+	kv = t.cfg.workload.attrs(kv, "destination_")
+	t.dryRuns.Add(ctx, 1, metric.WithAttributes(kv...))
 }
 
 // XDSUpdate counts n resources of an xDS type ("LDS", "RDS", "CDS", "EDS")

@@ -368,8 +368,38 @@ func TestDisabled(t *testing.T) {
 		t.Error("nil Telemetry has options")
 	}
 	tel.Event(context.Background(), EventFaultAbort, "x", "y")
+	tel.DryRunDecision(context.Background(), "http", "DENY", "ns/p[0]", DryRunDeny)
 	_, err = tel.RoundTrip(httptest.NewRequest("GET", "http://x/", nil), func(*http.Request) (*http.Response, error) { return nil, errors.New("sent") })
 	if err == nil || err.Error() != "sent" {
 		t.Errorf("RoundTrip() = %v, want the next's error", err)
+	}
+}
+
+// TestDryRunDecision: would-be decisions of dry-run policies are counted
+// with the policy, the action, the decision, the protocol and the local
+// workload as the destination.
+func TestDryRunDecision(t *testing.T) {
+	s := newSink(t)
+	tel, err := New(s.options(Workload{Service: "reviews", Version: "v2", Namespace: "default"})...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tel.DryRunDecision(ctx, "grpc", "DENY", "default/deny-admin[0]", DryRunDeny)
+	tel.DryRunDecision(ctx, "grpc", "DENY", "default/deny-admin[0]", DryRunDeny)
+	tel.DryRunDecision(ctx, "http", "ALLOW", "", DryRunDeny)
+	tel.DryRunDecision(ctx, "http", "AUDIT", "default/audit[0]", DryRunAudit)
+	for _, tc := range []struct {
+		want map[string]string
+		n    int64
+	}{
+		{map[string]string{"policy": "default/deny-admin[0]", "action": "DENY", "decision": "deny", "protocol": "grpc", "destination_app": "reviews", "destination_version": "v2", "destination_workload_namespace": "default"}, 2},
+		{map[string]string{"policy": "", "action": "ALLOW", "decision": "deny", "protocol": "http"}, 1},
+		{map[string]string{"policy": "default/audit[0]", "decision": "audit"}, 1},
+		{map[string]string{"decision": "allow"}, 0},
+	} {
+		if got := s.count(t, MetricDryRun, tc.want); got != tc.n {
+			t.Errorf("%s%v = %d, want %d", MetricDryRun, tc.want, got, tc.n)
+		}
 	}
 }

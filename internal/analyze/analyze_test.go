@@ -131,6 +131,11 @@ metadata: {name: strict-reviews}
 spec:
   selector: {matchLabels: {app: reviews}}
   mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: dry-allow-nothing, annotations: {istio.io/dry-run: "true"}}
+spec: {}
 `)})
 	if err != nil {
 		t.Fatal(err)
@@ -143,6 +148,7 @@ spec:
 		"warning: mesh.yaml:7: AuthorizationPolicy default/allow-nothing: spec.rules: an ALLOW policy with no rules allows nothing: every request to the workloads it selects is denied (write rules: [{}] to allow all)",
 		"warning: mesh.yaml:13: AuthorizationPolicy default/deny-nothing: spec.rules: a DENY policy with no rules matches no request",
 		"info: mesh.yaml:19: AuthorizationPolicy default/typo: spec.selector.matchLabels: selects no workload the configuration defines in namespace default; it applies only to workloads that register with these labels",
+		"warning: mesh.yaml:33: AuthorizationPolicy default/dry-allow-nothing: spec.rules: a dry-run ALLOW policy with no rules would allow nothing: it reports every request to the workloads it selects as denied, and enforces nothing (write rules: [{}] to allow all)",
 	}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("Set() findings (-got +want):\n%s", diff)

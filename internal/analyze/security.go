@@ -43,6 +43,10 @@ func securityFindings(set *config.Set) []Finding {
 		}
 		switch ap.Spec.GetAction() {
 		case security.AuthorizationPolicy_ALLOW:
+			if ap.DryRun() {
+				out = append(out, finding(ap.Meta, "spec.rules", "a dry-run ALLOW policy with no rules would allow nothing: it reports every request to the workloads it selects as denied, and enforces nothing (write rules: [{}] to allow all)"))
+				continue
+			}
 			out = append(out, finding(ap.Meta, "spec.rules", "an ALLOW policy with no rules allows nothing: every request to the workloads it selects is denied (write rules: [{}] to allow all)"))
 		default:
 			out = append(out, finding(ap.Meta, "spec.rules", "a %s policy with no rules matches no request", ap.Spec.GetAction()))

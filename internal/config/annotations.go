@@ -39,3 +39,32 @@ func checkTrellisAnnotations(kind string, annotations map[string]string, add fun
 		}
 	}
 }
+
+// DryRunAnnotation on an AuthorizationPolicy makes it a dry run, as in
+// Istio: the policy is evaluated for every request it applies to and its
+// would-be decision logged and counted, never enforced. Its value is
+// "true" or "false"; anything else is rejected (Istio would log the error
+// and enforce the policy). On any other kind it is rejected too.
+const DryRunAnnotation = "istio.io/dry-run"
+
+// DryRun reports whether ap is annotated istio.io/dry-run: "true".
+func (ap *AuthorizationPolicy) DryRun() bool {
+	return ap.Annotations[DryRunAnnotation] == "true"
+}
+
+// checkIstioAnnotations reports an invalid or misplaced Istio annotation
+// that changes what Trellis does (istio.io/dry-run). Other Istio
+// annotations are left alone, like any Kubernetes metadata.
+func checkIstioAnnotations(kind string, annotations map[string]string, add func(field, format string, args ...any)) {
+	v, ok := annotations[DryRunAnnotation]
+	if !ok {
+		return
+	}
+	field := "metadata.annotations[" + quote(DryRunAnnotation) + "]"
+	switch {
+	case kind != KindAuthorizationPolicy:
+		add(field, "applies only to an AuthorizationPolicy")
+	case v != "true" && v != "false":
+		add(field, "%q is not a valid value (true or false)", v)
+	}
+}

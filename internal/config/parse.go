@@ -255,6 +255,7 @@ func parseMetadata(meta *Meta, v any, add func(field, format string, args ...any
 				s, ok := x.(string)
 				if !ok {
 					add(field+"["+quote(k)+"]", "must be a string")
+					continue
 				}
 				out[k] = s
 			}
@@ -263,6 +264,7 @@ func parseMetadata(meta *Meta, v any, add func(field, format string, args ...any
 			} else {
 				meta.Annotations = out
 				checkTrellisAnnotations(meta.Kind, out, add)
+				checkIstioAnnotations(meta.Kind, out, add)
 			}
 		case "resourceVersion", "uid", "generation", "creationTimestamp", "managedFields":
 			// Kubernetes bookkeeping; carries no configuration.

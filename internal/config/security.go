@@ -44,8 +44,8 @@ func validatePeerAuthentication(pa *PeerAuthentication) []error {
 func validateAuthorizationPolicy(ap *AuthorizationPolicy) []error {
 	p := &problems{meta: ap.Meta}
 	p.labels("spec.selector.matchLabels", ap.Spec.GetSelector().GetMatchLabels())
-	named := secpolicy.NamedAuthorizationPolicy{Name: ap.Name, Namespace: ap.Namespace, Spec: ap.Spec}
-	if _, err := secpolicy.AuthorizationPolicies([]secpolicy.NamedAuthorizationPolicy{named}, ""); err != nil {
+	named := secpolicy.NamedAuthorizationPolicy{Name: ap.Name, Namespace: ap.Namespace, Spec: ap.Spec, DryRun: ap.DryRun()}
+	if _, err := secpolicy.AuthorizationFilters([]secpolicy.NamedAuthorizationPolicy{named}, ""); err != nil {
 		p.add("", "%v", err)
 	}
 	return p.errs

@@ -15,6 +15,7 @@ import (
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	v3rbacfilterpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	securityv1beta1 "istio.io/api/security/v1beta1"
@@ -36,7 +37,19 @@ type NamedAuthorizationPolicy struct {
 	Name      string
 	Namespace string
 	Spec      *securityv1beta1.AuthorizationPolicy
+	// DryRun marks a policy annotated istio.io/dry-run: "true": it is
+	// evaluated and its would-be decision reported, never enforced
+	// ([AuthorizationFilters] puts it in shadow_rules).
+	DryRun bool
 }
+
+// Stat prefixes of the shadow rules of dry-run policies, Istio's, so that
+// Envoy's RBAC statistics read as they do under Istio
+// ("istio_dry_run_allow_shadow_denied").
+const (
+	DryRunAllowStatPrefix = "istio_dry_run_allow_"
+	DryRunDenyStatPrefix  = "istio_dry_run_deny_"
+)
 
 func (n NamedAuthorizationPolicy) key() string { return n.Namespace + "/" + n.Name }
 
@@ -106,35 +119,92 @@ func Selects(p NamedAuthorizationPolicy, rootNamespace, workloadNamespace string
 // naming the policy and the field, matching ErrInvalidAuthorizationPolicy:
 //
 //	secpolicy: authorization policy "default/deny-admin": rules[0].to[0].operation.hosts: not supported
+//
+// Dry-run policies are left out (every one is still translated, so an
+// invalid one is an error): [AuthorizationFilters] gives them as shadow
+// rules.
 func AuthorizationPolicies(policies []NamedAuthorizationPolicy, trustDomain string) ([]*v3rbacpb.RBAC, error) {
+	enforced, _, err := translatePolicies(policies, trustDomain)
+	return enforced, err
+}
+
+// AuthorizationFilters is [AuthorizationPolicies] for the RBAC HTTP filters
+// of a server listener, as Istio builds them: at most one filter config
+// per action (DENY, ALLOW, LOG, in that order), whose rules hold the
+// enforced policies of the action and whose shadow_rules hold its dry-run
+// policies (with shadow_rules_stat_prefix [DryRunDenyStatPrefix] or
+// [DryRunAllowStatPrefix]). An action with dry-run policies only has no
+// rules, so it enforces nothing: a dry-run ALLOW never denies the requests
+// it does not match. Shadow rules are evaluated and never enforced (Envoy,
+// and Trellis's servers, which log and count their decisions); grpc-go's
+// RBAC filter ignores them.
+func AuthorizationFilters(policies []NamedAuthorizationPolicy, trustDomain string) ([]*v3rbacfilterpb.RBAC, error) {
+	enforced, shadow, err := translatePolicies(policies, trustDomain)
+	if err != nil {
+		return nil, err
+	}
+	var out []*v3rbacfilterpb.RBAC
+	for _, a := range actionOrder {
+		f := &v3rbacfilterpb.RBAC{}
+		for _, cfg := range enforced {
+			if cfg.GetAction() == a {
+				f.Rules = cfg
+			}
+		}
+		for _, cfg := range shadow {
+			if cfg.GetAction() == a {
+				f.ShadowRules = cfg
+				f.ShadowRulesStatPrefix = map[v3rbacpb.RBAC_Action]string{v3rbacpb.RBAC_DENY: DryRunDenyStatPrefix, v3rbacpb.RBAC_ALLOW: DryRunAllowStatPrefix}[a]
+			}
+		}
+		if f.Rules != nil || f.ShadowRules != nil {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// actionOrder is the order of the configs AuthorizationPolicies returns.
+var actionOrder = []v3rbacpb.RBAC_Action{v3rbacpb.RBAC_DENY, v3rbacpb.RBAC_ALLOW, v3rbacpb.RBAC_LOG}
+
+// translatePolicies translates policies into the RBAC configs of the
+// enforced policies and those of the dry-run ones, each at most one per
+// action, in actionOrder.
+func translatePolicies(policies []NamedAuthorizationPolicy, trustDomain string) (enforced, shadow []*v3rbacpb.RBAC, err error) {
 	sorted := slices.Clone(policies)
 	slices.SortStableFunc(sorted, func(a, b NamedAuthorizationPolicy) int {
 		return strings.Compare(a.key(), b.key())
 	})
-	configs := map[v3rbacpb.RBAC_Action]*v3rbacpb.RBAC{}
+	configs := [2]map[v3rbacpb.RBAC_Action]*v3rbacpb.RBAC{{}, {}} // enforced, dry run
 	for _, p := range sorted {
 		t := &apTranslator{policy: p.key(), namespace: p.Namespace, trustDomain: trustDomain}
 		action, rules, err := t.translate(p.Spec)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		cfg := configs[action]
+		set := configs[0]
+		if p.DryRun {
+			set = configs[1]
+		}
+		cfg := set[action]
 		if cfg == nil {
 			if len(rules) == 0 && action != v3rbacpb.RBAC_ALLOW {
 				continue
 			}
 			cfg = &v3rbacpb.RBAC{Action: action, Policies: map[string]*v3rbacpb.Policy{}}
-			configs[action] = cfg
+			set[action] = cfg
 		}
 		maps.Copy(cfg.Policies, rules)
 	}
-	var out []*v3rbacpb.RBAC
-	for _, a := range []v3rbacpb.RBAC_Action{v3rbacpb.RBAC_DENY, v3rbacpb.RBAC_ALLOW, v3rbacpb.RBAC_LOG} {
-		if cfg := configs[a]; cfg != nil {
-			out = append(out, cfg)
+	for _, a := range actionOrder {
+		if cfg := configs[0][a]; cfg != nil {
+			enforced = append(enforced, cfg)
+		}
+		if cfg := configs[1][a]; cfg != nil {
+			shadow = append(shadow, cfg)
 		}
 	}
-	return out, nil
+	return enforced, shadow, nil
 }
 
 // apTranslator translates one AuthorizationPolicy.

@@ -236,3 +236,99 @@ func TestSelects(t *testing.T) {
 		t.Errorf("Selects(empty root namespace) = %v, want false", got)
 	}
 }
+
+// TestAuthorizationFiltersDryRun: dry-run policies go into the shadow rules
+// of their action's filter, never into its rules; an action with dry-run
+// policies only has no rules (it enforces nothing: a dry-run ALLOW must not
+// deny what it does not match), as Istio builds them.
+func TestAuthorizationFiltersDryRun(t *testing.T) {
+	type filter struct {
+		Rules, Shadow []string // action and policy names, as summary gives them
+		Prefix        string
+	}
+	tests := []struct {
+		name     string
+		policies []NamedAuthorizationPolicy // specs filled in below
+		want     []filter
+	}{
+		{"nothing", nil, nil},
+		{"enforced only", []NamedAuthorizationPolicy{{Name: "d"}, {Name: "al"}}, []filter{
+			{Rules: []string{"DENY", `["ns/d[0]"]`}},
+			{Rules: []string{"ALLOW", `["ns/al[0]"]`}},
+		}},
+		{"dry-run DENY beside an enforced one", []NamedAuthorizationPolicy{{Name: "d"}, {Name: "d2", DryRun: true}}, []filter{
+			{Rules: []string{"DENY", `["ns/d[0]"]`}, Shadow: []string{"DENY", `["ns/d2[0]"]`}, Prefix: DryRunDenyStatPrefix},
+		}},
+		{"dry-run ALLOW only enforces nothing", []NamedAuthorizationPolicy{{Name: "al", DryRun: true}}, []filter{
+			{Shadow: []string{"ALLOW", `["ns/al[0]"]`}, Prefix: DryRunAllowStatPrefix},
+		}},
+		{"dry-run ALLOW without rules: a shadow that allows nothing", []NamedAuthorizationPolicy{{Name: "empty", DryRun: true}}, []filter{
+			{Shadow: []string{"ALLOW", `[]`}, Prefix: DryRunAllowStatPrefix},
+		}},
+		{"dry-run AUDIT", []NamedAuthorizationPolicy{{Name: "au", DryRun: true}, {Name: "al"}}, []filter{
+			{Rules: []string{"ALLOW", `["ns/al[0]"]`}},
+			{Shadow: []string{"LOG", `["ns/au[0]"]`}},
+		}},
+	}
+	specs := map[string]string{
+		"d":     `{action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}`,
+		"d2":    `{action: DENY, rules: [{to: [{operation: {paths: [/debug]}}]}]}`,
+		"al":    `{rules: [{to: [{operation: {paths: [/public]}}]}]}`,
+		"empty": `{}`,
+		"au":    `{action: AUDIT, rules: [{}]}`,
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var in []NamedAuthorizationPolicy
+			for _, p := range tt.policies {
+				p.Namespace, p.Spec = "ns", apSpec(t, specs[p.Name])
+				in = append(in, p)
+			}
+			got, err := AuthorizationFilters(in, "cluster.local")
+			if err != nil {
+				t.Fatalf("AuthorizationFilters() = %v", err)
+			}
+			var shapes []filter
+			for _, f := range got {
+				var s filter
+				if f.GetRules() != nil {
+					s.Rules = summary([]*v3rbacpb.RBAC{f.GetRules()})
+				}
+				if f.GetShadowRules() != nil {
+					s.Shadow = summary([]*v3rbacpb.RBAC{f.GetShadowRules()})
+				}
+				s.Prefix = f.GetShadowRulesStatPrefix()
+				shapes = append(shapes, s)
+			}
+			if diff := cmp.Diff(shapes, tt.want); diff != "" {
+				t.Errorf("AuthorizationFilters() shape mismatch (-got +want):\n%s", diff)
+			}
+			// AuthorizationPolicies gives the enforced rules only.
+			enforced, err := AuthorizationPolicies(in, "cluster.local")
+			if err != nil {
+				t.Fatalf("AuthorizationPolicies() = %v", err)
+			}
+			var want []*v3rbacpb.RBAC
+			for _, f := range got {
+				if f.GetRules() != nil {
+					want = append(want, f.GetRules())
+				}
+			}
+			if diff := cmp.Diff(enforced, want, protocmp.Transform()); diff != "" {
+				t.Errorf("AuthorizationPolicies() mismatch with the filters' rules (-got +want):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestAuthorizationFiltersRejectsInvalidDryRunPolicy(t *testing.T) {
+	in := []NamedAuthorizationPolicy{{Name: "p", Namespace: "default", DryRun: true, Spec: apSpec(t, `{rules: [{to: [{operation: {hosts: [x]}}]}]}`)}}
+	for name, f := range map[string]func([]NamedAuthorizationPolicy, string) (any, error){
+		"AuthorizationFilters":  func(p []NamedAuthorizationPolicy, td string) (any, error) { return AuthorizationFilters(p, td) },
+		"AuthorizationPolicies": func(p []NamedAuthorizationPolicy, td string) (any, error) { return AuthorizationPolicies(p, td) },
+	} {
+		if _, err := f(in, ""); !errors.Is(err, ErrInvalidAuthorizationPolicy) {
+			t.Errorf("%s(invalid dry-run policy) = %v, want ErrInvalidAuthorizationPolicy", name, err)
+		}
+	}
+}

@@ -20,6 +20,10 @@
 //	// rbacs: at most one DENY, one ALLOW and one LOG config, one policy
 //	// per rule, named "<namespace>/<name>[<rule index>]".
 //
+// Policies marked DryRun (Istio's istio.io/dry-run annotation) are never
+// among those rules: [AuthorizationFilters] gives the RBAC filter configs
+// of a server listener, with the dry-run policies in shadow_rules.
+//
 // Request authentication: [RequestAuthentications] turns RequestAuthentication
 // resources into one Envoy jwt_authn config.
 //

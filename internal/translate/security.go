@@ -291,12 +291,12 @@ func (b *builder) httpFilters(ns string, labels map[string]string) ([]*v3hcmpb.H
 	}
 	var aps []secpolicy.NamedAuthorizationPolicy
 	for _, ap := range b.set.AuthorizationPolicies {
-		named := secpolicy.NamedAuthorizationPolicy{Name: ap.Name, Namespace: ap.Namespace, Spec: ap.Spec}
+		named := secpolicy.NamedAuthorizationPolicy{Name: ap.Name, Namespace: ap.Namespace, Spec: ap.Spec, DryRun: ap.DryRun()}
 		if secpolicy.Selects(named, config.RootNamespace, ns, labels) {
 			aps = append(aps, named)
 		}
 	}
-	rbacs, err := secpolicy.AuthorizationPolicies(aps, b.trustDomain)
+	rbacs, err := secpolicy.AuthorizationFilters(aps, b.trustDomain)
 	if err != nil {
 		return nil, err
 	}
@@ -319,13 +319,18 @@ func requireJWT(filters []*v3hcmpb.HttpFilter) {
 	}
 }
 
-// rbacFilter is the RBAC HTTP filter of one config, named by its action:
+// rbacFilter is the RBAC HTTP filter of one config (its rules, and the
+// shadow rules of dry-run policies), named by its action:
 // "envoy.filters.http.rbac/deny", ".../allow" or ".../audit".
-func rbacFilter(cfg *v3rbacpb.RBAC) *v3hcmpb.HttpFilter {
-	suffix := map[v3rbacpb.RBAC_Action]string{v3rbacpb.RBAC_DENY: "deny", v3rbacpb.RBAC_ALLOW: "allow", v3rbacpb.RBAC_LOG: "audit"}[cfg.GetAction()]
+func rbacFilter(cfg *v3rbacfilterpb.RBAC) *v3hcmpb.HttpFilter {
+	action := cfg.GetRules().GetAction()
+	if cfg.GetRules() == nil {
+		action = cfg.GetShadowRules().GetAction()
+	}
+	suffix := map[v3rbacpb.RBAC_Action]string{v3rbacpb.RBAC_DENY: "deny", v3rbacpb.RBAC_ALLOW: "allow", v3rbacpb.RBAC_LOG: "audit"}[action]
 	return &v3hcmpb.HttpFilter{
 		Name:       RBACFilterName + "/" + suffix,
-		ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(&v3rbacfilterpb.RBAC{Rules: cfg})},
+		ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)},
 	}
 }
 
@@ -340,7 +345,7 @@ func routerFilter() *v3hcmpb.HttpFilter {
 // RBAC config without policies, which allows nothing.
 func denyAll() []*v3hcmpb.HttpFilter {
 	return []*v3hcmpb.HttpFilter{
-		rbacFilter(&v3rbacpb.RBAC{Action: v3rbacpb.RBAC_ALLOW}),
+		rbacFilter(&v3rbacfilterpb.RBAC{Rules: &v3rbacpb.RBAC{Action: v3rbacpb.RBAC_ALLOW}}),
 		routerFilter(),
 	}
 }

@@ -941,3 +941,69 @@ spec:
 		}
 	}
 }
+
+// TestDryRunPolicyIsShadowRules guards against a dry-run policy being
+// enforced: an AuthorizationPolicy annotated istio.io/dry-run: "true"
+// travels in the shadow_rules of its action's RBAC filter (with Istio's
+// stat prefix), never in its rules, and a dry-run ALLOW alone yields a
+// filter with no rules, which enforces nothing.
+func TestDryRunPolicyIsShadowRules(t *testing.T) {
+	set := load(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, annotations: {istio.io/dry-run: "true"}}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-debug, annotations: {istio.io/dry-run: "false"}}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/debug]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-reviews, annotations: {istio.io/dry-run: "true"}}
+spec:
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/reviews]}}]}]
+`)
+	res := Build(set, []registry.Endpoint{reg("ratings", "default", "10.0.0.1", 7001, 0, nil)}, Options{})
+	l := res.ServerListeners[ServerListenerName("10.0.0.1", 7001)]
+	if diff := cmp.Diff(filterNames(t, l), []string{"envoy.filters.http.rbac/deny", "envoy.filters.http.rbac/allow", "envoy.filters.http.router"}); diff != "" {
+		t.Fatalf("filters (-got +want):\n%s", diff)
+	}
+	h := &v3hcmpb.HttpConnectionManager{}
+	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	type shape struct {
+		Rules, Shadow []string
+		Prefix        string
+	}
+	got := map[string]shape{}
+	for _, f := range h.GetHttpFilters()[:2] {
+		r := &v3rbacfilterpb.RBAC{}
+		if err := f.GetTypedConfig().UnmarshalTo(r); err != nil {
+			t.Fatal(err)
+		}
+		if r.GetMatcher() != nil || r.GetShadowMatcher() != nil {
+			t.Errorf("%s: matcher or shadow_matcher set", f.GetName())
+		}
+		s := shape{Prefix: r.GetShadowRulesStatPrefix()}
+		if r.GetRules() != nil {
+			s.Rules = append([]string{r.GetRules().GetAction().String()}, slices.Sorted(maps.Keys(r.GetRules().GetPolicies()))...)
+		}
+		if r.GetShadowRules() != nil {
+			s.Shadow = append([]string{r.GetShadowRules().GetAction().String()}, slices.Sorted(maps.Keys(r.GetShadowRules().GetPolicies()))...)
+		}
+		got[f.GetName()] = s
+	}
+	want := map[string]shape{
+		"envoy.filters.http.rbac/deny":  {Rules: []string{"DENY", "default/deny-debug[0]"}, Shadow: []string{"DENY", "default/deny-admin[0]"}, Prefix: "istio_dry_run_deny_"},
+		"envoy.filters.http.rbac/allow": {Shadow: []string{"ALLOW", "default/allow-reviews[0]"}, Prefix: "istio_dry_run_allow_"},
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("RBAC filters (-got +want):\n%s", diff)
+	}
+}

@@ -357,23 +357,32 @@ func (r *compiledRoute[T]) headersMatch(md map[string][]string, grpc bool) bool 
 	return true
 }
 
-// headerMatcher evaluates one Envoy HeaderMatcher over gRPC metadata as
-// grpc-go does: values of a repeated header are joined with ",", binary
-// ("-bin") headers never match, and content-type is "application/grpc".
+// headerMatcher evaluates one Envoy HeaderMatcher as the authorization
+// engine (package authz) does, over HTTP headers and gRPC metadata alike:
+// the values of a repeated header are joined with "," (no space), as Envoy
+// and grpc-go match them, and (over HTTP) a missing header is the empty
+// value if treat_missing_header_as_empty is set (value matchers only).
+// Over gRPC, the route must be the one grpc-go's own xDS resolver picks, so
+// it matches as grpc-go does: binary ("-bin") headers never match,
+// content-type is "application/grpc", and treat_missing_header_as_empty
+// (which grpc-go does not read) is not applied.
 type headerMatcher struct {
-	name    string
-	match   func(value string, present bool) bool
-	invert  bool
-	binary  bool
-	content bool
+	name         string
+	match        func(value string, present bool) bool
+	invert       bool
+	binary       bool
+	content      bool
+	missingEmpty bool // treat_missing_header_as_empty, for a value matcher
 }
 
 func compileHeader(h *v3routepb.HeaderMatcher) (headerMatcher, bool) {
+	_, presence := h.GetHeaderMatchSpecifier().(*v3routepb.HeaderMatcher_PresentMatch)
 	hm := headerMatcher{
-		name:    strings.ToLower(h.GetName()),
-		invert:  h.GetInvertMatch(),
-		binary:  strings.HasSuffix(strings.ToLower(h.GetName()), "-bin"),
-		content: strings.EqualFold(h.GetName(), "content-type"),
+		name:         strings.ToLower(h.GetName()),
+		invert:       h.GetInvertMatch(),
+		binary:       strings.HasSuffix(strings.ToLower(h.GetName()), "-bin"),
+		content:      strings.EqualFold(h.GetName(), "content-type"),
+		missingEmpty: h.GetTreatMissingHeaderAsEmpty() && !presence,
 	}
 	present := func(f func(string) bool) func(string, bool) bool {
 		return func(v string, ok bool) bool { return ok && f(v) }
@@ -474,8 +483,12 @@ func (h headerMatcher) matches(md map[string][]string, grpc bool) bool {
 	var ok bool
 	if grpc && h.content {
 		value, ok = "application/grpc", true
-	} else if vs := md[h.name]; len(vs) > 0 {
+	} else if vs := md[h.name]; len(vs) == 1 {
+		value, ok = vs[0], true
+	} else if len(vs) > 1 {
 		value, ok = strings.Join(vs, ","), true
+	} else if h.missingEmpty && !grpc {
+		ok = true
 	}
 	return h.match(value, ok) != h.invert
 }
