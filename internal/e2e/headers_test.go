@@ -97,7 +97,7 @@ func (s *tenantsSeen) since(n int) [][]string {
 	return slices.Clone(s.seen[n:])
 }
 
-// serve starts p's server (v1, the greeter identity, and opts), recording
+// serve starts p's server (v1, its protocol's identity, and opts), recording
 // behind the server's policy what the handler sees.
 func (s *tenantsSeen) serve(t *testing.T, m *secureMesh, p protocol, opts ...mesh.Option) {
 	t.Helper()
@@ -109,7 +109,7 @@ func (s *tenantsSeen) serve(t *testing.T, m *secureMesh, p protocol, opts ...mes
 			s.record(md.Get("x-tenant"))
 			return h(ctx, req)
 		})
-		startGreeter(t, m.addr, "v1", append(append(m.as("greeter-token"), mesh.WithServerOptions(rec)), opts...)...)
+		startGreeter(t, m.addr, "v1", append(append(m.as(p.token), mesh.WithServerOptions(rec)), opts...)...)
 		return
 	}
 	inner := (&behaviour{}).handler("v1", "")
@@ -117,7 +117,7 @@ func (s *tenantsSeen) serve(t *testing.T, m *secureMesh, p protocol, opts ...mes
 		s.record(r.Header.Values("X-Tenant"))
 		inner.ServeHTTP(w, r)
 	})
-	srv, err := mesh.NewHTTPServer(h, append(append(m.as("greeter-token"), mesh.WithService(p.host, "v1"), mesh.WithServicePort(9080)), opts...)...)
+	srv, err := mesh.NewHTTPServer(h, append(append(m.as(p.token), mesh.WithService(p.host, "v1"), mesh.WithServicePort(9080)), opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,6 +53,9 @@ type result struct {
 type protocol struct {
 	name string
 	host string // the service name, written into the scenario's YAML
+	// token is the join token of the servers' identity, whose service
+	// account is named as the service.
+	token string
 	// serve starts a server of version v with behaviour b; stop kills it
 	// abruptly.
 	serve func(t *testing.T, m *secureMesh, v string, b *behaviour) (stop func())
@@ -62,7 +65,7 @@ type protocol struct {
 
 var protocols = []protocol{
 	{
-		name: "grpc", host: "greeter",
+		name: "grpc", host: "greeter", token: "greeter-token",
 		serve: func(t *testing.T, m *secureMesh, v string, b *behaviour) func() {
 			opts := append(m.as("greeter-token"), mesh.WithServerOptions(grpc.UnaryInterceptor(b.intercept)))
 			g := startGreeter(t, m.addr, v, opts...)
@@ -82,7 +85,7 @@ var protocols = []protocol{
 		},
 	},
 	{
-		name: "http", host: "hello",
+		name: "http", host: "hello", token: "hello-token",
 		serve: func(t *testing.T, m *secureMesh, v string, b *behaviour) func() {
 			lis, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
