@@ -402,7 +402,7 @@ func (r *registrationService) Register(stream registrationpb.Registration_Regist
 		lease, err = s.admitRegistration(who, ep)
 	}
 	if err != nil {
-		st, result := registrationStatus(err)
+		result, st := registrationStatus(err)
 		s.metrics.registrations.WithLabelValues(result).Inc()
 		s.log.Warn("registration refused", "endpoint", ep.Key(), "registrant", who.String(), "reason", result, "error", err)
 		return st

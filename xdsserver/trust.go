@@ -147,20 +147,20 @@ func (e limited) Error() string { return e.msg }
 func deny(format string, args ...any) error  { return denied{fmt.Sprintf(format, args...)} }
 func limit(format string, args ...any) error { return limited{fmt.Sprintf(format, args...)} }
 
-// registrationStatus is the status a registrant gets for err, and the
-// result label it is counted under.
-func registrationStatus(err error) (error, string) {
+// registrationStatus is the result label a refusal err is counted under,
+// and the status the registrant gets.
+func registrationStatus(err error) (result string, st error) {
 	var d denied
 	var l limited
 	switch {
 	case errors.Is(err, errNoCredential), errors.Is(err, errBadCertificate):
-		return status.Error(codes.Unauthenticated, err.Error()), "unauthenticated"
+		return "unauthenticated", status.Error(codes.Unauthenticated, err.Error())
 	case errors.As(err, &d):
-		return status.Error(codes.PermissionDenied, "registration refused: "+d.msg), "denied"
+		return "denied", status.Error(codes.PermissionDenied, "registration refused: "+d.msg)
 	case errors.As(err, &l):
-		return status.Error(codes.ResourceExhausted, "registration refused: "+l.msg), "limited"
+		return "limited", status.Error(codes.ResourceExhausted, "registration refused: "+l.msg)
 	}
-	return status.Error(codes.InvalidArgument, err.Error()), "rejected"
+	return "rejected", status.Error(codes.InvalidArgument, err.Error())
 }
 
 // errBadCertificate: the registrant presented a certificate that does not
