@@ -3,21 +3,23 @@ package authz
 //lint:file-ignore SA1019 Envoy's deprecated matcher fields are still what control planes (Istio's among them) send; they must be understood.
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+
+	"github.com/trellismesh/trellis/internal/matcher"
 )
 
-// matcher is one compiled permission or principal.
-type matcher func(*input) bool
+// rule is one compiled permission or principal.
+type rule func(*input) bool
 
-func anyMatch(ms []matcher, in *input) bool {
+func anyMatch(ms []rule, in *input) bool {
 	for _, m := range ms {
 		if m(in) {
 			return true
@@ -26,7 +28,7 @@ func anyMatch(ms []matcher, in *input) bool {
 	return false
 }
 
-func allMatch(ms []matcher, in *input) bool {
+func allMatch(ms []rule, in *input) bool {
 	for _, m := range ms {
 		if !m(in) {
 			return false
@@ -88,11 +90,11 @@ func (c *compiler) policy(name string, p *v3rbacpb.Policy) (compiledPolicy, erro
 	return out, nil
 }
 
-func (c *compiler) permissionSet(field string, rules []*v3rbacpb.Permission) ([]matcher, error) {
+func (c *compiler) permissionSet(field string, rules []*v3rbacpb.Permission) ([]rule, error) {
 	if len(rules) == 0 {
 		return nil, c.invalid(field, "empty set")
 	}
-	ms := make([]matcher, 0, len(rules))
+	ms := make([]rule, 0, len(rules))
 	for i, r := range rules {
 		m, err := c.permission(fmt.Sprintf("%s[%d]", field, i), r)
 		if err != nil {
@@ -103,7 +105,7 @@ func (c *compiler) permissionSet(field string, rules []*v3rbacpb.Permission) ([]
 	return ms, nil
 }
 
-func (c *compiler) permission(field string, p *v3rbacpb.Permission) (matcher, error) {
+func (c *compiler) permission(field string, p *v3rbacpb.Permission) (rule, error) {
 	switch r := p.GetRule().(type) {
 	case *v3rbacpb.Permission_Any:
 		if !r.Any {
@@ -151,11 +153,11 @@ func (c *compiler) permission(field string, p *v3rbacpb.Permission) (matcher, er
 	}
 }
 
-func (c *compiler) principalSet(field string, ids []*v3rbacpb.Principal) ([]matcher, error) {
+func (c *compiler) principalSet(field string, ids []*v3rbacpb.Principal) ([]rule, error) {
 	if len(ids) == 0 {
 		return nil, c.invalid(field, "empty set")
 	}
-	ms := make([]matcher, 0, len(ids))
+	ms := make([]rule, 0, len(ids))
 	for i, id := range ids {
 		m, err := c.principal(fmt.Sprintf("%s[%d]", field, i), id)
 		if err != nil {
@@ -166,7 +168,7 @@ func (c *compiler) principalSet(field string, ids []*v3rbacpb.Principal) ([]matc
 	return ms, nil
 }
 
-func (c *compiler) principal(field string, p *v3rbacpb.Principal) (matcher, error) {
+func (c *compiler) principal(field string, p *v3rbacpb.Principal) (rule, error) {
 	switch id := p.GetIdentifier().(type) {
 	case *v3rbacpb.Principal_Any:
 		if !id.Any {
@@ -229,7 +231,7 @@ func ruleName(fd interface{ TextName() string }) string {
 	return fd.TextName()
 }
 
-func (c *compiler) cidr(field string, r *v3corepb.CidrRange) (matcher, error) {
+func (c *compiler) cidr(field string, r *v3corepb.CidrRange) (rule, error) {
 	addr, err := netip.ParseAddr(r.GetAddressPrefix())
 	if err != nil {
 		return nil, c.invalid(field+".address_prefix", "%v", err)
@@ -256,21 +258,22 @@ func (c *compiler) cidr(field string, r *v3corepb.CidrRange) (matcher, error) {
 	}, nil
 }
 
-func (c *compiler) urlPath(field string, p *v3matcherpb.PathMatcher) (matcher, error) {
-	if p.GetPath() == nil {
-		return nil, c.invalid(field+".path", "not set")
-	}
-	sm, err := c.stringMatcher(field+".path", p.GetPath())
-	if err != nil {
+func (c *compiler) urlPath(field string, p *v3matcherpb.PathMatcher) (rule, error) {
+	if err := c.strict(field+".path", p.GetPath()); err != nil {
 		return nil, err
 	}
-	return func(in *input) bool { return sm(in.path) }, nil
+	sm, err := matcher.CompilePath(p)
+	if err != nil {
+		return nil, c.compileError(field, err)
+	}
+	return func(in *input) bool { return sm.Match(in.path) }, nil
 }
 
-// header compiles an Envoy route HeaderMatcher. The pseudo-headers
-// ":method", ":authority" (and "host") and ":path" read Request.Method,
-// Request.Host and the canonical path.
-func (c *compiler) header(field string, h *v3routepb.HeaderMatcher) (matcher, error) {
+// header compiles an Envoy route HeaderMatcher with package
+// internal/matcher, as routes compile theirs. The pseudo-headers ":method",
+// ":authority" (and "host") and ":path" read Request.Method, Request.Host
+// and the canonical path.
+func (c *compiler) header(field string, h *v3routepb.HeaderMatcher) (rule, error) {
 	if h == nil {
 		return nil, c.invalid(field, "nil")
 	}
@@ -278,172 +281,79 @@ func (c *compiler) header(field string, h *v3routepb.HeaderMatcher) (matcher, er
 	if name == "" || name != strings.ToLower(name) {
 		return nil, c.invalid(field+".name", "%q must be non-empty and lower-case", name)
 	}
-	var vm func(string) bool
-	var present *bool
-	switch s := h.GetHeaderMatchSpecifier().(type) {
-	case *v3routepb.HeaderMatcher_ExactMatch:
-		v := s.ExactMatch
-		vm = func(x string) bool { return x == v }
-	case *v3routepb.HeaderMatcher_PrefixMatch:
-		v := s.PrefixMatch
-		vm = func(x string) bool { return strings.HasPrefix(x, v) }
-	case *v3routepb.HeaderMatcher_SuffixMatch:
-		v := s.SuffixMatch
-		vm = func(x string) bool { return strings.HasSuffix(x, v) }
-	case *v3routepb.HeaderMatcher_ContainsMatch:
-		v := s.ContainsMatch
-		vm = func(x string) bool { return strings.Contains(x, v) }
-	case *v3routepb.HeaderMatcher_SafeRegexMatch:
-		re, err := c.regex(field+".safe_regex_match", s.SafeRegexMatch)
-		if err != nil {
-			return nil, err
-		}
-		vm = re.MatchString
-	case *v3routepb.HeaderMatcher_StringMatch:
-		sm, err := c.stringMatcher(field+".string_match", s.StringMatch)
-		if err != nil {
-			return nil, err
-		}
-		vm = sm
-	case *v3routepb.HeaderMatcher_PresentMatch:
-		b := s.PresentMatch
-		present = &b
-	case *v3routepb.HeaderMatcher_RangeMatch:
-		return nil, c.unsupported(field + ".range_match")
-	case nil:
-		return nil, c.invalid(field, "no match specifier set")
-	default:
-		return nil, c.unsupported(field + ".header_match_specifier")
+	if err := c.strict(field+".string_match", h.GetStringMatch()); err != nil {
+		return nil, err
 	}
-	invert := h.GetInvertMatch()
-	missingEmpty := h.GetTreatMissingHeaderAsEmpty()
-	return func(in *input) bool {
-		v, found := headerValue(in, name)
-		var ok bool
-		switch {
-		case present != nil:
-			ok = found == *present
-		case found || missingEmpty:
-			ok = !strings.ContainsRune(v, 0) && vm(v)
-		}
-		return ok != invert
-	}, nil
-}
-
-// headerValue returns the value a header matcher sees: the values of a
-// repeated header joined with "," (no space), as Envoy (since
-// CVE-2020-25017) and grpc-go's xDS matchers see them, so that a request
-// cannot satisfy a rule with one value while its handler reads another.
-// found is false when the request has no such header.
-func headerValue(in *input, name string) (v string, found bool) {
-	vals := headerValues(in, name)
-	switch len(vals) {
-	case 0:
-		return "", false
-	case 1:
-		return vals[0], true
+	hm, err := matcher.CompileHeader(h)
+	if err != nil {
+		return nil, c.compileError(field, err)
 	}
-	return strings.Join(vals, ","), true
-}
-
-func headerValues(in *input, name string) []string {
 	switch name {
 	case ":method":
-		if in.r.Method != "" {
-			return []string{in.r.Method}
-		}
-		return nil
+		return func(in *input) bool {
+			if in.r.Method == "" {
+				return hm.MatchMissing()
+			}
+			return hm.MatchValue(in.r.Method)
+		}, nil
 	case ":authority", "host":
-		if in.r.Host != "" {
-			return []string{in.r.Host}
-		}
-		return in.r.Headers[name]
+		return func(in *input) bool {
+			if in.r.Host != "" {
+				return hm.MatchValue(in.r.Host)
+			}
+			return hm.Match(in.r.Headers[name])
+		}, nil
 	case ":path":
-		return []string{in.path}
+		return func(in *input) bool { return hm.MatchValue(in.path) }, nil
 	}
-	return in.r.Headers[name]
+	return func(in *input) bool { return hm.Match(in.r.Headers[name]) }, nil
 }
 
-// stringMatcher compiles an Envoy StringMatcher.
+// stringMatcher compiles an Envoy StringMatcher with package
+// internal/matcher.
 func (c *compiler) stringMatcher(field string, s *v3matcherpb.StringMatcher) (func(string) bool, error) {
 	if s == nil {
 		return nil, c.invalid(field, "nil")
 	}
-	fold := s.GetIgnoreCase()
-	switch p := s.GetMatchPattern().(type) {
-	case *v3matcherpb.StringMatcher_Exact:
-		v := p.Exact
-		if fold {
-			return func(x string) bool { return strings.EqualFold(x, v) }, nil
-		}
-		return func(x string) bool { return x == v }, nil
-	case *v3matcherpb.StringMatcher_Prefix:
-		v := p.Prefix
-		if v == "" {
-			return nil, c.invalid(field+".prefix", "empty")
-		}
-		if fold {
-			return func(x string) bool { return len(x) >= len(v) && strings.EqualFold(x[:len(v)], v) }, nil
-		}
-		return func(x string) bool { return strings.HasPrefix(x, v) }, nil
-	case *v3matcherpb.StringMatcher_Suffix:
-		v := p.Suffix
-		if v == "" {
-			return nil, c.invalid(field+".suffix", "empty")
-		}
-		if fold {
-			return func(x string) bool { return len(x) >= len(v) && strings.EqualFold(x[len(x)-len(v):], v) }, nil
-		}
-		return func(x string) bool { return strings.HasSuffix(x, v) }, nil
-	case *v3matcherpb.StringMatcher_Contains:
-		v := p.Contains
-		if v == "" {
-			return nil, c.invalid(field+".contains", "empty")
-		}
-		if fold {
-			lv := strings.ToLower(v)
-			return func(x string) bool { return strings.Contains(strings.ToLower(x), lv) }, nil
-		}
-		return func(x string) bool { return strings.Contains(x, v) }, nil
-	case *v3matcherpb.StringMatcher_SafeRegex:
-		if fold {
-			return nil, c.unsupported(field + ".ignore_case with safe_regex")
-		}
-		re, err := c.regex(field+".safe_regex", p.SafeRegex)
-		if err != nil {
-			return nil, err
-		}
-		return re.MatchString, nil
-	case *v3matcherpb.StringMatcher_Custom:
-		return nil, c.unsupported(field + ".custom")
-	case nil:
-		return nil, c.invalid(field, "no match pattern set")
-	default:
-		return nil, c.unsupported(field + ".match_pattern")
+	if err := c.strict(field, s); err != nil {
+		return nil, err
 	}
+	sm, err := matcher.CompileString(s)
+	if err != nil {
+		return nil, c.compileError(field, err)
+	}
+	return sm.Match, nil
 }
 
-// regex compiles an RE2 expression anchored at both ends, as Envoy matches
-// safe_regex against the whole value.
-func (c *compiler) regex(field string, r *v3matcherpb.RegexMatcher) (*regexp.Regexp, error) {
-	if r == nil {
-		return nil, c.invalid(field, "nil")
+// strict refuses what Envoy accepts but a policy should not say: ignore_case
+// on a safe_regex, which Envoy ignores (the regex stays case-sensitive) and
+// a policy author likely meant otherwise. Refusing it keeps the engine fail
+// closed.
+func (c *compiler) strict(field string, s *v3matcherpb.StringMatcher) error {
+	if s.GetIgnoreCase() && s.GetSafeRegex() != nil {
+		return c.unsupported(field + ".ignore_case with safe_regex")
 	}
-	if r.GetGoogleRe2().GetMaxProgramSize() != nil {
-		return nil, c.unsupported(field + ".google_re2.max_program_size")
+	return nil
+}
+
+// compileError turns an error of package internal/matcher on the message
+// at field into an error of New.
+func (c *compiler) compileError(field string, err error) error {
+	var me *matcher.Error
+	if !errors.As(err, &me) {
+		return c.invalid(field, "%v", err)
 	}
-	if len(r.GetRegex()) > MaxRegexLen {
-		return nil, c.invalid(field+".regex", "%d bytes exceeds the limit of %d", len(r.GetRegex()), MaxRegexLen)
+	if me.Field != "" {
+		field += "." + me.Field
 	}
-	re, err := regexp.Compile(`^(?:` + r.GetRegex() + `)$`)
-	if err != nil {
-		return nil, c.invalid(field+".regex", "%v", err)
+	if errors.Is(me, matcher.ErrUnsupported) {
+		return c.unsupported(field)
 	}
-	return re, nil
+	return c.invalid(field, "%s", me.Msg)
 }
 
 // metadata compiles a MetadataMatcher over the istio_authn (JWT) results.
-func (c *compiler) metadata(field string, m *v3matcherpb.MetadataMatcher) (matcher, error) {
+func (c *compiler) metadata(field string, m *v3matcherpb.MetadataMatcher) (rule, error) {
 	if m == nil {
 		return nil, c.invalid(field, "nil")
 	}

@@ -36,13 +36,17 @@
 // The request path is canonicalised with [secpolicy.CanonicalPath] ("//a",
 // "/x/../a", "/%61" all become "/a"); a path with no canonical form
 // ("%2F", backslash, NUL, no leading '/') is denied whatever the policies
-// say, as is a request with NUL, CR or LF in a header value. Header
-// matchers see a repeated header as its values joined with "," (Envoy's and
-// grpc-go's semantics). Paths are
-// case-sensitive.
+// say, as is a request with NUL, CR or LF in a header value. String, header
+// and path matchers are compiled as routes compile theirs, with Envoy's
+// semantics: a repeated header is its values joined with ",", a missing one
+// matches no value matcher (inverted or not) unless
+// treat_missing_header_as_empty is set, ignore_case folds ASCII letters.
+// Paths are case-sensitive.
 //
-// Supported permissions: any, and_rules, or_rules, not_rule, header,
-// url_path, destination_port, destination_port_range. Supported principals:
+// Supported permissions: any, and_rules, or_rules, not_rule, header (every
+// specifier, range_match included; an upper-case name and ignore_case on a
+// safe_regex are refused), url_path, destination_port,
+// destination_port_range. Supported principals:
 // any, and_ids, or_ids, not_id, authenticated, source_ip, direct_remote_ip,
 // remote_ip (all three match the peer address: forwarding headers are never
 // trusted), header, url_path, and metadata of filter "istio_authn" with the

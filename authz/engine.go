@@ -12,6 +12,7 @@ import (
 
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 
+	"github.com/trellismesh/trellis/internal/matcher"
 	"github.com/trellismesh/trellis/internal/secpolicy"
 )
 
@@ -38,8 +39,9 @@ func (e *policyError) Error() string { return "authz: " + e.where + ": " + e.msg
 
 func (e *policyError) Unwrap() error { return e.kind }
 
-// MaxRegexLen is the longest safe_regex, in bytes, that [New] accepts.
-const MaxRegexLen = 1024
+// MaxRegexLen is the longest safe_regex, in bytes, that [New] accepts (the
+// limit routes are held to as well).
+const MaxRegexLen = matcher.MaxRegexLen
 
 // Request is what the engine knows about one request. Its zero value is a
 // request with no identity, no address and an invalid (empty) path, which
@@ -126,8 +128,8 @@ type Engine struct {
 
 type compiledPolicy struct {
 	name        string
-	permissions []matcher // ORed
-	principals  []matcher // ORed
+	permissions []rule // ORed
+	principals  []rule // ORed
 }
 
 func (p *compiledPolicy) match(in *input) bool {

@@ -12,7 +12,6 @@ import (
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	v3typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -72,9 +71,6 @@ func TestNewRejectsInvalidRBAC(t *testing.T) {
 		{"empty permission", rbac(v3rbacpb.RBAC_DENY, "p", permPolicy(&v3rbacpb.Permission{})), ErrInvalidPolicy, `permissions[0]: no rule set`},
 		{"unknown principal kind", rbac(v3rbacpb.RBAC_DENY, "p", idPolicy(&v3rbacpb.Principal{Identifier: &v3rbacpb.Principal_FilterState{FilterState: &v3matcherpb.FilterStateMatcher{}}})),
 			ErrUnsupported, `principals[0].filter_state`},
-		{"header range match", rbac(v3rbacpb.RBAC_DENY, "p", idPolicy(&v3rbacpb.Principal{Identifier: &v3rbacpb.Principal_Header{Header: &v3routepb.HeaderMatcher{
-			Name: "x", HeaderMatchSpecifier: &v3routepb.HeaderMatcher_RangeMatch{RangeMatch: &v3typepb.Int64Range{Start: 1, End: 2}}}}})),
-			ErrUnsupported, `principals[0].header.range_match`},
 		{"upper-case header name", rbac(v3rbacpb.RBAC_DENY, "p", idPolicy(&v3rbacpb.Principal{Identifier: &v3rbacpb.Principal_Header{Header: &v3routepb.HeaderMatcher{
 			Name: "X-User", HeaderMatchSpecifier: &v3routepb.HeaderMatcher_PresentMatch{PresentMatch: true}}}})),
 			ErrInvalidPolicy, `principals[0].header.name`},
