@@ -10,6 +10,7 @@ import (
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	v3typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/trellismesh/trellis/authz"
@@ -20,10 +21,14 @@ import (
 // values joined with ",", a missing one is absent (or empty with
 // treat_missing_header_as_empty), inverted matches invert that. A request
 // cannot take a route on one reading of its headers and pass authorization
-// on another.
+// on another. Both compile their matchers with package internal/matcher;
+// this holds the adapters (how each reads a request's headers) to it.
 func TestHeaderMatchersAgreeWithAuthz(t *testing.T) {
 	sm := func(p *v3matcherpb.StringMatcher) *v3routepb.HeaderMatcher_StringMatch {
 		return &v3routepb.HeaderMatcher_StringMatch{StringMatch: p}
+	}
+	rangeMatch := func(lo, hi int64) *v3routepb.HeaderMatcher_RangeMatch {
+		return &v3routepb.HeaderMatcher_RangeMatch{RangeMatch: &v3typepb.Int64Range{Start: lo, End: hi}}
 	}
 	exact := sm(&v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Exact{Exact: "public"}})
 	matchers := []*v3routepb.HeaderMatcher{
@@ -41,6 +46,19 @@ func TestHeaderMatchersAgreeWithAuthz(t *testing.T) {
 		{Name: "x-tenant", HeaderMatchSpecifier: &v3routepb.HeaderMatcher_PresentMatch{PresentMatch: true}, InvertMatch: true},
 		{Name: "x-tenant", HeaderMatchSpecifier: sm(&v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Exact{Exact: ""}}), TreatMissingHeaderAsEmpty: true},
 		{Name: "x-tenant", HeaderMatchSpecifier: exact, TreatMissingHeaderAsEmpty: true, InvertMatch: true},
+		// Since both compile with internal/matcher: every specifier, range
+		// included, with ignore_case, invert_match and
+		// treat_missing_header_as_empty.
+		{Name: "x-tenant", HeaderMatchSpecifier: rangeMatch(0, 10)},
+		{Name: "x-tenant", HeaderMatchSpecifier: rangeMatch(0, 10), InvertMatch: true},
+		{Name: "x-tenant", HeaderMatchSpecifier: rangeMatch(-10, 10), TreatMissingHeaderAsEmpty: true, InvertMatch: true},
+		{Name: "x-tenant", HeaderMatchSpecifier: &v3routepb.HeaderMatcher_ExactMatch{ExactMatch: "public"}, InvertMatch: true},
+		{Name: "x-tenant", HeaderMatchSpecifier: sm(&v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Prefix{Prefix: "PUB"}, IgnoreCase: true})},
+		{Name: "x-tenant", HeaderMatchSpecifier: sm(&v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Suffix{Suffix: "LIC"}, IgnoreCase: true})},
+		{Name: "x-tenant", HeaderMatchSpecifier: sm(&v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Contains{Contains: "K"}, IgnoreCase: true})},
+		{Name: "x-tenant", HeaderMatchSpecifier: sm(&v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_Contains{Contains: ","}}), InvertMatch: true, TreatMissingHeaderAsEmpty: true},
+		{Name: "x-tenant", HeaderMatchSpecifier: sm(&v3matcherpb.StringMatcher{MatchPattern: &v3matcherpb.StringMatcher_SafeRegex{SafeRegex: &v3matcherpb.RegexMatcher{Regex: "[+-]?[0-9]+"}}}), InvertMatch: true},
+		{Name: "x-tenant", HeaderMatchSpecifier: &v3routepb.HeaderMatcher_PresentMatch{PresentMatch: false}, InvertMatch: true, TreatMissingHeaderAsEmpty: true},
 	}
 	requests := []map[string][]string{
 		nil,
@@ -53,6 +71,14 @@ func TestHeaderMatchersAgreeWithAuthz(t *testing.T) {
 		{"x-tenant": {"", ""}},
 		{"x-tenant": {}},
 		{"x-other": {"public"}},
+		{"x-tenant": {"5"}},
+		{"x-tenant": {"+5"}},
+		{"x-tenant": {"-5"}},
+		{"x-tenant": {"10"}},
+		{"x-tenant": {"5", "5"}},
+		{"x-tenant": {"PUBLIC"}},
+		{"x-tenant": {"k"}},
+		{"x-tenant": {"\u212a"}},
 	}
 	for i, hm := range matchers {
 		rc := &v3routepb.RouteConfiguration{VirtualHosts: []*v3routepb.VirtualHost{{Domains: []string{"*"}, Routes: []*v3routepb.Route{

@@ -15,6 +15,8 @@
 //	defer tbl.Close()
 //	_, cluster, ok := tbl.Lookup(ctx, "/reviews.Reviews/Get", md)
 //
-// Matchers the package cannot evaluate make their route never match, as
-// grpc-go ignores such routes.
+// Path and header matchers are compiled by package internal/matcher, with
+// Envoy's semantics, as the authorization engine (package authz) compiles
+// its own. Matchers the package cannot evaluate, or that Envoy would refuse,
+// make their route never match.
 package xdsroute

@@ -1,11 +1,8 @@
 package xdsroute
 
-//lint:file-ignore SA1019 Envoy's deprecated matcher fields are still what control planes (Istio's among them) send; they must be understood.
-
 import (
 	"context"
 	"math/rand/v2"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,12 +10,12 @@ import (
 	v3listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	v3hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	v3typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/trellismesh/trellis/internal/matcher"
 	"github.com/trellismesh/trellis/internal/xdsclient"
 )
 
@@ -235,10 +232,9 @@ type compiledRoute[T any] struct {
 	route *v3routepb.Route
 	value T
 
-	path          func(string) bool
-	headers       []headerMatcher
-	fraction      uint32 // parts per million; 1e6 matches all
-	caseSensitive bool
+	path     *matcher.String
+	headers  []headerMatcher
+	fraction uint32 // parts per million; 1e6 matches all
 }
 
 // compile selects the virtual host for authority, as gRFC A28 and Envoy
@@ -286,38 +282,22 @@ func pickVirtualHost(vhs []*v3routepb.VirtualHost, authority string) *v3routepb.
 
 func compileRoute[T any](r *v3routepb.Route) (compiledRoute[T], bool) {
 	m := r.GetMatch()
-	cr := compiledRoute[T]{route: r, fraction: 1_000_000, caseSensitive: m.GetCaseSensitive() == nil || m.GetCaseSensitive().GetValue()}
-	switch ps := m.GetPathSpecifier().(type) {
-	case *v3routepb.RouteMatch_Prefix:
-		p := ps.Prefix
-		if !cr.caseSensitive {
-			p = strings.ToLower(p)
-			cr.path = func(s string) bool { return strings.HasPrefix(strings.ToLower(s), p) }
-		} else {
-			cr.path = func(s string) bool { return strings.HasPrefix(s, p) }
-		}
-	case *v3routepb.RouteMatch_Path:
-		p := ps.Path
-		if !cr.caseSensitive {
-			cr.path = func(s string) bool { return strings.EqualFold(s, p) }
-		} else {
-			cr.path = func(s string) bool { return s == p }
-		}
-	case *v3routepb.RouteMatch_SafeRegex:
-		re, err := regexp.Compile("^(?:" + ps.SafeRegex.GetRegex() + ")$")
+	cr := compiledRoute[T]{route: r, fraction: 1_000_000}
+	path, err := matcher.CompileRoutePath(m)
+	if err != nil {
+		return cr, false
+	}
+	cr.path = path
+	for _, h := range m.GetHeaders() {
+		hm, err := matcher.CompileHeader(h)
 		if err != nil {
 			return cr, false
 		}
-		cr.path = re.MatchString
-	default:
-		return cr, false
-	}
-	for _, h := range m.GetHeaders() {
-		hm, ok := compileHeader(h)
-		if !ok {
-			return cr, false
-		}
-		cr.headers = append(cr.headers, hm)
+		cr.headers = append(cr.headers, headerMatcher{
+			Header:  hm,
+			binary:  strings.HasSuffix(hm.Name(), "-bin"),
+			content: hm.Name() == "content-type",
+		})
 	}
 	if rf := m.GetRuntimeFraction().GetDefaultValue(); rf != nil {
 		cr.fraction = perMillion(rf)
@@ -337,7 +317,7 @@ func perMillion(f *v3typepb.FractionalPercent) uint32 {
 }
 
 func (r *compiledRoute[T]) matches(ctx context.Context, method string, hs *headerSource, grpc bool) bool {
-	if !r.path(method) {
+	if !r.path.Match(method) {
 		return false
 	}
 	if len(r.headers) > 0 {
@@ -357,138 +337,32 @@ func (r *compiledRoute[T]) headersMatch(md map[string][]string, grpc bool) bool 
 	return true
 }
 
-// headerMatcher evaluates one Envoy HeaderMatcher as the authorization
-// engine (package authz) does, over HTTP headers and gRPC metadata alike:
-// the values of a repeated header are joined with "," (no space), as Envoy
-// and grpc-go match them, and (over HTTP) a missing header is the empty
-// value if treat_missing_header_as_empty is set (value matchers only).
-// Over gRPC, the route must be the one grpc-go's own xDS resolver picks, so
-// it matches as grpc-go does: binary ("-bin") headers never match,
-// content-type is "application/grpc", and treat_missing_header_as_empty
-// (which grpc-go does not read) is not applied.
+// headerMatcher is one Envoy HeaderMatcher, compiled by package
+// internal/matcher as the authorization engine (package authz) compiles
+// its own, so that over HTTP a header matcher decides as a policy does.
+// Over gRPC, the route must be the one grpc-go's own xDS resolver picks
+// while it routes mesh.Dial's calls, so headers are seen as grpc-go shows
+// them to its matchers: binary ("-bin") headers are absent, content-type is
+// "application/grpc", and treat_missing_header_as_empty (which grpc-go does
+// not read) is not applied.
 type headerMatcher struct {
-	name         string
-	match        func(value string, present bool) bool
-	invert       bool
-	binary       bool
-	content      bool
-	missingEmpty bool // treat_missing_header_as_empty, for a value matcher
-}
-
-func compileHeader(h *v3routepb.HeaderMatcher) (headerMatcher, bool) {
-	_, presence := h.GetHeaderMatchSpecifier().(*v3routepb.HeaderMatcher_PresentMatch)
-	hm := headerMatcher{
-		name:         strings.ToLower(h.GetName()),
-		invert:       h.GetInvertMatch(),
-		binary:       strings.HasSuffix(strings.ToLower(h.GetName()), "-bin"),
-		content:      strings.EqualFold(h.GetName(), "content-type"),
-		missingEmpty: h.GetTreatMissingHeaderAsEmpty() && !presence,
-	}
-	present := func(f func(string) bool) func(string, bool) bool {
-		return func(v string, ok bool) bool { return ok && f(v) }
-	}
-	switch s := h.GetHeaderMatchSpecifier().(type) {
-	case *v3routepb.HeaderMatcher_ExactMatch:
-		hm.match = present(func(v string) bool { return v == s.ExactMatch })
-	case *v3routepb.HeaderMatcher_PrefixMatch:
-		hm.match = present(func(v string) bool { return strings.HasPrefix(v, s.PrefixMatch) })
-	case *v3routepb.HeaderMatcher_SuffixMatch:
-		hm.match = present(func(v string) bool { return strings.HasSuffix(v, s.SuffixMatch) })
-	case *v3routepb.HeaderMatcher_ContainsMatch:
-		hm.match = present(func(v string) bool { return strings.Contains(v, s.ContainsMatch) })
-	case *v3routepb.HeaderMatcher_SafeRegexMatch:
-		re, err := regexp.Compile("^(?:" + s.SafeRegexMatch.GetRegex() + ")$")
-		if err != nil {
-			return hm, false
-		}
-		hm.match = present(re.MatchString)
-	case *v3routepb.HeaderMatcher_PresentMatch:
-		want := s.PresentMatch
-		hm.match = func(_ string, ok bool) bool { return ok == want }
-	case *v3routepb.HeaderMatcher_RangeMatch:
-		lo, hi := s.RangeMatch.GetStart(), s.RangeMatch.GetEnd()
-		hm.match = present(func(v string) bool {
-			n, ok := parseInt(v)
-			return ok && n >= lo && n < hi
-		})
-	case *v3routepb.HeaderMatcher_StringMatch:
-		f, ok := stringMatcher(s.StringMatch)
-		if !ok {
-			return hm, false
-		}
-		hm.match = present(f)
-	default:
-		return hm, false
-	}
-	return hm, true
-}
-
-func stringMatcher(sm *v3matcherpb.StringMatcher) (func(string) bool, bool) {
-	fold := sm.GetIgnoreCase()
-	norm := func(s string) string {
-		if fold {
-			return strings.ToLower(s)
-		}
-		return s
-	}
-	switch p := sm.GetMatchPattern().(type) {
-	case *v3matcherpb.StringMatcher_Exact:
-		want := norm(p.Exact)
-		return func(v string) bool { return norm(v) == want }, true
-	case *v3matcherpb.StringMatcher_Prefix:
-		want := norm(p.Prefix)
-		return func(v string) bool { return strings.HasPrefix(norm(v), want) }, true
-	case *v3matcherpb.StringMatcher_Suffix:
-		want := norm(p.Suffix)
-		return func(v string) bool { return strings.HasSuffix(norm(v), want) }, true
-	case *v3matcherpb.StringMatcher_Contains:
-		want := norm(p.Contains)
-		return func(v string) bool { return strings.Contains(norm(v), want) }, true
-	case *v3matcherpb.StringMatcher_SafeRegex:
-		re, err := regexp.Compile("^(?:" + p.SafeRegex.GetRegex() + ")$")
-		if err != nil {
-			return nil, false
-		}
-		return re.MatchString, true
-	}
-	return nil, false
-}
-
-func parseInt(s string) (int64, bool) {
-	var n int64
-	neg := strings.HasPrefix(s, "-")
-	if neg {
-		s = s[1:]
-	}
-	if s == "" || len(s) > 18 {
-		return 0, false
-	}
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	if neg {
-		n = -n
-	}
-	return n, true
+	*matcher.Header
+	binary  bool // a "-bin" header
+	content bool // content-type
 }
 
 func (h headerMatcher) matches(md map[string][]string, grpc bool) bool {
-	if grpc && h.binary {
-		return false // grpc-go never matches binary headers, inverted or not
+	if !grpc {
+		return h.Match(md[h.Name()])
 	}
-	var value string
-	var ok bool
-	if grpc && h.content {
-		value, ok = "application/grpc", true
-	} else if vs := md[h.name]; len(vs) == 1 {
-		value, ok = vs[0], true
-	} else if len(vs) > 1 {
-		value, ok = strings.Join(vs, ","), true
-	} else if h.missingEmpty && !grpc {
-		ok = true
+	switch {
+	case h.content:
+		return h.MatchValue("application/grpc")
+	case h.binary:
+	default:
+		if vs := md[h.Name()]; len(vs) > 0 {
+			return h.Match(vs)
+		}
 	}
-	return h.match(value, ok) != h.invert
+	return !h.TreatsMissingAsEmpty() && h.MatchMissing()
 }
