@@ -10,12 +10,15 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/trellismesh/trellis/internal/matcher"
 )
 
 // MaxRegexLength caps the length of a regular expression in a match. Longer
 // expressions are rejected so that hostile configuration cannot make route
-// matching expensive.
-const MaxRegexLength = 1024
+// matching expensive. It is the limit the matchers of routes and policies
+// are compiled with (package internal/matcher).
+const MaxRegexLength = matcher.MaxRegexLen
 
 // ClusterDomain is the DNS suffix of canonical service hostnames.
 const ClusterDomain = "svc.cluster.local"
