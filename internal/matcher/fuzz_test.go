@@ -102,7 +102,7 @@ func reference(t testing.TB, h *v3routepb.HeaderMatcher, values []string) bool {
 		case *v3matcherpb.StringMatcher_Contains:
 			return strings.Contains(v, norm(p.Contains))
 		case *v3matcherpb.StringMatcher_SafeRegex:
-			return regexp.MustCompile("^(?:" + p.SafeRegex.GetRegex() + ")$").MatchString(value)
+			return fullMatch(p.SafeRegex.GetRegex(), value)
 		}
 		t.Fatalf("reference: string matcher %v", m)
 		return false
@@ -118,7 +118,7 @@ func reference(t testing.TB, h *v3routepb.HeaderMatcher, values []string) bool {
 	case *v3routepb.HeaderMatcher_ContainsMatch:
 		ok = strings.Contains(value, s.ContainsMatch)
 	case *v3routepb.HeaderMatcher_SafeRegexMatch:
-		ok = regexp.MustCompile("^(?:" + s.SafeRegexMatch.GetRegex() + ")$").MatchString(value)
+		ok = fullMatch(s.SafeRegexMatch.GetRegex(), value)
 	case *v3routepb.HeaderMatcher_StringMatch:
 		ok = str(s.StringMatch)
 	case *v3routepb.HeaderMatcher_RangeMatch:
@@ -131,6 +131,15 @@ func reference(t testing.TB, h *v3routepb.HeaderMatcher, values []string) bool {
 		ok = false
 	}
 	return ok != h.GetInvertMatch()
+}
+
+// fullMatch reports whether expr matches the whole of v, without anchoring
+// it: leftmost-longest finds a match from 0 to len(v) if there is one.
+func fullMatch(expr, v string) bool {
+	re := regexp.MustCompile(expr)
+	re.Longest()
+	loc := re.FindStringIndex(v)
+	return loc != nil && loc[0] == 0 && loc[1] == len(v)
 }
 
 // fuzzMatcher builds the header matcher the fuzz inputs describe.

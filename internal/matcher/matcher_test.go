@@ -68,10 +68,14 @@ func TestString(t *testing.T) {
 		{fold(contains("BCD")), "abc", false},
 		{fold(contains("c")), "", false},
 		{regex("a.c"), "abc", true},
-		{regex("a.c"), "xabc", false},            // anchored at the start
-		{regex("a.c"), "abcx", false},            // and at the end
-		{regex("a|b.c"), "axx", false},           // alternation stays anchored
-		{fold(regex("abc")), "ABC", false},       // ignore_case has no effect on safe_regex
+		{regex("a.c"), "xabc", false},      // anchored at the start
+		{regex("a.c"), "abcx", false},      // and at the end
+		{regex("a|b.c"), "axx", false},     // alternation stays anchored
+		{fold(regex("abc")), "ABC", false}, // ignore_case has no effect on safe_regex
+		{regex(`\Qa.b`), "a.b", true},      // \Q without \E quotes to the end, and stays anchored
+		{regex(`\Qa.b`), "axb", false},
+		{regex(`x\Q)|(.*`), "x)|(.*", true},
+		{regex(`x\Q)|(.*`), "xyz", false},
 		{fold(exact("k")), "\u212a", false},      // Kelvin sign: ASCII folding only
 		{fold(exact("s")), "\u017f", false},      // long s
 		{fold(exact("\u00e9")), "\u00c9", false}, // é is not folded
@@ -364,6 +368,7 @@ func TestCompileErrors(t *testing.T) {
 		{"regex over the limit", regex(strings.Repeat("a", MaxRegexLen+1)), result{"invalid", "safe_regex.regex"}},
 		{"regex max_program_size is not read", maxProgram, result{"ok", ""}},
 		{"regex ignore_case", fold(regex("a")), result{"ok", ""}},
+		{"regex quoting to the end", regex(`\Q`), result{"ok", ""}},
 		{"header nil", (*v3routepb.HeaderMatcher)(nil), result{"invalid", ""}},
 		{"header no name", &v3routepb.HeaderMatcher{HeaderMatchSpecifier: &v3routepb.HeaderMatcher_PresentMatch{PresentMatch: true}}, result{"invalid", "name"}},
 		{"header name with LF", hm(exact("a"), "x\nh"), result{"invalid", "name"}},

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 
 	v3routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -180,12 +181,17 @@ func compileRegex(field string, r *v3matcherpb.RegexMatcher) (*String, error) {
 	case len(expr) > MaxRegexLen:
 		return nil, invalid(field+".regex", "%d bytes exceeds the limit of %d", len(expr), MaxRegexLen)
 	}
-	if _, err := regexp.Compile(expr); err != nil {
+	tree, err := syntax.Parse(expr, syntax.Perl) // as regexp.Compile parses
+	if err != nil {
 		return nil, invalid(field+".regex", "%v", err)
 	}
 	re, err := regexp.Compile(`^(?:` + expr + `)$`)
 	if err != nil {
-		return nil, invalid(field+".regex", "%v", err)
+		// A valid expression fails here only when a \Q without \E quotes
+		// the closing ")$": anchor its parsed form instead.
+		if re, err = regexp.Compile(`^(?:` + tree.String() + `)$`); err != nil {
+			return nil, invalid(field+".regex", "%v", err)
+		}
 	}
 	return &String{kind: kindRegex, re: re}, nil
 }
