@@ -2,21 +2,22 @@
 // protocols: the configuration the control plane writes (from a
 // DestinationRule's outlierDetection, as the JSON config of the
 // trellis_outlier policy) and the clients read, and the state machine that
-// ejects endpoints, used by the gRPC policy balancer/outlier and by the HTTP
-// client's picker balancer/pick.
+// ejects endpoints, which the gRPC policy balancer/outlier and the HTTP
+// client's picker balancer/pick both run.
 //
 // The detection is Envoy's consecutive_5xx and consecutive_gateway_failure
-// with Istio's defaults: see [Config] for the semantics, [Detector] for the
-// state machine.
+// with Istio's defaults; see [Config] for the semantics.
 //
 //	d := outlier.New()
 //	a, b := outlier.NewHost("10.0.0.1:8080"), outlier.NewHost("10.0.0.2:8080")
 //	d.Update(&outlier.Config{ConsecutiveErrors: 5, MaxEjectionPercent: 50}, []*outlier.Host{a, b})
+//
+//	// When a request to a ends:
 //	if d.Record(a, outlier.GatewayFailure) {
-//		// a was ejected: rebuild the picker without it
+//		// a was ejected: picks now skip it (a.Ejected() is true)
 //	}
-//	skip := a.Ejected() // read by picks, without locks
-//	if d.Tick() {       // at each Interval: ejections that have lasted long enough end
-//		// rebuild the picker
+//	// At each Interval (a timer, or Pick when d.Due()):
+//	if d.Tick() {
+//		// ejections ended: picks may use those hosts again
 //	}
 package outlier
