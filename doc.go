@@ -39,6 +39,7 @@
 //	                 meshcert (grpc-go certificate provider), secpolicy
 //	                 (Istio security policy to xDS), xdsclient (our ADS client),
 //	                 ratelimit (token buckets), peakewma (latency estimates),
+//	                 outlier (outlier ejection, both protocols),
 //	                 lrs (load reports), register (client side of registration),
 //	                 xdsbootstrap (grpc-go's bootstrap seam), e2e (end-to-end tests)
 //

@@ -20,6 +20,7 @@
 //
 // balancer/pick is the HTTP client's endpoint picker: the same algorithms
 // (round robin, least request, random, ring hash) as grpc-go applies to the
-// same xDS, plus the outlier ejection and circuit breaking of the policies
+// same xDS, plus the outlier ejection (internal/outlier's state machine,
+// the one balancer/outlier runs) and circuit breaking of the policies
 // above, in one allocation-free Pick, and the peak EWMA policy ("ewma").
 package balancer

@@ -900,19 +900,11 @@ func pickConfig(st *xdscluster.State) (pick.Config, []pick.Endpoint) {
 		Decay:          st.LB.Decay,
 		DefaultRTT:     st.LB.DefaultRTT,
 		FailurePenalty: st.LB.FailurePenalty,
+		// One outlier config type: pick.Outlier is xdscluster.OutlierConfig.
+		Outlier: st.Outlier,
 	}
 	if cfg.MaxRequests == 0 {
 		cfg.MaxRequests = defaultMaxRequests
-	}
-	if o := st.Outlier; o != nil {
-		cfg.Outlier = &pick.Outlier{
-			ConsecutiveErrors:        o.ConsecutiveErrors,
-			ConsecutiveGatewayErrors: o.ConsecutiveGatewayErrors,
-			Interval:                 o.Interval,
-			BaseEjectionTime:         o.BaseEjectionTime,
-			MaxEjectionPercent:       o.MaxEjectionPercent,
-			MinHealthPercent:         o.MinHealthPercent,
-		}
 	}
 	eps := make([]pick.Endpoint, len(st.Endpoints))
 	for i, e := range st.Endpoints {

@@ -1,29 +1,14 @@
 package outlier
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"math"
 	"time"
 
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/trellismesh/trellis/internal/childlb"
-)
-
-// Defaults ParseConfig applies to fields absent from the JSON config.
-const (
-	defaultConsecutiveErrors  = 5
-	defaultInterval           = 10 * time.Second
-	defaultBaseEjectionTime   = 30 * time.Second
-	defaultMaxEjectionPercent = 10
-
-	// maxEjectionTimeFloor is the cap on an ejection's length unless
-	// BaseEjectionTime is longer, as in Envoy (max_ejection_time).
-	maxEjectionTimeFloor = 300 * time.Second
+	detection "github.com/trellismesh/trellis/internal/outlier"
 )
 
 // Config is the configuration of the policy, as ParseConfig returns it. Its
@@ -47,7 +32,9 @@ const (
 //
 // The defaults ParseConfig fills in for absent JSON fields are not all the
 // zero values of the Go fields: each field says what its zero value means to
-// the balancer.
+// the balancer. The fields are those of the mesh's one outlier configuration
+// (internal/outlier), which the control plane writes and the HTTP client
+// reads too; parsing, defaults and validation are written there.
 type Config struct {
 	serviceconfig.LoadBalancingConfig `json:"-"`
 
@@ -103,111 +90,42 @@ type Config struct {
 type ChildPolicy = childlb.Policy
 
 // MarshalJSON encodes the config in the JSON form ParseConfig reads, with
-// durations as strings.
+// durations as strings (zero ones as their defaults) and a zero
+// consecutiveGatewayErrors left out, as the control plane writes it.
 func (c Config) MarshalJSON() ([]byte, error) {
-	return json.Marshal(jsonConfig{
-		ChildPolicy:              c.ChildPolicy,
+	return json.Marshal(c.params().PolicyJSON(c.ChildPolicy))
+}
+
+// params returns the detection parameters, for the state machine.
+func (c *Config) params() detection.Config {
+	return detection.Config{
 		ConsecutiveErrors:        c.ConsecutiveErrors,
 		ConsecutiveGatewayErrors: c.ConsecutiveGatewayErrors,
-		Interval:                 c.interval().String(),
-		BaseEjectionTime:         c.baseEjectionTime().String(),
+		Interval:                 c.Interval,
+		BaseEjectionTime:         c.BaseEjectionTime,
 		MaxEjectionPercent:       c.MaxEjectionPercent,
 		MinHealthPercent:         c.MinHealthPercent,
-	})
+	}
 }
 
-type jsonConfig struct {
-	ChildPolicy              ChildPolicy `json:"childPolicy"`
-	ConsecutiveErrors        uint32      `json:"consecutiveErrors"`
-	ConsecutiveGatewayErrors uint32      `json:"consecutiveGatewayErrors"`
-	Interval                 string      `json:"interval"`
-	BaseEjectionTime         string      `json:"baseEjectionTime"`
-	MaxEjectionPercent       uint32      `json:"maxEjectionPercent"`
-	MinHealthPercent         uint32      `json:"minHealthPercent"`
-}
-
-// rawConfig is what ParseConfig decodes: numbers as float64, because a
-// config that came through xDS is a google.protobuf.Struct whose numbers
-// are doubles, and pointers to tell absent fields from zeros.
-type rawConfig struct {
-	ChildPolicy              json.RawMessage `json:"childPolicy"`
-	ConsecutiveErrors        *float64        `json:"consecutiveErrors"`
-	ConsecutiveGatewayErrors *float64        `json:"consecutiveGatewayErrors"`
-	Interval                 *string         `json:"interval"`
-	BaseEjectionTime         *string         `json:"baseEjectionTime"`
-	MaxEjectionPercent       *float64        `json:"maxEjectionPercent"`
-	MinHealthPercent         *float64        `json:"minHealthPercent"`
-}
-
-// parseConfig is the builder's ParseConfig.
+// parseConfig is the builder's ParseConfig: internal/outlier parses and
+// validates the detection fields, with their defaults; childlb the child
+// policy.
 func parseConfig(js json.RawMessage) (*Config, error) {
-	js = bytes.TrimSpace(js)
-	if len(js) == 0 {
-		js = []byte("{}")
-	}
-	var raw rawConfig
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&raw); err != nil {
-		return nil, fmt.Errorf("outlier: config %s: %w", js, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("outlier: config %s: must be a single JSON object", js)
-	}
-	cfg := &Config{
-		ConsecutiveErrors:  defaultConsecutiveErrors,
-		Interval:           defaultInterval,
-		BaseEjectionTime:   defaultBaseEjectionTime,
-		MaxEjectionPercent: defaultMaxEjectionPercent,
-	}
-	var err error
-	if cfg.ChildPolicy, err = parseChildPolicy(raw.ChildPolicy); err != nil {
+	p, child, err := detection.ParseJSON(js)
+	if err != nil {
 		return nil, err
 	}
-	for _, f := range []struct {
-		name  string
-		raw   *float64
-		max   float64
-		value *uint32
-	}{
-		{"consecutiveErrors", raw.ConsecutiveErrors, math.MaxUint32, &cfg.ConsecutiveErrors},
-		{"consecutiveGatewayErrors", raw.ConsecutiveGatewayErrors, math.MaxUint32, &cfg.ConsecutiveGatewayErrors},
-		{"maxEjectionPercent", raw.MaxEjectionPercent, 100, &cfg.MaxEjectionPercent},
-		{"minHealthPercent", raw.MinHealthPercent, 100, &cfg.MinHealthPercent},
-	} {
-		if f.raw == nil {
-			continue
-		}
-		switch v := *f.raw; {
-		case v < 0:
-			return nil, fmt.Errorf("outlier: %s is %v, must not be negative", f.name, v)
-		case v != math.Trunc(v):
-			return nil, fmt.Errorf("outlier: %s is %v, must be a whole number", f.name, v)
-		case v > f.max:
-			return nil, fmt.Errorf("outlier: %s is %v, must be at most %v", f.name, v, f.max)
-		default:
-			*f.value = uint32(v)
-		}
+	cfg := &Config{
+		ConsecutiveErrors:        p.ConsecutiveErrors,
+		ConsecutiveGatewayErrors: p.ConsecutiveGatewayErrors,
+		Interval:                 p.Interval,
+		BaseEjectionTime:         p.BaseEjectionTime,
+		MaxEjectionPercent:       p.MaxEjectionPercent,
+		MinHealthPercent:         p.MinHealthPercent,
 	}
-	for _, f := range []struct {
-		name  string
-		raw   *string
-		value *time.Duration
-	}{
-		{"interval", raw.Interval, &cfg.Interval},
-		{"baseEjectionTime", raw.BaseEjectionTime, &cfg.BaseEjectionTime},
-	} {
-		if f.raw == nil {
-			continue
-		}
-		d, err := time.ParseDuration(*f.raw)
-		if err != nil {
-			return nil, fmt.Errorf("outlier: %s: %w", f.name, err)
-		}
-		if d <= 0 {
-			return nil, fmt.Errorf("outlier: %s is %q, must be positive", f.name, *f.raw)
-		}
-		*f.value = d
+	if cfg.ChildPolicy, err = parseChildPolicy(child); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }
@@ -222,36 +140,11 @@ func parseChildPolicy(js json.RawMessage) (ChildPolicy, error) {
 }
 
 // interval returns the effective evaluation interval.
-func (c *Config) interval() time.Duration {
-	if c.Interval <= 0 {
-		return defaultInterval
-	}
-	return c.Interval
-}
+func (c *Config) interval() time.Duration { return c.params().EffectiveInterval() }
 
 // baseEjectionTime returns the effective base ejection time.
-func (c *Config) baseEjectionTime() time.Duration {
-	if c.BaseEjectionTime <= 0 {
-		return defaultBaseEjectionTime
-	}
-	return c.BaseEjectionTime
-}
+func (c *Config) baseEjectionTime() time.Duration { return c.params().EffectiveBaseEjectionTime() }
 
 // ejectionTime returns how long an endpoint ejected for the n-th time in a
 // row stays out: n × base, capped at max(base, 300s).
-func (c *Config) ejectionTime(n int) time.Duration {
-	base := c.baseEjectionTime()
-	limit := max(base, maxEjectionTimeFloor)
-	if n <= 0 {
-		return base
-	}
-	if int64(n) > int64(limit/base) {
-		return limit
-	}
-	return min(base*time.Duration(n), limit)
-}
-
-// detecting reports whether any detection is enabled.
-func (c *Config) detecting() bool {
-	return c.ConsecutiveErrors > 0 || c.ConsecutiveGatewayErrors > 0
-}
+func (c *Config) ejectionTime(n int) time.Duration { return c.params().EjectionTime(n) }

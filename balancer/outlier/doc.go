@@ -15,7 +15,10 @@
 // (BaseEjectionTime × the number of ejections in a row, capped at
 // max(BaseEjectionTime, 300s)) has passed come back. MaxEjectionPercent
 // bounds how many endpoints are out at once, and MinHealthPercent suspends
-// ejection when too few endpoints are left. See [Config].
+// ejection when too few endpoints are left. See [Config]. The counting and
+// ejection are the state machine the mesh's HTTP client (balancer/pick)
+// runs too, so both protocols eject the same endpoints for the same
+// results.
 //
 // # How ejection works
 //

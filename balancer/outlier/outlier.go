@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 	"google.golang.org/grpc/status"
+
+	detection "github.com/trellismesh/trellis/internal/outlier"
 )
 
 // Name is the name under which the policy is registered with grpc-go's
@@ -75,10 +77,16 @@ func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balance
 	b := &outlierBalancer{
 		ClientConn: cc,
 		opts:       opts,
-		endpoints:  resolver.NewEndpointMap[*endpoint](),
-		addrs:      map[string]*endpoint{},
+		endpoints:  resolver.NewEndpointMap[*detection.Host](),
+		addrs:      map[string]*detection.Host{},
 		subConns:   map[*subConn]struct{}{},
 	}
+	b.detector = detection.New(
+		detection.WithClock(func() time.Time { return timeNow() }),
+		detection.WithLogger(func(format string, args ...any) {
+			logger.Infof("outlier: [%p] "+format, append([]any{b}, args...)...)
+		}),
+	)
 	logger.Infof("outlier: [%p] created", b)
 	return b
 }
@@ -100,32 +108,17 @@ type outlierBalancer struct {
 	childName   string
 	childClosed bool
 
+	// detector is the ejection state machine over the endpoints; it has
+	// its own lock, taken after mu when both are held.
+	detector *detection.Detector
+
 	mu        sync.Mutex
 	closed    bool
-	cfg       *Config // nil before the first config
-	endpoints *resolver.EndpointMap[*endpoint]
-	addrs     map[string]*endpoint // by address, for SubConns created by the child
+	endpoints *resolver.EndpointMap[*detection.Host] // the outlier state of each endpoint
+	addrs     map[string]*detection.Host             // by address, for SubConns created by the child
 	subConns  map[*subConn]struct{}
-	suspended bool // fewer than MinHealthPercent of the endpoints not ejected
 	timer     *time.Timer
-	interval  time.Duration // of timer
-	timerGen  uint64        // invalidates the callbacks of stopped timers
-}
-
-// endpoint is the outlier state of one endpoint. Fields are guarded by
-// outlierBalancer.mu, except out.
-type endpoint struct {
-	name               string
-	consecutiveErrors  uint32
-	consecutiveGateway uint32
-	ejected            bool
-	ejectedAt          time.Time
-	multiplier         int  // ejections in a row, decaying each interval not ejected
-	gone               bool // no longer in the resolver state
-
-	// out is ejected && !suspended: whether picks avoid the endpoint. The
-	// picker reads it without locks.
-	out atomic.Bool
+	timerGen  uint64 // invalidates the callbacks of stopped timers
 }
 
 func (b *outlierBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
@@ -144,21 +137,14 @@ func (b *outlierBalancer) UpdateClientConnState(s balancer.ClientConnState) erro
 		b.mu.Unlock()
 		return nil
 	}
-	b.cfg = cfg
 	b.updateEndpointsLocked(s.ResolverState)
-	if !cfg.detecting() {
-		for _, ep := range b.endpoints.All() {
-			ep.consecutiveErrors, ep.consecutiveGateway = 0, 0
-			ep.ejected, ep.ejectedAt, ep.multiplier = false, time.Time{}, 0
-		}
+	hosts := make([]*detection.Host, 0, b.endpoints.Len())
+	for _, h := range b.endpoints.All() {
+		hosts = append(hosts, h)
 	}
-	b.updateOutLocked()
-	switch {
-	case !cfg.detecting():
-		b.stopTimerLocked()
-	case b.timer == nil || b.interval != cfg.interval():
-		b.startTimerLocked()
-	}
+	params := cfg.params()
+	b.detector.Update(&params, hosts)
+	b.startTimerLocked()
 	b.mu.Unlock()
 
 	b.childMu.Lock()
@@ -193,8 +179,8 @@ func (b *outlierBalancer) updateEndpointsLocked(s resolver.State) {
 			eps = append(eps, resolver.Endpoint{Addresses: []resolver.Address{a}})
 		}
 	}
-	endpoints := resolver.NewEndpointMap[*endpoint]()
-	addrs := map[string]*endpoint{}
+	endpoints := resolver.NewEndpointMap[*detection.Host]()
+	addrs := map[string]*detection.Host{}
 	for _, e := range eps {
 		if _, dup := endpoints.Get(e); dup {
 			continue
@@ -205,7 +191,7 @@ func (b *outlierBalancer) updateEndpointsLocked(s resolver.State) {
 			for _, a := range e.Addresses {
 				names = append(names, a.Addr)
 			}
-			ep = &endpoint{name: "[" + strings.Join(names, " ") + "]"}
+			ep = detection.NewHost("[" + strings.Join(names, " ") + "]")
 		}
 		endpoints.Set(e, ep)
 		for _, a := range e.Addresses {
@@ -214,12 +200,6 @@ func (b *outlierBalancer) updateEndpointsLocked(s resolver.State) {
 				continue
 			}
 			addrs[a.Addr] = ep
-		}
-	}
-	for e, ep := range b.endpoints.All() {
-		if _, ok := endpoints.Get(e); !ok {
-			ep.gone = true
-			ep.out.Store(false)
 		}
 	}
 	b.endpoints, b.addrs = endpoints, addrs
@@ -260,6 +240,7 @@ func (b *outlierBalancer) Close() {
 	b.mu.Lock()
 	b.closed = true
 	b.stopTimerLocked()
+	b.detector.Update(nil, nil) // RPCs still in flight count for nothing
 	b.mu.Unlock()
 
 	b.childMu.Lock()
@@ -398,104 +379,33 @@ func (b *outlierBalancer) syncChild() {
 	}
 }
 
-// record counts the result of an RPC on sc, and ejects its endpoint when
-// it reaches a threshold.
+// record counts the result of an RPC on sc, and tells the child when its
+// endpoint is ejected.
 func (b *outlierBalancer) record(sc *subConn, ctx context.Context, di balancer.DoneInfo) {
 	result := classify(ctx, di)
-	if result == ignored {
+	if result == detection.Ignored {
 		return
 	}
 	ep := sc.ep.Load()
 	if ep == nil {
 		return
 	}
-	b.mu.Lock()
-	if b.closed || b.cfg == nil || ep.gone || ep.ejected {
-		b.mu.Unlock()
-		return
-	}
-	switch result {
-	case succeeded:
-		ep.consecutiveErrors, ep.consecutiveGateway = 0, 0
-	case serverError:
-		ep.consecutiveErrors++
-		ep.consecutiveGateway = 0
-	case gatewayError:
-		ep.consecutiveErrors++
-		ep.consecutiveGateway++
-	}
-	var reason string
-	switch cfg := b.cfg; {
-	case cfg.ConsecutiveErrors > 0 && ep.consecutiveErrors >= cfg.ConsecutiveErrors:
-		reason = fmt.Sprintf("%d consecutive errors", ep.consecutiveErrors)
-	case cfg.ConsecutiveGatewayErrors > 0 && ep.consecutiveGateway >= cfg.ConsecutiveGatewayErrors:
-		reason = fmt.Sprintf("%d consecutive gateway errors", ep.consecutiveGateway)
-	}
-	changed := false
-	if reason != "" {
-		// Start counting afresh whether or not the ejection is allowed,
-		// as Envoy does.
-		ep.consecutiveErrors, ep.consecutiveGateway = 0, 0
-		changed = b.ejectLocked(ep, reason)
-	}
-	b.mu.Unlock()
-	if changed {
+	if b.detector.Record(ep, result) {
+		ejectionsMetric.Record(b.ClientConn.MetricsRecorder(), 1, b.opts.Target.String())
 		b.syncChild()
 	}
 }
 
-// ejectLocked ejects ep unless MaxEjectionPercent forbids it, and reports
-// whether it did.
-func (b *outlierBalancer) ejectLocked(ep *endpoint, reason string) bool {
-	total, ejected := b.endpoints.Len(), b.numEjectedLocked()
-	maxPercent := int(b.cfg.MaxEjectionPercent)
-	if maxPercent == 0 || (ejected > 0 && (ejected+1)*100 > maxPercent*total) {
-		logger.Infof("outlier: [%p] endpoint %s had %s; not ejected: %d of %d endpoints are ejected, maxEjectionPercent is %d", b, ep.name, reason, ejected, total, maxPercent)
-		return false
-	}
-	ep.ejected = true
-	ep.ejectedAt = timeNow()
-	ep.multiplier++
-	logger.Infof("outlier: [%p] ejecting endpoint %s for %v after %s", b, ep.name, b.cfg.ejectionTime(ep.multiplier), reason)
-	ejectionsMetric.Record(b.ClientConn.MetricsRecorder(), 1, b.opts.Target.String())
-	b.updateOutLocked()
-	return true
-}
-
-func (b *outlierBalancer) numEjectedLocked() int {
-	n := 0
-	for _, ep := range b.endpoints.All() {
-		if ep.ejected {
-			n++
-		}
-	}
-	return n
-}
-
-// updateOutLocked recomputes whether ejection is suspended by
-// MinHealthPercent, and which endpoints picks avoid.
-func (b *outlierBalancer) updateOutLocked() {
-	total, ejected := b.endpoints.Len(), b.numEjectedLocked()
-	suspended := b.cfg.MinHealthPercent > 0 && (total-ejected)*100 < int(b.cfg.MinHealthPercent)*total
-	if suspended != b.suspended {
-		b.suspended = suspended
-		if suspended {
-			logger.Infof("outlier: [%p] ejection suspended: %d of %d endpoints are ejected, minHealthPercent is %d", b, ejected, total, b.cfg.MinHealthPercent)
-		} else {
-			logger.Infof("outlier: [%p] ejection resumed: %d of %d endpoints are ejected", b, ejected, total)
-		}
-	}
-	for _, ep := range b.endpoints.All() {
-		ep.out.Store(ep.ejected && !suspended)
-	}
-}
-
-// startTimerLocked (re)starts the interval timer.
+// startTimerLocked (re)starts the interval timer, for the detector's next
+// interval; it stops it when detection is off.
 func (b *outlierBalancer) startTimerLocked() {
 	b.stopTimerLocked()
+	wait, ok := b.detector.Wait()
+	if !ok || b.closed {
+		return
+	}
 	gen := b.timerGen
-	b.interval = b.cfg.interval()
-	b.timer = timeAfterFunc(b.interval, func() { b.tick(gen) })
+	b.timer = timeAfterFunc(wait, func() { b.tick(gen) })
 }
 
 func (b *outlierBalancer) stopTimerLocked() {
@@ -506,30 +416,15 @@ func (b *outlierBalancer) stopTimerLocked() {
 	}
 }
 
-// tick unejects the endpoints whose ejection time has passed, lets the
-// multipliers of the others decay, and rearms the timer.
+// tick runs the detector's interval checks, tells the child of the
+// unejections, and rearms the timer.
 func (b *outlierBalancer) tick(gen uint64) {
 	b.mu.Lock()
 	if b.closed || gen != b.timerGen {
 		b.mu.Unlock()
 		return
 	}
-	now := timeNow()
-	changed := false
-	for _, ep := range b.endpoints.All() {
-		switch {
-		case ep.ejected && !now.Before(ep.ejectedAt.Add(b.cfg.ejectionTime(ep.multiplier))):
-			ep.ejected = false
-			ep.consecutiveErrors, ep.consecutiveGateway = 0, 0
-			changed = true
-			logger.Infof("outlier: [%p] unejecting endpoint %s", b, ep.name)
-		case !ep.ejected && ep.multiplier > 0:
-			ep.multiplier--
-		}
-	}
-	if changed {
-		b.updateOutLocked()
-	}
+	changed := b.detector.Tick()
 	b.startTimerLocked()
 	b.mu.Unlock()
 	if changed {
@@ -542,8 +437,8 @@ type subConn struct {
 	balancer.SubConn
 	b *outlierBalancer
 
-	addr string                   // guarded by b.mu
-	ep   atomic.Pointer[endpoint] // written under b.mu; nil if unknown
+	addr string                         // guarded by b.mu
+	ep   atomic.Pointer[detection.Host] // the endpoint's state, written under b.mu; nil if unknown
 
 	// mu guards the health state. Listeners are called with b.childMu held
 	// and mu released.
@@ -558,7 +453,7 @@ type subConn struct {
 // out reports whether picks avoid the SubConn's endpoint.
 func (sc *subConn) out() bool {
 	ep := sc.ep.Load()
-	return ep != nil && ep.out.Load()
+	return ep != nil && ep.Ejected()
 }
 
 func (sc *subConn) Shutdown() {
@@ -655,37 +550,27 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	}
 }
 
-// outcome is how an RPC result counts.
-type outcome int
-
-const (
-	ignored      outcome = iota // cancelled by the client, or never sent
-	succeeded                   // resets the consecutive counts
-	serverError                 // a 5xx other than a gateway error
-	gatewayError                // 502, 503, 504: also a 5xx
-)
-
 // classify maps an RPC result to an outcome, with the gRPC codes Envoy maps
 // to HTTP 5xx as errors and the ones it maps to 502, 503 and 504 as gateway
 // errors. Other codes are answers from a working server, so they count as
 // successes. An RPC cancelled by the client does not count.
-func classify(ctx context.Context, di balancer.DoneInfo) outcome {
+func classify(ctx context.Context, di balancer.DoneInfo) detection.Outcome {
 	if di.Err == nil {
 		if !di.BytesSent {
-			return ignored // grpc dropped the pick before sending anything
+			return detection.Ignored // grpc dropped the pick before sending anything
 		}
-		return succeeded
+		return detection.Success
 	}
 	if ctx != nil && errors.Is(ctx.Err(), context.Canceled) {
-		return ignored
+		return detection.Ignored
 	}
 	switch status.Code(di.Err) {
 	case codes.Canceled:
-		return ignored
+		return detection.Ignored
 	case codes.Unavailable, codes.DeadlineExceeded:
-		return gatewayError
+		return detection.GatewayFailure
 	case codes.Unknown, codes.Unimplemented, codes.Internal, codes.DataLoss:
-		return serverError
+		return detection.Failure
 	}
-	return succeeded
+	return detection.Success
 }

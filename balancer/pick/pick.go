@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trellismesh/trellis/internal/outlier"
 	"github.com/trellismesh/trellis/internal/peakewma"
 )
 
@@ -155,14 +156,13 @@ type Picker struct {
 	// nanoseconds), so that Pick looks at the clock only while one may be
 	// unreachable; 0: none.
 	downUntil atomic.Int64
-	nextSweep atomic.Int64 // unix nanoseconds of the next Interval; 0: no outlier ejection
 	snap      atomic.Pointer[snapshot]
+	detector  *outlier.Detector // outlier ejection over eps; its lock is taken after mu
 
-	mu        sync.Mutex // guards the fields below and the guarded fields of endpoints
-	cfg       Config
-	eps       []*endpoint // in the order given, without duplicates
-	byAddr    map[string]*endpoint
-	suspended bool // fewer than MinHealthPercent of the endpoints are not ejected
+	mu     sync.Mutex // guards the fields below and the guarded fields of endpoints
+	cfg    Config
+	eps    []*endpoint // in the order given, without duplicates
+	byAddr map[string]*endpoint
 }
 
 // endpoint is the state of one endpoint, kept across Updates.
@@ -172,18 +172,11 @@ type endpoint struct {
 	pub         atomic.Pointer[Endpoint] // a copy of Endpoint, what Pick returns
 	done        func(Result)             // created once, so Pick does not allocate
 	est         *peakewma.Estimate       // latency estimate, used by EWMA
+	host        *outlier.Host            // outlier state; Ejected is read without locks
 	outstanding atomic.Int64
-	errors      atomic.Uint32 // consecutive errors
-	gateway     atomic.Uint32 // consecutive gateway errors
-	out         atomic.Bool   // ejected and ejection not suspended
-	downUntil   atomic.Int64  // unix nanoseconds until which the endpoint is unreachable; 0: reachable
-	unreachable atomic.Int32  // connection failures in a row
-
-	// guarded by Picker.mu
-	gone       bool // removed by an Update
-	ejected    bool
-	ejectedAt  time.Time
-	multiplier int // ejections in a row, decaying each Interval not ejected
+	downUntil   atomic.Int64 // unix nanoseconds until which the endpoint is unreachable; 0: reachable
+	unreachable atomic.Int32 // connection failures in a row
+	usable      bool         // guarded by Picker.mu: not ejected, as rebuildLocked last saw it
 }
 
 // snapshot is what Pick reads: the policy over the endpoints of the
@@ -202,7 +195,10 @@ type snapshot struct {
 
 // New returns a Picker for eps with cfg.
 func New(cfg Config, eps []Endpoint) *Picker {
-	p := &Picker{byAddr: map[string]*endpoint{}}
+	p := &Picker{
+		byAddr:   map[string]*endpoint{},
+		detector: outlier.New(outlier.WithClock(func() time.Time { return timeNow() })),
+	}
 	p.Update(cfg, eps)
 	return p
 }
@@ -213,7 +209,6 @@ func New(cfg Config, eps []Endpoint) *Picker {
 func (p *Picker) Update(cfg Config, eps []Endpoint) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	old := p.cfg.Outlier
 	p.cfg = cfg
 	byAddr := make(map[string]*endpoint, len(eps))
 	list := make([]*endpoint, 0, len(eps))
@@ -230,7 +225,7 @@ func (p *Picker) Update(cfg Config, eps []Endpoint) {
 		e.Weight, e.LocalityWeight = max(e.Weight, 1), max(e.LocalityWeight, 1)
 		ep := p.byAddr[e.Address]
 		if ep == nil {
-			ep = &endpoint{est: peakewma.New(cfg.ewmaParams(), now, peers)}
+			ep = &endpoint{est: peakewma.New(cfg.ewmaParams(), now, peers), host: outlier.NewHost(e.Address)}
 			ep.done = func(r Result) { p.finish(ep, r) }
 		}
 		ep.Endpoint = e
@@ -238,23 +233,12 @@ func (p *Picker) Update(cfg Config, eps []Endpoint) {
 		byAddr[e.Address] = ep
 		list = append(list, ep)
 	}
-	for addr, ep := range p.byAddr {
-		if byAddr[addr] == nil {
-			ep.gone = true
-		}
-	}
 	p.eps, p.byAddr = list, byAddr
-	switch o := cfg.Outlier; {
-	case o == nil:
-		for _, ep := range p.eps {
-			ep.ejected, ep.multiplier = false, 0
-			ep.errors.Store(0)
-			ep.gateway.Store(0)
-		}
-		p.nextSweep.Store(0)
-	case old == nil || old.interval() != o.interval():
-		p.nextSweep.Store(timeNow().Add(o.interval()).UnixNano())
+	hosts := make([]*outlier.Host, len(list))
+	for i, ep := range list {
+		hosts[i] = ep.host
 	}
+	p.detector.Update(cfg.Outlier, hosts)
 	p.rebuildLocked()
 }
 
@@ -264,8 +248,10 @@ func (p *Picker) Update(cfg Config, eps []Endpoint) {
 // ErrNoEndpoints or ErrOverloaded. With EWMA, the request's latency runs
 // from Pick to done, and Pick allocates the done function that times it.
 func (p *Picker) Pick(hash uint64) (ep Endpoint, done func(Result), err error) {
-	if next := p.nextSweep.Load(); next != 0 && timeNow().UnixNano() >= next && p.mu.TryLock() {
-		p.sweepLocked()
+	if p.detector.Due() && p.mu.TryLock() {
+		if p.detector.Tick() {
+			p.rebuildLocked()
+		}
 		p.mu.Unlock()
 	}
 	s := p.snap.Load()
@@ -380,43 +366,14 @@ func (p *Picker) finish(ep *endpoint, r Result) {
 			ep.downUntil.Store(0)
 		}
 	}
-	if p.nextSweep.Load() == 0 {
-		return // no outlier ejection
-	}
-	var errs, gw uint32
-	switch r {
-	case Success:
-		if ep.errors.Load() != 0 || ep.gateway.Load() != 0 {
-			ep.errors.Store(0)
-			ep.gateway.Store(0)
-		}
-		return
-	case Failure:
-		errs = ep.errors.Add(1)
-		ep.gateway.Store(0)
-	case GatewayFailure:
-		errs, gw = ep.errors.Add(1), ep.gateway.Add(1)
-	default:
+	if !p.detector.Record(ep.host, outcome(r)) {
 		return
 	}
 	p.mu.Lock()
-	o := p.cfg.Outlier
-	if o == nil || ep.gone || ep.ejected {
-		p.mu.Unlock()
-		return
-	}
-	ejected := false
-	if (o.ConsecutiveErrors > 0 && errs >= o.ConsecutiveErrors) || (o.ConsecutiveGatewayErrors > 0 && gw >= o.ConsecutiveGatewayErrors) {
-		// Count afresh whether or not the ejection is allowed, as Envoy does.
-		ep.errors.Store(0)
-		ep.gateway.Store(0)
-		if ejected = p.ejectLocked(ep); ejected {
-			p.rebuildLocked()
-		}
-	}
+	p.rebuildLocked()
 	onEject, addr := p.cfg.OnEject, ep.Address
 	p.mu.Unlock()
-	if ejected && onEject != nil {
+	if onEject != nil {
 		onEject(addr)
 	}
 }
@@ -424,18 +381,12 @@ func (p *Picker) finish(ep *endpoint, r Result) {
 // rebuildLocked publishes a new snapshot for the current endpoints and
 // ejections.
 func (p *Picker) rebuildLocked() {
-	total, ejected := len(p.eps), 0
+	// One view of the ejections, which the detector may change meanwhile
+	// (it is followed by another rebuild).
 	for _, ep := range p.eps {
-		if ep.ejected {
-			ejected++
-		}
+		ep.usable = !ep.host.Ejected()
 	}
-	o := p.cfg.Outlier
-	p.suspended = o != nil && o.MinHealthPercent > 0 && (total-ejected)*100 < int(o.MinHealthPercent)*total
-	usable := func(ep *endpoint) bool { return !ep.ejected || p.suspended }
-	for _, ep := range p.eps {
-		ep.out.Store(!usable(ep))
-	}
+	usable := func(ep *endpoint) bool { return ep.usable }
 
 	s := &snapshot{policy: p.cfg.Policy, ewma: p.cfg.ewmaParams(), maxRequests: int64(p.cfg.MaxRequests), choiceCount: p.cfg.ChoiceCount}
 	if s.maxRequests == 0 {

@@ -65,7 +65,7 @@ func (s *snapshot) pickRing(hash uint64) *endpoint {
 		if i == len(s.ring) {
 			i = 0
 		}
-		if e := s.ring[i].ep; !e.out.Load() {
+		if e := s.ring[i].ep; !e.host.Ejected() {
 			return e
 		}
 		i++

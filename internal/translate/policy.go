@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	v3xdstypepb "github.com/cncf/xds/go/xds/type/v3"
 	v3clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -27,6 +26,7 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/outlier"
 )
 
 // Names of the Trellis LB policies (balancer/random, balancer/outlier,
@@ -160,30 +160,13 @@ func applyPolicy(c *v3clusterpb.Cluster, p policy) {
 		useTrellis = true
 	}
 	if od := p.outlier; od != nil {
-		cfg := map[string]any{
-			"childPolicy":        []any{trellis},
-			"consecutiveErrors":  uint32(5),
-			"interval":           durationOr(od.Interval, 10*time.Second),
-			"baseEjectionTime":   durationOr(od.BaseEjectionTime, 30*time.Second),
-			"maxEjectionPercent": int32(10),
-			"minHealthPercent":   od.MinHealthPercent,
-		}
-		if od.Consecutive_5XxErrors != nil {
-			cfg["consecutiveErrors"] = od.Consecutive_5XxErrors.GetValue()
-		}
-		if od.ConsecutiveGatewayErrors != nil {
-			cfg["consecutiveGatewayErrors"] = od.ConsecutiveGatewayErrors.GetValue()
-		}
-		if od.MaxEjectionPercent != 0 {
-			cfg["maxEjectionPercent"] = od.MaxEjectionPercent
-		}
-		trellis = map[string]any{OutlierPolicy: cfg}
+		trellis = map[string]any{OutlierPolicy: outlierConfig(od).PolicyJSON([]any{trellis})}
 		useTrellis = true
 	}
 	var list []*v3clusterpb.LoadBalancingPolicy_Policy
 	if useTrellis {
 		for name, cfg := range trellis { // exactly one
-			list = append(list, typedStruct(name, cfg.(map[string]any)))
+			list = append(list, typedStruct(name, cfg))
 		}
 	}
 	// One wrr_locality whose child list is tried in order: grpc-go skips
@@ -194,11 +177,31 @@ func applyPolicy(c *v3clusterpb.Cluster, p policy) {
 	c.LoadBalancingPolicy = policies(wrrLocality(list...))
 }
 
-func durationOr(d *durationpb.Duration, def time.Duration) string {
-	if d != nil {
-		def = d.AsDuration()
+// outlierConfig is the outlier ejection of a DestinationRule's
+// outlierDetection: what it sets, and Istio's defaults (which are
+// outlier.Defaults) for the rest. A maxEjectionPercent of 0 is unset in
+// Istio's API, so it means the default 10.
+func outlierConfig(od *networking.OutlierDetection) outlier.Config {
+	cfg := outlier.Defaults()
+	if v := od.GetConsecutive_5XxErrors(); v != nil {
+		cfg.ConsecutiveErrors = v.GetValue()
 	}
-	return def.String()
+	if v := od.GetConsecutiveGatewayErrors(); v != nil {
+		cfg.ConsecutiveGatewayErrors = v.GetValue()
+	}
+	if d := od.GetInterval(); d != nil {
+		cfg.Interval = d.AsDuration()
+	}
+	if d := od.GetBaseEjectionTime(); d != nil {
+		cfg.BaseEjectionTime = d.AsDuration()
+	}
+	if n := od.GetMaxEjectionPercent(); n > 0 {
+		cfg.MaxEjectionPercent = uint32(n)
+	}
+	if n := od.GetMinHealthPercent(); n > 0 {
+		cfg.MinHealthPercent = uint32(n)
+	}
+	return cfg
 }
 
 func policies(ps ...*v3clusterpb.LoadBalancingPolicy_Policy) *v3clusterpb.LoadBalancingPolicy {
@@ -209,8 +212,9 @@ func typed(name string, m proto.Message) *v3clusterpb.LoadBalancingPolicy_Policy
 	return &v3clusterpb.LoadBalancingPolicy_Policy{TypedExtensionConfig: &v3corepb.TypedExtensionConfig{Name: name, TypedConfig: mustAny(m)}}
 }
 
-// typedStruct selects a gRPC LB policy by name with a JSON config (gRFC A52).
-func typedStruct(name string, cfg map[string]any) *v3clusterpb.LoadBalancingPolicy_Policy {
+// typedStruct selects a gRPC LB policy by name with a JSON config (gRFC A52):
+// cfg is anything that marshals to a JSON object.
+func typedStruct(name string, cfg any) *v3clusterpb.LoadBalancingPolicy_Policy {
 	// Round-trip through JSON so that numbers and nested values take the
 	// forms structpb accepts.
 	raw, err := json.Marshal(cfg)

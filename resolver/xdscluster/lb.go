@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"time"
 
 	v1udpatypepb "github.com/cncf/xds/go/udpa/type/v1"
 	v3xdstypepb "github.com/cncf/xds/go/xds/type/v3"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/trellismesh/trellis/internal/outlier"
 	"github.com/trellismesh/trellis/internal/peakewma"
 )
 
@@ -260,64 +260,24 @@ func jsonList(list []jsonSelector, depth int) (lb, error) {
 	return lb{}, fmt.Errorf("childPolicy: none of the policies %q is supported", names)
 }
 
-// outlierConfig reads a trellis_outlier config with balancer/outlier's
-// defaults.
+// outlierConfig reads a trellis_outlier config, as balancer/outlier does:
+// internal/outlier parses it, with its defaults.
 func outlierConfig(js json.RawMessage, depth int) (*OutlierConfig, lb, error) {
-	var raw struct {
-		ChildPolicy              []jsonSelector `json:"childPolicy"`
-		ConsecutiveErrors        *float64       `json:"consecutiveErrors"`
-		ConsecutiveGatewayErrors *float64       `json:"consecutiveGatewayErrors"`
-		Interval                 *string        `json:"interval"`
-		BaseEjectionTime         *string        `json:"baseEjectionTime"`
-		MaxEjectionPercent       *float64       `json:"maxEjectionPercent"`
-		MinHealthPercent         *float64       `json:"minHealthPercent"`
-	}
-	if err := decode(js, &raw); err != nil {
+	o, childJSON, err := outlier.ParseJSON(js)
+	if err != nil {
 		return nil, lb{}, err
 	}
-	o := &OutlierConfig{ConsecutiveErrors: 5, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 10}
-	for _, f := range []struct {
-		name string
-		v    *float64
-		max  float64
-		dst  *uint32
-	}{
-		{"consecutiveErrors", raw.ConsecutiveErrors, math.MaxUint32, &o.ConsecutiveErrors},
-		{"consecutiveGatewayErrors", raw.ConsecutiveGatewayErrors, math.MaxUint32, &o.ConsecutiveGatewayErrors},
-		{"maxEjectionPercent", raw.MaxEjectionPercent, 100, &o.MaxEjectionPercent},
-		{"minHealthPercent", raw.MinHealthPercent, 100, &o.MinHealthPercent},
-	} {
-		if f.v == nil {
-			continue
+	var children []jsonSelector
+	if len(childJSON) > 0 {
+		if err := json.Unmarshal(childJSON, &children); err != nil {
+			return nil, lb{}, fmt.Errorf("childPolicy %s: %w", childJSON, err)
 		}
-		n, err := count(f.name, *f.v, 0, f.max)
-		if err != nil {
-			return nil, lb{}, err
-		}
-		*f.dst = uint32(n)
 	}
-	for _, f := range []struct {
-		name string
-		v    *string
-		dst  *time.Duration
-	}{
-		{"interval", raw.Interval, &o.Interval},
-		{"baseEjectionTime", raw.BaseEjectionTime, &o.BaseEjectionTime},
-	} {
-		if f.v == nil {
-			continue
-		}
-		d, err := time.ParseDuration(*f.v)
-		if err != nil || d <= 0 {
-			return nil, lb{}, fmt.Errorf("%s is %q, must be a positive duration", f.name, *f.v)
-		}
-		*f.dst = d
-	}
-	if len(raw.ChildPolicy) == 0 {
+	if len(children) == 0 {
 		return nil, lb{}, errors.New("childPolicy is required")
 	}
-	child, err := jsonList(raw.ChildPolicy, depth+1)
-	return o, child, err
+	child, err := jsonList(children, depth+1)
+	return &o, child, err
 }
 
 // ewmaConfig reads a trellis_ewma config, as balancer/ewma does.

@@ -9,6 +9,8 @@ import (
 	v3clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+
+	"github.com/trellismesh/trellis/internal/outlier"
 )
 
 // ErrNotFound is the Err of a State whose cluster does not exist.
@@ -109,13 +111,10 @@ type LBConfig struct {
 }
 
 // OutlierConfig is the configuration of the trellis_outlier policy, with
-// its defaults applied: see balancer/outlier.Config for the meaning of each
-// field.
-type OutlierConfig struct {
-	ConsecutiveErrors, ConsecutiveGatewayErrors uint32
-	Interval, BaseEjectionTime                  time.Duration
-	MaxEjectionPercent, MinHealthPercent        uint32
-}
+// its defaults applied: the mesh's one outlier configuration, which
+// balancer/outlier applies to gRPC and balancer/pick (pick.Outlier is the
+// same type) to HTTP.
+type OutlierConfig = outlier.Config
 
 // TLSConfig is a cluster's upstream TLS.
 type TLSConfig struct {
