@@ -25,7 +25,7 @@ import (
 	"github.com/trellismesh/trellis/balancer/pick"
 	"github.com/trellismesh/trellis/internal/lrs"
 	"github.com/trellismesh/trellis/internal/mtls"
-	"github.com/trellismesh/trellis/internal/secpolicy"
+	"github.com/trellismesh/trellis/internal/urlpath"
 	"github.com/trellismesh/trellis/resolver/xdscluster"
 	"github.com/trellismesh/trellis/resolver/xdsroute"
 	"github.com/trellismesh/trellis/retry"
@@ -287,7 +287,7 @@ func closeBody(req *http.Request) {
 
 func (t *Transport) meshRoundTrip(req *http.Request, h *meshHost) (*http.Response, error) {
 	ctx := req.Context()
-	path, err := secpolicy.CanonicalPath(req.URL.EscapedPath())
+	path, err := urlpath.Canonical(req.URL.EscapedPath())
 	if err != nil {
 		closeBody(req)
 		return nil, fmt.Errorf("mesh: request path: %w", err)
