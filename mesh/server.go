@@ -51,8 +51,8 @@ var _ grpc.ServiceRegistrar = (*Server)(nil)
 
 // NewServer returns a Server. It does no I/O. Without WithService the server
 // serves but does not register.
-func NewServer(opts ...Option) (*Server, error) {
-	o := newOptions(opts)
+func NewServer(opts ...ServerOption) (*Server, error) {
+	o := newOptions(opts, ServerOption.applyServer)
 	if err := o.validateServer(); err != nil {
 		return nil, err
 	}
