@@ -16,15 +16,12 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/trellismesh/trellis/internal/ratelimit"
+	"github.com/trellismesh/trellis/telemetry"
 )
 
 // Local rate limits arrive as Envoy's local_ratelimit HTTP filter: per
 // virtual host or route on the client (typed_per_filter_config), on the
 // server listener for servers. See internal/translate/ratelimit.go.
-
-// eventRateLimited is the telemetry event of a call refused by a
-// client-side limit (attribute "event" of telemetry.MetricEvents).
-const eventRateLimited = "local_rate_limited"
 
 // errLimited refuses a call over a server's limit.
 var errLimited = errors.New("rate limited")
@@ -107,7 +104,7 @@ func (t *Transport) rateLimited(req *http.Request, r *httpRoute) (*http.Response
 		return nil, false
 	}
 	closeBody(req)
-	t.tel.Event(req.Context(), eventRateLimited, req.URL.Host, "")
+	t.tel.Event(req.Context(), telemetry.EventRateLimited, req.URL.Host, "")
 	return synthetic(req, http.StatusTooManyRequests, http.Header{"X-Envoy-Ratelimited": {"true"}}, "local_rate_limited"), true
 }
 
