@@ -33,7 +33,7 @@
 //		// reply PermissionDenied / 403 "unauthorized": never d.Reason
 //	}
 //
-// The request path is canonicalised with [secpolicy.CanonicalPath] ("//a",
+// The request path is canonicalised with [urlpath.Canonical] ("//a",
 // "/x/../a", "/%61" all become "/a"); a path with no canonical form
 // ("%2F", backslash, NUL, no leading '/') is denied whatever the policies
 // say, as is a request with NUL, CR or LF in a header value. String, header

@@ -13,7 +13,7 @@ import (
 	v3rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 
 	"github.com/trellismesh/trellis/internal/matcher"
-	"github.com/trellismesh/trellis/internal/secpolicy"
+	"github.com/trellismesh/trellis/internal/urlpath"
 )
 
 // Errors returned by [New], wrapped with the RBAC config, policy and field
@@ -60,7 +60,7 @@ type Request struct {
 	// header for header matchers.
 	Method string
 	// Path is the raw request path (HTTP request-target or gRPC :path). The
-	// engine canonicalises it with [secpolicy.CanonicalPath] and denies the
+	// engine canonicalises it with [urlpath.Canonical] and denies the
 	// request when that fails; callers pass it unmodified.
 	Path string
 	// Host is the ":authority" (or "host") header.
@@ -206,7 +206,7 @@ func (e *Engine) Authorize(r *Request) Decision {
 	if r == nil {
 		return Decision{Reason: "nil request"}
 	}
-	path, err := secpolicy.CanonicalPath(r.Path)
+	path, err := urlpath.Canonical(r.Path)
 	if err != nil {
 		return Decision{Reason: err.Error()}
 	}

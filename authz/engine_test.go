@@ -209,11 +209,11 @@ func TestAuthorizeInvalidRequests(t *testing.T) {
 		want Decision
 	}{
 		{"nil request", e, nil, Decision{Reason: "nil request"}},
-		{"zero request", e, &Request{}, Decision{Reason: `secpolicy: invalid request path: "" does not begin with '/'`}},
+		{"zero request", e, &Request{}, Decision{Reason: `urlpath: invalid request path: "" does not begin with '/'`}},
 		{"NUL header", e, &Request{Path: "/", Headers: map[string][]string{"a": {"\x00"}}}, Decision{Reason: `invalid value of header "a"`}},
 		{"no policies", e, &Request{Path: "/"}, Decision{Allowed: true, Reason: "no ALLOW policy"}},
 		{"nil engine", nilEngine, &Request{Path: "/"}, Decision{Allowed: true, Reason: "no policies"}},
-		{"nil engine, bad path", nilEngine, &Request{Path: "/%2F"}, Decision{Reason: "secpolicy: invalid request path: encoded slash or backslash at offset 1"}},
+		{"nil engine, bad path", nilEngine, &Request{Path: "/%2F"}, Decision{Reason: "urlpath: invalid request path: encoded slash or backslash at offset 1"}},
 	}
 	for _, tt := range tests {
 		if diff := cmp.Diff(tt.e.Authorize(tt.req), tt.want); diff != "" {

@@ -15,7 +15,7 @@ import (
 	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/trellismesh/trellis/internal/secpolicy"
+	"github.com/trellismesh/trellis/internal/urlpath"
 )
 
 // gen draws random policies over a small universe of requests, so that
@@ -255,7 +255,7 @@ spec: {action: AUDIT, rules: [{to: [{operation: {methods: [DELETE]}}]}]}`)
 	f.Fuzz(func(t *testing.T, path, method, principal, header string) {
 		r := Request{Path: path, Method: method, Principal: principal, Headers: map[string][]string{"x-user": {header}}}
 		got := e.Authorize(&r)
-		canon, err := secpolicy.CanonicalPath(path)
+		canon, err := urlpath.Canonical(path)
 		if err != nil {
 			if got.Allowed {
 				t.Fatalf("Authorize(path %q) = %+v, want denied (no canonical form: %v)", path, got, err)

@@ -82,9 +82,9 @@ spec: {action: AUDIT, rules: [{to: [{operation: {methods: [DELETE]}}]}]}`
 			{Action: v3rbacpb.RBAC_LOG, Allowed: true, Reason: "no ALLOW policy", Audit: []string{"ns/audit-delete[0]"}},
 		}, false},
 		{"malformed path", Request{Method: "GET", Path: "/%2Fadmin", Principal: reviews}, []ShadowDecision{
-			{Action: v3rbacpb.RBAC_DENY, Reason: "secpolicy: invalid request path: encoded slash or backslash at offset 1"},
-			{Action: v3rbacpb.RBAC_ALLOW, Reason: "secpolicy: invalid request path: encoded slash or backslash at offset 1"},
-			{Action: v3rbacpb.RBAC_LOG, Reason: "secpolicy: invalid request path: encoded slash or backslash at offset 1"},
+			{Action: v3rbacpb.RBAC_DENY, Reason: "urlpath: invalid request path: encoded slash or backslash at offset 1"},
+			{Action: v3rbacpb.RBAC_ALLOW, Reason: "urlpath: invalid request path: encoded slash or backslash at offset 1"},
+			{Action: v3rbacpb.RBAC_LOG, Reason: "urlpath: invalid request path: encoded slash or backslash at offset 1"},
 		}, true},
 	} {
 		if d := e.Authorize(&tt.req); !tt.malformed && (!d.Allowed || d.Policy != "") {

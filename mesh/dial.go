@@ -44,8 +44,8 @@ import (
 // WithJoinToken) and accepting only the SPIFFE IDs the control plane names
 // for the destination; elsewhere they are plaintext. A process without an
 // identity fails calls that need mTLS rather than fall back to plaintext.
-func Dial(target string, opts ...Option) (*grpc.ClientConn, error) {
-	o := newOptions(opts)
+func Dial(target string, opts ...DialOption) (*grpc.ClientConn, error) {
+	o := newOptions(opts, DialOption.applyDial)
 	if target == "" {
 		return nil, fmt.Errorf("mesh: empty target")
 	}

@@ -23,6 +23,16 @@
 // one and moves to another when it fails, keeping its cached configuration
 // meanwhile.
 //
+// Each constructor takes options of its own type: DialOption,
+// TransportOption (NewTransport, HTTPClient), ServerOption,
+// HTTPServerOption (NewHTTPServer, ListenAndServe) and HandlerOption. An
+// option for several constructors returns a type that is each of theirs:
+// ClientOption (Dial and NewTransport), EndpointOption (NewServer and
+// NewHTTPServer), WorkloadOption (those four) or Option (all five). So an
+// option given where it does not apply does not compile. A list shared by
+// a client and a server is a []WorkloadOption, appended element by element
+// to each constructor's list.
+//
 // Everything here composes standard pieces: a Dial connection is a
 // *grpc.ClientConn and a Server wraps a *grpc.Server, so interceptors, stats
 // handlers and other grpc options pass through WithDialOptions and
@@ -32,7 +42,7 @@
 // from the control plane's CA with a join token, or from SPIRE, files or any
 // go-spiffe source:
 //
-//	opts := []mesh.Option{
+//	identity := []mesh.WorkloadOption{
 //		mesh.WithJoinToken(os.Getenv("TRELLIS_JOIN_TOKEN")),
 //		mesh.WithTrustBundleFile("/etc/trellis/root-cert.pem"),
 //	}

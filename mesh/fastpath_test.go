@@ -53,7 +53,7 @@ func readyWatch(p *serverPolicy) *policyWatch {
 func TestAdmitEnforcesPolicyArrivingAfterFastPath(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s := &Server{opts: newOptions(nil)}
+	s := &Server{opts: newOptions(nil, ServerOption.applyServer)}
 	w := readyWatch(&serverPolicy{mode: modePermissive})
 	s.policies.add("127.0.0.1:9000", w)
 	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9000}
@@ -83,7 +83,7 @@ func TestAdmitEnforcesPolicyArrivingAfterFastPath(t *testing.T) {
 func TestGuardEnforcesPolicyArrivingAfterFastPath(t *testing.T) {
 	w := readyWatch(&serverPolicy{mode: modePermissive})
 	var sawXFCC []string
-	g := &guard{opts: newOptions(nil), h: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+	g := &guard{opts: newOptions(nil, HTTPServerOption.applyHTTPServer), h: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		sawXFCC = append(sawXFCC, r.Header.Get("X-Forwarded-Client-Cert"))
 		if _, ok := PeerID(r.Context()); ok {
 			t.Errorf("PeerID() of a plaintext request = ok")

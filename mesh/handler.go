@@ -70,8 +70,8 @@ type HTTPServer struct {
 
 // NewHTTPServer returns an HTTPServer serving h. It does no I/O. It takes
 // the options of NewServer except WithServerOptions.
-func NewHTTPServer(h http.Handler, opts ...Option) (*HTTPServer, error) {
-	o := newOptions(opts)
+func NewHTTPServer(h http.Handler, opts ...HTTPServerOption) (*HTTPServer, error) {
+	o := newOptions(opts, HTTPServerOption.applyHTTPServer)
 	if err := o.validateServer(); err != nil {
 		return nil, err
 	}
@@ -103,7 +103,7 @@ func NewHTTPServer(h http.Handler, opts ...Option) (*HTTPServer, error) {
 
 // ListenAndServe listens on the TCP address addr and serves h in the mesh
 // with an HTTPServer made with opts. It always returns a non-nil error.
-func ListenAndServe(addr string, h http.Handler, opts ...Option) error {
+func ListenAndServe(addr string, h http.Handler, opts ...HTTPServerOption) error {
 	s, err := NewHTTPServer(h, opts...)
 	if err != nil {
 		return err
@@ -244,8 +244,8 @@ func (l *meshListener) Accept() (net.Conn, error) {
 // only removes the X-Forwarded-Client-Cert header; PeerID reports no
 // caller, since Handler cannot tell how the server verified a client
 // certificate.
-func Handler(h http.Handler, opts ...Option) http.Handler {
-	return &guard{h: h, opts: newOptions(opts), standalone: true}
+func Handler(h http.Handler, opts ...HandlerOption) http.Handler {
+	return &guard{h: h, opts: newOptions(opts, HandlerOption.applyHandler), standalone: true}
 }
 
 // guard applies an HTTPServer's policy to each request.

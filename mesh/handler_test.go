@@ -77,10 +77,10 @@ func TestHandlerOutsideHTTPServer(t *testing.T) {
 	})
 	for _, tc := range []struct {
 		name string
-		opts []Option
+		opts []HandlerOption
 		want int
 	}{
-		{"with service", []Option{WithService("ratings", "v1")}, http.StatusServiceUnavailable},
+		{"with service", []HandlerOption{WithService("ratings", "v1")}, http.StatusServiceUnavailable},
 		{"without service", nil, http.StatusOK},
 	} {
 		ran, xfcc = 0, nil

@@ -50,57 +50,53 @@ var identityWait = 10 * time.Second
 // and verified with WithTrustBundleFile. If not given, the
 // TRELLIS_JOIN_TOKEN environment variable is used. Without any identity
 // option a process has no identity: it serves and calls only in plaintext,
-// and a destination or a server policy that requires mTLS fails closed. For
-// Dial and NewServer.
-func WithJoinToken(token string) Option {
-	return optionFunc(func(o *options) { o.joinToken = token })
+// and a destination or a server policy that requires mTLS fails closed.
+func WithJoinToken(token string) WorkloadOption {
+	return workloadOption(func(o *options) { o.joinToken = token })
 }
 
 // WithTrustBundleFile names the PEM file of the mesh CA's root, with which
 // a process verifies the control plane's CA before sending it its join
 // token. If not given, TRELLIS_TRUST_BUNDLE, then root-cert.pem in the
 // control plane's default data directory (for a control plane on the same
-// machine). For Dial and NewServer.
-func WithTrustBundleFile(path string) Option {
-	return optionFunc(func(o *options) { o.trustBundle = path })
+// machine).
+func WithTrustBundleFile(path string) WorkloadOption {
+	return workloadOption(func(o *options) { o.trustBundle = path })
 }
 
 // WithCAAddr sets the control plane's secure address ("host:port"), where
 // its CA serves; with several replicas, a list of theirs
 // ("a:15012,b:15012"), of which the process uses one and moves to another
 // when it fails, as for WithControlPlane. If not given, TRELLIS_CA_ADDR,
-// then port 15012 on each control-plane host. For Dial and NewServer.
-func WithCAAddr(addr string) Option {
-	return optionFunc(func(o *options) { o.caAddr = addr })
+// then port 15012 on each control-plane host.
+func WithCAAddr(addr string) WorkloadOption {
+	return workloadOption(func(o *options) { o.caAddr = addr })
 }
 
 // WithSPIFFEWorkloadAPI takes the workload identity from a SPIFFE Workload
 // API (a SPIRE agent) at addr ("unix:///run/spire/agent.sock") instead of
-// the control plane's CA. For Dial and NewServer.
-func WithSPIFFEWorkloadAPI(addr string) Option {
-	return optionFunc(func(o *options) { o.workloadAPI = addr })
+// the control plane's CA.
+func WithSPIFFEWorkloadAPI(addr string) WorkloadOption {
+	return workloadOption(func(o *options) { o.workloadAPI = addr })
 }
 
 // WithIdentityFiles takes the workload identity from PEM files (an X.509
-// SVID and its key, and the trust bundle), reloaded when they change. For
-// Dial and NewServer.
-func WithIdentityFiles(certFile, keyFile, bundleFile string) Option {
-	return optionFunc(func(o *options) { o.identityFiles = [3]string{certFile, keyFile, bundleFile} })
+// SVID and its key, and the trust bundle), reloaded when they change.
+func WithIdentityFiles(certFile, keyFile, bundleFile string) WorkloadOption {
+	return workloadOption(func(o *options) { o.identityFiles = [3]string{certFile, keyFile, bundleFile} })
 }
 
 // WithX509Source takes the workload identity from go-spiffe sources, such
-// as a workloadapi.X509Source the application already has. For Dial and
-// NewServer.
-func WithX509Source(svids x509svid.Source, bundles x509bundle.Source) Option {
-	return optionFunc(func(o *options) { o.svids, o.bundles = svids, bundles })
+// as a workloadapi.X509Source the application already has.
+func WithX509Source(svids x509svid.Source, bundles x509bundle.Source) WorkloadOption {
+	return workloadOption(func(o *options) { o.svids, o.bundles = svids, bundles })
 }
 
 // WithCertificateTTL sets the lifetime the process asks the control
 // plane's CA for its certificates (the CA caps it; by default 24 hours).
-// Certificates are renewed at about half their life. For Dial and
-// NewServer.
-func WithCertificateTTL(d time.Duration) Option {
-	return optionFunc(func(o *options) { o.certTTL = d })
+// Certificates are renewed at about half their life.
+func WithCertificateTTL(d time.Duration) WorkloadOption {
+	return workloadOption(func(o *options) { o.certTTL = d })
 }
 
 // identityKey says which identity the options ask for ("" for none); it

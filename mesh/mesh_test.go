@@ -12,13 +12,13 @@ import (
 func TestNewServerValidatesOptions(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		opts []Option
+		opts []ServerOption
 		want string
 	}{
-		{"bad service", []Option{WithService("Bad_Name", "v1")}, `mesh: service: "Bad_Name" is not a valid name`},
-		{"bad namespace", []Option{WithService("ok", "v1"), WithNamespace("x.y")}, `mesh: namespace: "x.y" is not a valid name`},
-		{"bad version label", []Option{WithService("ok", "v 1")}, `mesh: labels: label "version": "v 1" is not a valid label value`},
-		{"bad advertise address", []Option{WithService("ok", ""), WithAdvertiseAddr("host.local")}, `mesh: advertise address "host.local" is not an IP address`},
+		{"bad service", []ServerOption{WithService("Bad_Name", "v1")}, `mesh: service: "Bad_Name" is not a valid name`},
+		{"bad namespace", []ServerOption{WithService("ok", "v1"), WithNamespace("x.y")}, `mesh: namespace: "x.y" is not a valid name`},
+		{"bad version label", []ServerOption{WithService("ok", "v 1")}, `mesh: labels: label "version": "v 1" is not a valid label value`},
+		{"bad advertise address", []ServerOption{WithService("ok", ""), WithAdvertiseAddr("host.local")}, `mesh: advertise address "host.local" is not an IP address`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := NewServer(tc.opts...)
@@ -47,23 +47,23 @@ func TestControlPlaneAddress(t *testing.T) {
 	t.Setenv(EnvControlPlane, "")
 	t.Setenv("GRPC_XDS_BOOTSTRAP", "")
 	t.Setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "")
-	if addr, std, _ := newOptions(nil).controlPlane(); addr != DefaultControlPlane || std {
+	if addr, std, _ := newOptions(nil, DialOption.applyDial).controlPlane(); addr != DefaultControlPlane || std {
 		t.Errorf("default control plane = %q (standard %v), want %q", addr, std, DefaultControlPlane)
 	}
 	t.Setenv("GRPC_XDS_BOOTSTRAP_CONFIG", `{"xds_servers":[{"server_uri":"10.1.1.1:15010"}],"node":{"id":"n"}}`)
-	if addr, std, _ := newOptions(nil).controlPlane(); addr != "10.1.1.1:15010" || !std {
+	if addr, std, _ := newOptions(nil, DialOption.applyDial).controlPlane(); addr != "10.1.1.1:15010" || !std {
 		t.Errorf("with GRPC_XDS_BOOTSTRAP_CONFIG: control plane = %q (standard %v), want 10.1.1.1:15010 from the standard bootstrap", addr, std)
 	}
 	t.Setenv(EnvControlPlane, "10.2.2.2:15010")
-	if addr, std, _ := newOptions(nil).controlPlane(); addr != "10.2.2.2:15010" || std {
+	if addr, std, _ := newOptions(nil, DialOption.applyDial).controlPlane(); addr != "10.2.2.2:15010" || std {
 		t.Errorf("with %s: control plane = %q (standard %v)", EnvControlPlane, addr, std)
 	}
-	if addr, _, _ := newOptions([]Option{WithControlPlane("10.3.3.3:1")}).controlPlane(); addr != "10.3.3.3:1" {
+	if addr, _, _ := newOptions([]DialOption{WithControlPlane("10.3.3.3:1")}, DialOption.applyDial).controlPlane(); addr != "10.3.3.3:1" {
 		t.Errorf("WithControlPlane: control plane = %q, want 10.3.3.3:1", addr)
 	}
 	t.Setenv(EnvControlPlane, "")
 	t.Setenv("GRPC_XDS_BOOTSTRAP_CONFIG", `{not json`)
-	if _, _, err := newOptions(nil).controlPlane(); err == nil || !strings.Contains(err.Error(), "parse bootstrap") {
+	if _, _, err := newOptions(nil, DialOption.applyDial).controlPlane(); err == nil || !strings.Contains(err.Error(), "parse bootstrap") {
 		t.Errorf("with a broken bootstrap: err = %v, want a parse error", err)
 	}
 }
@@ -122,11 +122,11 @@ func TestControlPlaneReplicas(t *testing.T) {
 		{"10.0.0.1:15010,10.0.0.2:15010", "10.0.0.1:15012,10.0.0.2:15012"},
 		{"dns:///xds.example:15010", "dns:///xds.example:15012"},
 	} {
-		if got := newOptions([]Option{WithControlPlane(tc.cp)}).caAddress(); got != tc.wantCA {
+		if got := newOptions([]DialOption{WithControlPlane(tc.cp)}, DialOption.applyDial).caAddress(); got != tc.wantCA {
 			t.Errorf("WithControlPlane(%q): CA address %q, want %q", tc.cp, got, tc.wantCA)
 		}
 	}
-	if got := newOptions([]Option{WithControlPlane("a:1,b:2"), WithCAAddr("c:3,d:4")}).caAddress(); got != "c:3,d:4" {
+	if got := newOptions([]DialOption{WithControlPlane("a:1,b:2"), WithCAAddr("c:3,d:4")}, DialOption.applyDial).caAddress(); got != "c:3,d:4" {
 		t.Errorf("WithCAAddr(c:3,d:4): CA address %q, want it as given", got)
 	}
 	if cc, err := Dial("reviews:9080", WithControlPlane("10.0.0.1:15010,10.0.0.2")); err == nil {

@@ -24,14 +24,89 @@ const DefaultControlPlane = "127.0.0.1:15010"
 // address, in any form WithControlPlane takes.
 const EnvControlPlane = "TRELLIS_CONTROL_PLANE"
 
-// An Option configures Dial, NewServer or both; each option says which.
-type Option interface {
-	apply(*options)
+// A DialOption configures Dial.
+type DialOption interface{ applyDial(*options) }
+
+// A TransportOption configures NewTransport and HTTPClient.
+type TransportOption interface{ applyTransport(*options) }
+
+// A ServerOption configures NewServer.
+type ServerOption interface{ applyServer(*options) }
+
+// An HTTPServerOption configures NewHTTPServer and ListenAndServe.
+type HTTPServerOption interface{ applyHTTPServer(*options) }
+
+// A HandlerOption configures Handler.
+type HandlerOption interface{ applyHandler(*options) }
+
+// A ClientOption configures both mesh clients, Dial and NewTransport.
+type ClientOption interface {
+	DialOption
+	TransportOption
 }
 
-type optionFunc func(*options)
+// An EndpointOption configures the endpoint both mesh servers, NewServer
+// and NewHTTPServer, register.
+type EndpointOption interface {
+	ServerOption
+	HTTPServerOption
+}
 
-func (f optionFunc) apply(o *options) { f(o) }
+// A WorkloadOption describes the workload to every constructor that joins
+// the mesh (Dial, NewTransport, NewServer, NewHTTPServer): its control
+// plane, identity, namespace, labels, locality and telemetry.
+type WorkloadOption interface {
+	ClientOption
+	EndpointOption
+}
+
+// An Option configures every constructor, Handler included.
+type Option interface {
+	WorkloadOption
+	HandlerOption
+}
+
+// The implementations, one per set of constructors an option applies to.
+type (
+	dialOption      func(*options)
+	transportOption func(*options)
+	serverOption    func(*options)
+	clientOption    func(*options)
+	endpointOption  func(*options)
+	workloadOption  func(*options)
+	option          func(*options)
+)
+
+func (f dialOption) applyDial(o *options)           { f(o) }
+func (f transportOption) applyTransport(o *options) { f(o) }
+func (f serverOption) applyServer(o *options)       { f(o) }
+
+func (f clientOption) applyDial(o *options)      { f(o) }
+func (f clientOption) applyTransport(o *options) { f(o) }
+
+func (f endpointOption) applyServer(o *options)     { f(o) }
+func (f endpointOption) applyHTTPServer(o *options) { f(o) }
+
+func (f workloadOption) applyDial(o *options)       { f(o) }
+func (f workloadOption) applyTransport(o *options)  { f(o) }
+func (f workloadOption) applyServer(o *options)     { f(o) }
+func (f workloadOption) applyHTTPServer(o *options) { f(o) }
+
+func (f option) applyDial(o *options)       { f(o) }
+func (f option) applyTransport(o *options)  { f(o) }
+func (f option) applyServer(o *options)     { f(o) }
+func (f option) applyHTTPServer(o *options) { f(o) }
+func (f option) applyHandler(o *options)    { f(o) }
+
+var (
+	_ DialOption      = dialOption(nil)
+	_ TransportOption = transportOption(nil)
+	_ ServerOption    = serverOption(nil)
+	_ ClientOption    = clientOption(nil)
+	_ EndpointOption  = endpointOption(nil)
+	_ WorkloadOption  = workloadOption(nil)
+	_ Option          = option(nil)
+)
 
 type options struct {
 	cpAddr        string
@@ -59,10 +134,12 @@ type options struct {
 	bundles       x509bundle.Source
 }
 
-func newOptions(opts []Option) *options {
+// newOptions applies a constructor's options, as apply (its option type's
+// method: DialOption.applyDial, ...) does, then the defaults.
+func newOptions[O any](opts []O, apply func(O, *options)) *options {
 	o := &options{}
 	for _, opt := range opts {
-		opt.apply(o)
+		apply(opt, o)
 	}
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
@@ -82,7 +159,7 @@ func (o *options) explicitControlPlane() string {
 // ("dns:///xds.example:15010"). If not given, the TRELLIS_CONTROL_PLANE
 // environment variable is used (same forms), then a standard
 // GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG, then
-// DefaultControlPlane. For Dial and NewServer.
+// DefaultControlPlane.
 //
 // With several replicas each process takes them in an order of its own,
 // so a fleet spreads over them, and keeps all its streams — xDS for gRPC
@@ -94,32 +171,33 @@ func (o *options) explicitControlPlane() string {
 // files, or one store of registrations).
 //
 //	mesh.Dial("reviews:9080", mesh.WithControlPlane("cp-a:15010,cp-b:15010"))
-func WithControlPlane(addr string) Option {
-	return optionFunc(func(o *options) { o.cpAddr = addr })
+func WithControlPlane(addr string) WorkloadOption {
+	return workloadOption(func(o *options) { o.cpAddr = addr })
 }
 
 // WithService names the service this process serves and its version. A
-// Server registers its endpoint under this name with the label
-// version=<version> (omitted if version is empty); DestinationRule subsets
-// select endpoints by such labels. For NewServer, and for Dial, where the
-// client declares the labels app=<name> and version=<version> to the
-// control plane for VirtualService sourceLabels.
+// Server or HTTPServer registers its endpoint under this name with the
+// label version=<version> (omitted if version is empty); DestinationRule
+// subsets select endpoints by such labels. A client (Dial, NewTransport)
+// declares the labels app=<name> and version=<version> to the control
+// plane for VirtualService sourceLabels. Telemetry labels the process's
+// calls with the name and version. Handler refuses every request when
+// given it (see Handler).
 func WithService(name, version string) Option {
-	return optionFunc(func(o *options) { o.service, o.version = name, version })
+	return option(func(o *options) { o.service, o.version = name, version })
 }
 
 // WithNamespace sets the namespace of the service. If not given, the
-// TRELLIS_NAMESPACE environment variable is used, then "default". For
-// NewServer and Dial.
-func WithNamespace(ns string) Option {
-	return optionFunc(func(o *options) { o.namespace = ns })
+// TRELLIS_NAMESPACE environment variable is used, then "default".
+func WithNamespace(ns string) WorkloadOption {
+	return workloadOption(func(o *options) { o.namespace = ns })
 }
 
 // WithLabels adds labels to the registered endpoint, and to the labels a
 // client declares to the control plane (which VirtualService sourceLabels
-// match). For NewServer and Dial.
-func WithLabels(labels map[string]string) Option {
-	return optionFunc(func(o *options) {
+// match).
+func WithLabels(labels map[string]string) WorkloadOption {
+	return workloadOption(func(o *options) {
 		if o.labels == nil {
 			o.labels = map[string]string{}
 		}
@@ -130,34 +208,33 @@ func WithLabels(labels map[string]string) Option {
 // WithServicePort sets the service port that clients dial
 // ("reviews:9080") when it differs from the port the server listens on. If
 // not given, the listening port is the service port, except that an endpoint
-// joining a ServiceEntry with a single port joins that port. For NewServer.
-func WithServicePort(port uint16) Option {
-	return optionFunc(func(o *options) { o.servicePort = uint32(port) })
+// joining a ServiceEntry with a single port joins that port.
+func WithServicePort(port uint16) EndpointOption {
+	return endpointOption(func(o *options) { o.servicePort = uint32(port) })
 }
 
 // WithAdvertiseAddr sets the IP address registered for the server. If not
 // given, the listener's address is used; if that is unspecified (":8080"),
-// the first non-loopback address of the host, else 127.0.0.1. For NewServer.
-func WithAdvertiseAddr(ip string) Option {
-	return optionFunc(func(o *options) { o.advertiseAddr = ip })
+// the first non-loopback address of the host, else 127.0.0.1.
+func WithAdvertiseAddr(ip string) EndpointOption {
+	return endpointOption(func(o *options) { o.advertiseAddr = ip })
 }
 
 // WithLocality sets the locality ("region/zone/subzone") registered for the
-// server and sent to the control plane by clients. For NewServer and Dial.
-func WithLocality(locality string) Option {
-	return optionFunc(func(o *options) { o.locality = locality })
+// server and sent to the control plane by clients.
+func WithLocality(locality string) WorkloadOption {
+	return workloadOption(func(o *options) { o.locality = locality })
 }
 
 // WithLogger sets the logger for mesh events (registration, control-plane
-// connection). If not given, nothing is logged. For NewServer and Dial.
+// connection, refused requests). If not given, nothing is logged.
 func WithLogger(l *slog.Logger) Option {
-	return optionFunc(func(o *options) { o.logger = l })
+	return option(func(o *options) { o.logger = l })
 }
 
-// WithDialOptions adds grpc.DialOptions, applied after the mesh's own. For
-// Dial.
-func WithDialOptions(opts ...grpc.DialOption) Option {
-	return optionFunc(func(o *options) { o.dialOptions = append(o.dialOptions, opts...) })
+// WithDialOptions adds grpc.DialOptions, applied after the mesh's own.
+func WithDialOptions(opts ...grpc.DialOption) DialOption {
+	return dialOption(func(o *options) { o.dialOptions = append(o.dialOptions, opts...) })
 }
 
 // WithServerOptions adds grpc.ServerOptions, applied after the mesh's own.
@@ -165,16 +242,17 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // grpc.ChainStreamInterceptor run after the mesh's policy checks, so they
 // see only admitted calls; one set with grpc.UnaryInterceptor or
 // grpc.StreamInterceptor runs before them. grpc.Creds replaces the mesh's
-// mutual TLS and should not be given. For NewServer.
-func WithServerOptions(opts ...grpc.ServerOption) Option {
-	return optionFunc(func(o *options) { o.serverOptions = append(o.serverOptions, opts...) })
+// mutual TLS and should not be given.
+func WithServerOptions(opts ...grpc.ServerOption) ServerOption {
+	return serverOption(func(o *options) { o.serverOptions = append(o.serverOptions, opts...) })
 }
 
-// WithRetryBudget sets the retry budget of each connection Dial makes: the
-// retries of all its calls may add at most b.Ratio of its calls, plus
-// b.MinPerSecond retries a second, over b.Window. Budgets are on by default
-// with retry.Budget's defaults (20 %, 10 a second, 10 seconds), so that a
-// failing service is not hit with a retry storm. For Dial.
-func WithRetryBudget(b retry.Budget) Option {
-	return optionFunc(func(o *options) { o.retryBudget = b })
+// WithRetryBudget sets the retry budget of each connection Dial makes and
+// of each Transport: the retries of all its calls may add at most b.Ratio
+// of its calls, plus b.MinPerSecond retries a second, over b.Window.
+// Budgets are on by default with retry.Budget's defaults (20 %, 10 a
+// second, 10 seconds), so that a failing service is not hit with a retry
+// storm.
+func WithRetryBudget(b retry.Budget) ClientOption {
+	return clientOption(func(o *options) { o.retryBudget = b })
 }

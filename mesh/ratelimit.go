@@ -16,16 +16,12 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/trellismesh/trellis/internal/ratelimit"
-	"github.com/trellismesh/trellis/internal/translate"
+	"github.com/trellismesh/trellis/telemetry"
 )
 
 // Local rate limits arrive as Envoy's local_ratelimit HTTP filter: per
 // virtual host or route on the client (typed_per_filter_config), on the
 // server listener for servers. See internal/translate/ratelimit.go.
-
-// eventRateLimited is the telemetry event of a call refused by a
-// client-side limit (attribute "event" of telemetry.MetricEvents).
-const eventRateLimited = "local_rate_limited"
 
 // errLimited refuses a call over a server's limit.
 var errLimited = errors.New("rate limited")
@@ -51,10 +47,10 @@ func (l *routeLimit) allow() bool { return l == nil || clientLimiter.Allow(l.key
 // shared by its routes. Configurations the client cannot honour limit
 // nothing; the filter is optional.
 func clientRouteLimit(vh *v3routepb.VirtualHost, r *v3routepb.Route) *routeLimit {
-	if a := r.GetTypedPerFilterConfig()[translate.LocalRateLimitFilterName]; a != nil {
+	if a := r.GetTypedPerFilterConfig()[ratelimit.FilterName]; a != nil {
 		return limitOf(a, "route\x00"+vh.GetName()+"\x00"+r.GetName())
 	}
-	if a := vh.GetTypedPerFilterConfig()[translate.LocalRateLimitFilterName]; a != nil {
+	if a := vh.GetTypedPerFilterConfig()[ratelimit.FilterName]; a != nil {
 		return limitOf(a, "vhost\x00"+vh.GetName())
 	}
 	return nil
@@ -108,7 +104,7 @@ func (t *Transport) rateLimited(req *http.Request, r *httpRoute) (*http.Response
 		return nil, false
 	}
 	closeBody(req)
-	t.tel.Event(req.Context(), eventRateLimited, req.URL.Host, "")
+	t.tel.Event(req.Context(), telemetry.EventRateLimited, req.URL.Host, "")
 	return synthetic(req, http.StatusTooManyRequests, http.Header{"X-Envoy-Ratelimited": {"true"}}, "local_rate_limited"), true
 }
 
@@ -152,7 +148,7 @@ func compileServerLimit(lrl *v3localratelimitpb.LocalRateLimit, old *serverLimit
 	}
 	maxKeys := 1
 	if s.perCaller {
-		maxKeys = int(translate.MaxCallers)
+		maxKeys = int(ratelimit.MaxCallers)
 		if n := lrl.GetMaxDynamicDescriptors(); n != nil {
 			maxKeys = int(max(n.GetValue(), 1))
 		}
@@ -166,7 +162,7 @@ func compileServerLimit(lrl *v3localratelimitpb.LocalRateLimit, old *serverLimit
 // server implements: a wildcard descriptor keyed by the peer certificate's
 // URI SAN, with its own bucket the same as the shared one.
 func perCallerForm(lrl *v3localratelimitpb.LocalRateLimit, lim ratelimit.Limit) error {
-	unsupported := errors.New("descriptors other than one per caller identity (" + translate.CallerExpression + ") are not supported")
+	unsupported := errors.New("descriptors other than one per caller identity (" + ratelimit.CallerExpression + ") are not supported")
 	if len(lrl.GetDescriptors()) != 1 || len(lrl.GetRateLimits()) != 1 || len(lrl.GetRateLimits()[0].GetActions()) != 1 ||
 		lrl.GetAlwaysConsumeDefaultTokenBucket().GetValue() {
 		return unsupported
@@ -174,7 +170,7 @@ func perCallerForm(lrl *v3localratelimitpb.LocalRateLimit, lim ratelimit.Limit) 
 	d := lrl.GetDescriptors()[0]
 	ext := lrl.GetRateLimits()[0].GetActions()[0].GetExtension()
 	expr := new(v3exprpb.Descriptor)
-	if ext == nil || ext.GetTypedConfig().UnmarshalTo(expr) != nil || expr.GetText() != translate.CallerExpression ||
+	if ext == nil || ext.GetTypedConfig().UnmarshalTo(expr) != nil || expr.GetText() != ratelimit.CallerExpression ||
 		len(d.GetEntries()) != 1 || d.GetEntries()[0].GetValue() != "" || d.GetEntries()[0].GetKey() != expr.GetDescriptorKey() {
 		return unsupported
 	}

@@ -156,7 +156,7 @@ func (o *options) routeInterceptors(link controlPlaneLink, target string, tel *t
 	policy := func(ctx context.Context, method string) (retry.Policy, error) {
 		_, rc, _ := table.LookupOutgoing(ctx, method)
 		if !rc.limit.allow() {
-			tel.Event(ctx, eventRateLimited, target, "")
+			tel.Event(ctx, telemetry.EventRateLimited, target, "")
 			return retry.Policy{}, errClientLimited
 		}
 		p := rc.retry

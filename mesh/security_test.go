@@ -44,7 +44,7 @@ func TestCompilePolicyShadowRules(t *testing.T) {
 		Permissions: []*v3rbacpb.Permission{{Rule: &v3rbacpb.Permission_Any{Any: true}}},
 		Principals:  []*v3rbacpb.Principal{{Identifier: &v3rbacpb.Principal_Any{Any: true}}},
 	}}}
-	o := newOptions(nil)
+	o := newOptions(nil, ServerOption.applyServer)
 	p, err := compilePolicy(listenerWithRBAC(t, &v3rbachttppb.RBAC{ShadowRules: denyAll, ShadowRulesStatPrefix: "istio_dry_run_deny_"}), nil, o)
 	if err != nil {
 		t.Fatalf("compilePolicy(shadow rules) = %v", err)

@@ -10,9 +10,9 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/trellismesh/trellis/internal/config"
 	"github.com/trellismesh/trellis/internal/grpcstop"
 	"github.com/trellismesh/trellis/internal/mtls"
+	"github.com/trellismesh/trellis/internal/naming"
 	"github.com/trellismesh/trellis/internal/register"
 	"github.com/trellismesh/trellis/internal/registrationpb"
 	"github.com/trellismesh/trellis/internal/replicas"
@@ -51,8 +51,8 @@ var _ grpc.ServiceRegistrar = (*Server)(nil)
 
 // NewServer returns a Server. It does no I/O. Without WithService the server
 // serves but does not register.
-func NewServer(opts ...Option) (*Server, error) {
-	o := newOptions(opts)
+func NewServer(opts ...ServerOption) (*Server, error) {
+	o := newOptions(opts, ServerOption.applyServer)
 	if err := o.validateServer(); err != nil {
 		return nil, err
 	}
@@ -71,14 +71,14 @@ func NewServer(opts ...Option) (*Server, error) {
 // validateServer checks the options of a Server or HTTPServer.
 func (o *options) validateServer() error {
 	if o.service != "" {
-		if err := config.ValidateName(o.service); err != nil {
+		if err := naming.ValidateName(o.service); err != nil {
 			return fmt.Errorf("mesh: service: %w", err)
 		}
 	}
-	if err := config.ValidateName(o.namespace); err != nil {
+	if err := naming.ValidateName(o.namespace); err != nil {
 		return fmt.Errorf("mesh: namespace: %w", err)
 	}
-	if err := config.ValidateLabels(o.endpointLabels()); err != nil {
+	if err := naming.ValidateLabels(o.endpointLabels()); err != nil {
 		return fmt.Errorf("mesh: labels: %w", err)
 	}
 	if o.advertiseAddr != "" {

@@ -15,7 +15,7 @@ import (
 // providers (telemetry.WithMeterProvider, WithTracerProvider,
 // WithPropagator), the access log (telemetry.WithAccessLog), or
 // telemetry.Disabled to turn it off. Options given in several WithTelemetry
-// add up. For Dial, NewServer, NewHTTPServer and NewTransport.
+// add up.
 //
 // Telemetry is on by default, on the global OpenTelemetry providers: every
 // call gets a span and the metrics of OpenTelemetry's RPC and HTTP
@@ -29,8 +29,8 @@ import (
 // before making gRPC connections and servers: those made while no SDK is
 // installed go without telemetry interceptors (HTTP clients and servers
 // follow the SDK whenever it comes).
-func WithTelemetry(opts ...telemetry.Option) Option {
-	return optionFunc(func(o *options) { o.telemetry = append(o.telemetry, opts...) })
+func WithTelemetry(opts ...telemetry.Option) WorkloadOption {
+	return workloadOption(func(o *options) { o.telemetry = append(o.telemetry, opts...) })
 }
 
 // newTelemetry returns the telemetry of a client or server made with o;

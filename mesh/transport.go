@@ -25,7 +25,7 @@ import (
 	"github.com/trellismesh/trellis/balancer/pick"
 	"github.com/trellismesh/trellis/internal/lrs"
 	"github.com/trellismesh/trellis/internal/mtls"
-	"github.com/trellismesh/trellis/internal/secpolicy"
+	"github.com/trellismesh/trellis/internal/urlpath"
 	"github.com/trellismesh/trellis/resolver/xdscluster"
 	"github.com/trellismesh/trellis/resolver/xdsroute"
 	"github.com/trellismesh/trellis/retry"
@@ -91,9 +91,9 @@ type Transport struct {
 var _ http.RoundTripper = (*Transport)(nil)
 
 // NewTransport returns a Transport. It does no I/O; it connects to the
-// control plane on the first request. Options: those of Dial.
-func NewTransport(opts ...Option) *Transport {
-	o := newOptions(opts)
+// control plane on the first request.
+func NewTransport(opts ...TransportOption) *Transport {
+	o := newOptions(opts, TransportOption.applyTransport)
 	t := &Transport{
 		opts:   o,
 		base:   http.DefaultTransport,
@@ -128,15 +128,14 @@ func NewTransport(opts ...Option) *Transport {
 // HTTPClient returns an *http.Client whose Transport is a mesh Transport
 // (see Transport). Close its transport, client.Transport.(*mesh.Transport),
 // when done with it.
-func HTTPClient(opts ...Option) *http.Client {
+func HTTPClient(opts ...TransportOption) *http.Client {
 	return &http.Client{Transport: NewTransport(opts...)}
 }
 
 // WithMeshOnly makes a Transport refuse requests to hosts outside the mesh
-// instead of sending them with http.DefaultTransport. For NewTransport and
-// HTTPClient.
-func WithMeshOnly() Option {
-	return optionFunc(func(o *options) { o.meshOnly = true })
+// instead of sending them with http.DefaultTransport.
+func WithMeshOnly() TransportOption {
+	return transportOption(func(o *options) { o.meshOnly = true })
 }
 
 // Close stops the Transport: its watches end and its idle connections
@@ -287,7 +286,7 @@ func closeBody(req *http.Request) {
 
 func (t *Transport) meshRoundTrip(req *http.Request, h *meshHost) (*http.Response, error) {
 	ctx := req.Context()
-	path, err := secpolicy.CanonicalPath(req.URL.EscapedPath())
+	path, err := urlpath.Canonical(req.URL.EscapedPath())
 	if err != nil {
 		closeBody(req)
 		return nil, fmt.Errorf("mesh: request path: %w", err)

@@ -34,6 +34,12 @@
 // until it commits: until a header, a message or its end has reached the
 // application and while what it sent fits in a 256 KiB replay buffer.
 //
-// Retry budgets (a cap on retries as a share of calls) are not implemented
-// yet.
+// A Budget caps retries as a share of calls, so that when a whole service
+// fails its retries do not multiply the load: the calls whose Policy.Budget
+// is one BudgetTracker may retry at most Ratio of their calls plus
+// MinPerSecond a second (by default 20 % plus 10 a second, over 10
+// seconds); a retry over the budget is not made and the call ends with its
+// last error. mesh.Dial gives each connection a tracker and mesh.Transport
+// one per transport, both set by mesh.WithRetryBudget; the HTTP transport
+// also takes its backoff from Policy.Backoff.
 package retry

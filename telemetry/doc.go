@@ -30,7 +30,8 @@
 // trellis.rpc.client.active_requests, trellis.rpc.server.active_requests,
 // trellis.client.attempts (each attempt), trellis.client.retries,
 // trellis.client.events (event = circuit_breaker_open, fault_abort,
-// no_healthy_upstream, outlier_ejection), trellis.server.policy.denials
+// local_rate_limited, no_healthy_upstream, outlier_ejection),
+// trellis.server.policy.denials
 // (reason = denied, unauthenticated, not_serving, invalid_request; counted
 // when the Admitted interceptors mark what passed the policy),
 // trellis.server.policy.dry_run (what dry-run authorization policies would

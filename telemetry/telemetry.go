@@ -211,6 +211,7 @@ const (
 	EventFaultAbort     = "fault_abort"          // a call aborted by fault injection
 	EventNoHealthy      = "no_healthy_upstream"  // no endpoint to send to
 	EventEjection       = "outlier_ejection"     // an endpoint ejected by outlier detection
+	EventRateLimited    = "local_rate_limited"   // a call refused by a client-side local rate limit
 )
 
 // durationBounds are histogram boundaries in seconds, OpenTelemetry's
@@ -353,7 +354,7 @@ func (s *callState) snapshot() (peer Workload, upstream, cluster, principal, eve
 
 // Event counts a mesh event (EventCircuitBreaker, EventFaultAbort, ...) on
 // the client call of ctx, with the call's destination host and cluster.
-// It is what the mesh's HTTP transport calls; a nil Telemetry ignores it.
+// It is what the mesh's clients call; a nil Telemetry ignores it.
 func (t *Telemetry) Event(ctx context.Context, event, host, cluster string) {
 	if !t.Active() {
 		return

@@ -146,14 +146,13 @@ func TestLoadReportsMakeTheGraph(t *testing.T) {
 	f := &failing{}
 	startBackends(t, addr, f)
 
-	client := []mesh.Option{mesh.WithControlPlane(addr), mesh.WithService("frontend", "v2")}
-	cc, err := mesh.Dial("greeter:9080", client...)
+	cc, err := mesh.Dial("greeter:9080", mesh.WithControlPlane(addr), mesh.WithService("frontend", "v2"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
 	gc := greeterpb.NewGreeterClient(cc)
-	tr := mesh.NewTransport(append(client, mesh.WithMeshOnly())...)
+	tr := mesh.NewTransport(mesh.WithControlPlane(addr), mesh.WithService("frontend", "v2"), mesh.WithMeshOnly())
 	defer tr.Close()
 	hc := &http.Client{Transport: tr}
 	traffic := func() {

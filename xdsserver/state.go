@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/naming"
 	"github.com/trellismesh/trellis/internal/registrationpb"
 	"github.com/trellismesh/trellis/internal/registry"
 	"github.com/trellismesh/trellis/internal/translate"
@@ -283,10 +284,10 @@ func endpointFromRequest(req *registrationpb.RegisterRequest) (registry.Endpoint
 	if p == nil {
 		return ep, errorf("registration: the first request must carry an endpoint")
 	}
-	if err := config.ValidateName(ep.Service); err != nil {
+	if err := naming.ValidateName(ep.Service); err != nil {
 		return ep, errorf("registration: service: %v", err)
 	}
-	if err := config.ValidateName(ep.Namespace); err != nil {
+	if err := naming.ValidateName(ep.Namespace); err != nil {
 		return ep, errorf("registration: namespace: %v", err)
 	}
 	if !validIP(ep.Address) {
@@ -301,7 +302,7 @@ func endpointFromRequest(req *registrationpb.RegisterRequest) (registry.Endpoint
 	if len(ep.Labels) > maxLabels {
 		return ep, errorf("registration: %d labels, at most %d", len(ep.Labels), maxLabels)
 	}
-	if err := config.ValidateLabels(ep.Labels); err != nil {
+	if err := naming.ValidateLabels(ep.Labels); err != nil {
 		return ep, errorf("registration: labels: %v", err)
 	}
 	if err := validateLocality(ep.Locality); err != nil {

@@ -97,8 +97,10 @@ func dataPath(ctx context.Context, cfg config) ([]row, error) {
 	}
 	done.add(cp.stop)
 	bundle := filepath.Join(dataDir, "root-cert.pem")
-	as := func(token string) []mesh.Option {
-		return []mesh.Option{mesh.WithControlPlane(cp.addr), mesh.WithJoinToken(token), mesh.WithTrustBundleFile(bundle), mesh.WithCAAddr(cp.tls)}
+	// as gives a workload the identity of token; a WorkloadOption is an
+	// option of each constructor, appended to its list one by one.
+	as := func(token string) []mesh.WorkloadOption {
+		return []mesh.WorkloadOption{mesh.WithControlPlane(cp.addr), mesh.WithJoinToken(token), mesh.WithTrustBundleFile(bundle), mesh.WithCAAddr(cp.tls)}
 	}
 	serverID, err := caSource(ctx, cp.tls, bundle, "greeter-token")
 	if err != nil {
@@ -171,14 +173,22 @@ func dataPath(ctx context.Context, cfg config) ([]row, error) {
 		if err != nil {
 			return nil, err
 		}
-		srv, err := mesh.NewServer(append(as("greeter-token"), mesh.WithService("greeter", "v1"), mesh.WithServicePort(9080))...)
+		srvOpts := []mesh.ServerOption{mesh.WithService("greeter", "v1"), mesh.WithServicePort(9080)}
+		for _, o := range as("greeter-token") {
+			srvOpts = append(srvOpts, o)
+		}
+		srv, err := mesh.NewServer(srvOpts...)
 		if err != nil {
 			return nil, err
 		}
 		greeterpb.RegisterGreeterServer(srv, &greeter.Server{Version: "v1", Instance: meshLis.Addr().String()})
 		go srv.Serve(meshLis)
 		done.add(func() { srv.Close() })
-		cc, err := mesh.Dial("greeter:9080", as("client-token")...)
+		var dialOpts []mesh.DialOption
+		for _, o := range as("client-token") {
+			dialOpts = append(dialOpts, o)
+		}
+		cc, err := mesh.Dial("greeter:9080", dialOpts...)
 		if err != nil {
 			return nil, err
 		}
@@ -210,13 +220,21 @@ func dataPath(ctx context.Context, cfg config) ([]row, error) {
 		if err != nil {
 			return nil, err
 		}
-		srv, err := mesh.NewHTTPServer(handler, append(as("kb-token"), mesh.WithService("kb", "v1"), mesh.WithServicePort(8080))...)
+		srvOpts := []mesh.HTTPServerOption{mesh.WithService("kb", "v1"), mesh.WithServicePort(8080)}
+		for _, o := range as("kb-token") {
+			srvOpts = append(srvOpts, o)
+		}
+		srv, err := mesh.NewHTTPServer(handler, srvOpts...)
 		if err != nil {
 			return nil, err
 		}
 		go srv.Serve(lis)
 		done.add(func() { srv.Close() })
-		tr := mesh.NewTransport(append(as("client-token"), mesh.WithMeshOnly())...)
+		trOpts := []mesh.TransportOption{mesh.WithMeshOnly()}
+		for _, o := range as("client-token") {
+			trOpts = append(trOpts, o)
+		}
+		tr := mesh.NewTransport(trOpts...)
 		done.add(func() { tr.Close() })
 		targets = append(targets, &target{proto: "HTTP", mesh: true, call: httpCall(&http.Client{Transport: tr}, "http://kb:8080/kb"), lis: lis})
 	}

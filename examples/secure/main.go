@@ -148,9 +148,10 @@ func run(ctx context.Context, w io.Writer, timeout time.Duration) (err error) {
 	fmt.Fprintf(w, "control plane  xDS %s, CA and secure xDS %s\n", xdsLis.Addr(), secureLis.Addr())
 
 	// Every workload gets its identity the same way: a join token, and the
-	// CA's root to check the control plane with.
-	as := func(token string) []mesh.Option {
-		return []mesh.Option{
+	// CA's root to check the control plane with. These are WorkloadOptions,
+	// options of servers and clients alike.
+	as := func(token string) []mesh.WorkloadOption {
+		return []mesh.WorkloadOption{
 			mesh.WithControlPlane(xdsLis.Addr().String()),
 			mesh.WithCAAddr(secureLis.Addr().String()),
 			mesh.WithTrustBundleFile(filepath.Join(data, "root-cert.pem")),
@@ -159,7 +160,11 @@ func run(ctx context.Context, w io.Writer, timeout time.Duration) (err error) {
 	}
 
 	// 3. The greeter, serving as spiffe://cluster.local/ns/default/sa/greeter.
-	srv, err := mesh.NewServer(append(as("greeter-token"), mesh.WithService("greeter", "v1"), mesh.WithServicePort(9080))...)
+	srvOpts := []mesh.ServerOption{mesh.WithService("greeter", "v1"), mesh.WithServicePort(9080)}
+	for _, o := range as("greeter-token") {
+		srvOpts = append(srvOpts, o) // a WorkloadOption is a ServerOption
+	}
+	srv, err := mesh.NewServer(srvOpts...)
 	if err != nil {
 		return err
 	}
@@ -236,7 +241,11 @@ type client struct {
 	close func()
 }
 
-func dial(opts []mesh.Option) (*client, error) {
+func dial(identity []mesh.WorkloadOption) (*client, error) {
+	var opts []mesh.DialOption
+	for _, o := range identity {
+		opts = append(opts, o) // and a DialOption
+	}
 	cc, err := mesh.Dial("greeter:9080", opts...)
 	if err != nil {
 		return nil, err

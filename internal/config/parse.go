@@ -14,6 +14,8 @@ import (
 	security "istio.io/api/security/v1beta1"
 	istiotelemetry "istio.io/api/telemetry/v1alpha1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/trellismesh/trellis/internal/naming"
 )
 
 // apiVersions accepted for each kind.
@@ -237,11 +239,11 @@ func parseMetadata(meta *Meta, v any, add func(field, format string, args ...any
 		case "name":
 			if s, _ := val.(string); s == "" {
 				add(field, "required")
-			} else if !isDNS1123Subdomain(s) {
+			} else if !naming.IsDNS1123Subdomain(s) {
 				add(field, "%q is not a valid name (lowercase letters, digits, '-' and '.')", s)
 			}
 		case "namespace":
-			if s, ok := val.(string); !ok || !isDNS1123Label(s) {
+			if s, ok := val.(string); !ok || !naming.IsDNS1123Label(s) {
 				add(field, "%q is not a valid namespace", fmt.Sprint(val))
 			}
 		case "labels", "annotations":

@@ -12,6 +12,7 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/trellismesh/trellis/internal/matcher"
+	"github.com/trellismesh/trellis/internal/naming"
 )
 
 // MaxRegexLength caps the length of a regular expression in a match. Longer
@@ -35,18 +36,7 @@ func CanonicalHost(host, ns string) string {
 	return host
 }
 
-var (
-	dns1123Label     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-	dns1123Subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
-	headerName       = regexp.MustCompile(`^[a-z0-9!#$%&'*+\-.^_|~` + "`" + `]+$`)
-	labelKey         = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
-	labelValue       = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
-)
-
-func isDNS1123Label(s string) bool { return len(s) <= 63 && dns1123Label.MatchString(s) }
-func isDNS1123Subdomain(s string) bool {
-	return len(s) <= 253 && dns1123Subdomain.MatchString(s)
-}
+var headerName = regexp.MustCompile(`^[a-z0-9!#$%&'*+\-.^_|~` + "`" + `]+$`)
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
@@ -66,17 +56,17 @@ func (p *problems) host(field, h string) {
 		p.add(field, "required")
 	case strings.Contains(h, "*"):
 		p.add(field, "wildcard hosts are not supported")
-	case !isDNS1123Subdomain(strings.ToLower(h)):
+	case !naming.IsDNS1123Subdomain(strings.ToLower(h)):
 		p.add(field, "%q is not a valid hostname", h)
 	}
 }
 
 func (p *problems) labels(field string, labels map[string]string) {
 	for k, v := range labels {
-		if !labelKey.MatchString(k) || len(k) > 317 {
+		if !naming.IsLabelKey(k) {
 			p.add(field+"["+quote(k)+"]", "%q is not a valid label key", k)
 		}
-		if len(v) > 63 || !labelValue.MatchString(v) {
+		if !naming.IsLabelValue(v) {
 			p.add(field+"["+quote(k)+"]", "%q is not a valid label value", v)
 		}
 	}
@@ -189,7 +179,7 @@ func validateWorkload(p *problems, f string, w *networking.WorkloadEntry, portNa
 		}
 	}
 	p.labels(f+".labels", w.Labels)
-	if sa := w.ServiceAccount; sa != "" && !isDNS1123Subdomain(sa) {
+	if sa := w.ServiceAccount; sa != "" && !naming.IsDNS1123Subdomain(sa) {
 		p.add(f+".serviceAccount", "%q is not a valid service account name (a DNS-1123 subdomain)", sa)
 	}
 	if w.Locality != "" && len(strings.Split(w.Locality, "/")) > 3 {
@@ -246,7 +236,7 @@ func validateVirtualService(vs *VirtualService) []error {
 				continue
 			}
 			p.host(df+".destination.host", d.Destination.Host)
-			if d.Destination.Subset != "" && !isDNS1123Label(d.Destination.Subset) {
+			if d.Destination.Subset != "" && !naming.IsDNS1123Label(d.Destination.Subset) {
 				p.add(df+".destination.subset", "%q is not a valid subset name", d.Destination.Subset)
 			}
 			if n := d.Destination.GetPort().GetNumber(); d.Destination.Port != nil && (n == 0 || n > 65535) {
@@ -278,7 +268,7 @@ func validateDestinationRule(dr *DestinationRule) []error {
 		switch {
 		case sub.Name == "":
 			p.add(f+".name", "required")
-		case !isDNS1123Label(sub.Name):
+		case !naming.IsDNS1123Label(sub.Name):
 			p.add(f+".name", "%q is not a valid subset name", sub.Name)
 		case names[sub.Name]:
 			p.add(f+".name", "subset %q is defined twice", sub.Name)
@@ -384,28 +374,6 @@ func validateSet(set *Set) []error {
 		errs = append(errs, p.errs...)
 	}
 	return errs
-}
-
-// ValidateName reports whether s is a DNS-1123 label, as service names,
-// namespaces and subset names must be.
-func ValidateName(s string) error {
-	if !isDNS1123Label(s) {
-		return fmt.Errorf("%q is not a valid name (lowercase letters, digits and '-', at most 63)", s)
-	}
-	return nil
-}
-
-// ValidateLabels checks label keys and values as Kubernetes does.
-func ValidateLabels(labels map[string]string) error {
-	for k, v := range labels {
-		if !labelKey.MatchString(k) || len(k) > 317 {
-			return fmt.Errorf("%q is not a valid label key", k)
-		}
-		if len(v) > 63 || !labelValue.MatchString(v) {
-			return fmt.Errorf("label %q: %q is not a valid label value", k, v)
-		}
-	}
-	return nil
 }
 
 // MaxRetries is the largest retries.attempts accepted: grpc-go makes at most

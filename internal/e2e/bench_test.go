@@ -116,8 +116,8 @@ func BenchmarkMTLS(b *testing.B) {
 	})
 
 	b.Run("mesh", func(b *testing.B) {
-		startGreeter(b, m.addr, "v1", m.as("greeter-token")...)
-		cc, err := mesh.Dial("greeter:9080", m.as("client-token")...)
+		startGreeter(b, m.addr, "v1", serverOpts(m.as("greeter-token"))...)
+		cc, err := mesh.Dial("greeter:9080", dialOpts(m.as("client-token"))...)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -215,13 +215,13 @@ func BenchmarkHTTPMTLS(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		srv, err := mesh.NewHTTPServer(handler, append(m.as("kb-token"), mesh.WithService("kb", "v1"), mesh.WithServicePort(8080))...)
+		srv, err := mesh.NewHTTPServer(handler, httpServerOpts(m.as("kb-token"), mesh.WithService("kb", "v1"), mesh.WithServicePort(8080))...)
 		if err != nil {
 			b.Fatal(err)
 		}
 		go srv.Serve(lis)
 		b.Cleanup(func() { srv.Close() })
-		tr := mesh.NewTransport(append(m.as("client-token"), mesh.WithMeshOnly())...)
+		tr := mesh.NewTransport(transportOpts(m.as("client-token"), mesh.WithMeshOnly())...)
 		b.Cleanup(func() { tr.Close() })
 		c := &http.Client{Transport: tr}
 		deadline := time.Now().Add(30 * time.Second)

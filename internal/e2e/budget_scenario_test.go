@@ -36,7 +36,7 @@ spec:
 			for _, b := range bs {
 				p.serve(t, m, "v1", b)
 			}
-			call := p.client(t, m, append(m.as("client-token"), mesh.WithRetryBudget(retry.Budget{Window: 2 * time.Second}))...)
+			call := p.client(t, m, clientOpts(m.as("client-token"), mesh.WithRetryBudget(retry.Budget{Window: 2 * time.Second}))...)
 			ready(ctx, t, call)
 			attempts := func() int64 { return bs[0].calls.Load() + bs[1].calls.Load() }
 			for _, b := range bs {

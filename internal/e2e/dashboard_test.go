@@ -99,13 +99,13 @@ spec:
 		}
 	})
 
-	client := []mesh.Option{mesh.WithControlPlane(cp.addr), mesh.WithService("frontend", "v1")}
-	cc, err := mesh.Dial("greeter:9080", client...)
+	client := []mesh.WorkloadOption{mesh.WithControlPlane(cp.addr), mesh.WithService("frontend", "v1")}
+	cc, err := mesh.Dial("greeter:9080", dialOpts(client)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	tr := mesh.NewTransport(append(client, mesh.WithMeshOnly())...)
+	tr := mesh.NewTransport(transportOpts(client, mesh.WithMeshOnly())...)
 	t.Cleanup(func() { tr.Close() })
 
 	// Traffic flows, paced by a ticker, for the whole test.

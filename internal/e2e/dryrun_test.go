@@ -113,8 +113,8 @@ spec:
 			metrics, logs := newSink(t), &logRecords{}
 			seen := &tenantsSeen{}
 			seen.serve(t, m, p, metrics.option(), mesh.WithLogger(slog.New(logs)))
-			client := p.client(t, m, m.as("client-token")...)
-			intruder := p.client(t, m, m.as("intruder-token")...)
+			client := p.client(t, m, clientOpts(m.as("client-token"))...)
+			intruder := p.client(t, m, clientOpts(m.as("intruder-token"))...)
 			ready(ctx, t, client)
 			base := seen.count()
 			const n = 5
@@ -189,7 +189,7 @@ spec:
 	p := protocols[1]
 	seen := &tenantsSeen{}
 	seen.serve(t, m, p)
-	client := p.client(t, m, m.as("client-token")...)
+	client := p.client(t, m, clientOpts(m.as("client-token"))...)
 	ready(ctx, t, client)
 	build := m.ConfigDump().Config.Build
 	for _, value := range []string{"yes", "TRUE", "1", ""} {

@@ -153,7 +153,7 @@ func TestIdentitylessEndpointKeepsMTLSForOthers(t *testing.T) {
 				}
 				return nil
 			})
-			client := m.dial(t, m.as("client-token")...)
+			client := m.dial(t, dialOpts(m.as("client-token"))...)
 			waitFor(ctx, t, "both greeters answering over mTLS", func() error {
 				_, err := client.SayHello(ctx, &greeterpb.HelloRequest{Name: "warm-up"})
 				if err == nil && (len(seen1.all()) == 0 || len(seen2.all()) == 0) {
@@ -197,7 +197,7 @@ func TestIdentitylessEndpointKeepsMTLSForOthers(t *testing.T) {
 				}
 				return nil
 			})
-			client := mesh.HTTPClient(append(m.as("client-token"), mesh.WithMeshOnly())...)
+			client := mesh.HTTPClient(transportOpts(m.as("client-token"), mesh.WithMeshOnly())...)
 			t.Cleanup(func() { client.Transport.(*mesh.Transport).Close() })
 			send := func() (int, error) {
 				req, err := http.NewRequestWithContext(ctx, "GET", "http://greeter:8080/x", nil)
@@ -287,7 +287,7 @@ func TestPinnedSubjectAltNameMismatchFailsCall(t *testing.T) {
 				}
 				return nil
 			})
-			client := m.dial(t, m.as("client-token")...)
+			client := m.dial(t, dialOpts(m.as("client-token"))...)
 			if tc.want {
 				answering(ctx, t, client)
 				return
@@ -311,7 +311,7 @@ func TestPinnedSubjectAltNameMismatchFailsCall(t *testing.T) {
 				}
 				return nil
 			})
-			client := mesh.HTTPClient(append(m.as("client-token"), mesh.WithMeshOnly())...)
+			client := mesh.HTTPClient(transportOpts(m.as("client-token"), mesh.WithMeshOnly())...)
 			t.Cleanup(func() { client.Transport.(*mesh.Transport).Close() })
 			client.Timeout = 5 * time.Second
 			if tc.want {
@@ -371,7 +371,7 @@ spec:
 		}
 		return nil
 	})
-	client := mesh.HTTPClient(append(m.as("client-token"), mesh.WithMeshOnly())...)
+	client := mesh.HTTPClient(transportOpts(m.as("client-token"), mesh.WithMeshOnly())...)
 	t.Cleanup(func() { client.Transport.(*mesh.Transport).Close() })
 	client.Timeout = 5 * time.Second
 	serving(ctx, t, client, "http://greeter:8080/x")

@@ -24,8 +24,8 @@ func TestExpiredCertificatesFailClosed(t *testing.T) {
 	// Connections last a second, so that new handshakes keep happening.
 	age := mesh.WithServerOptions(grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: time.Second, MaxConnectionAgeGrace: 100 * time.Millisecond}))
 	seen := &peers{}
-	startGreeter(t, m.addr, "v1", append(m.as("greeter-token"), ttl, age, mesh.WithServerOptions(grpc.ChainUnaryInterceptor(seen.intercept)))...)
-	client := m.dial(t, append(m.as("client-token"), ttl)...)
+	startGreeter(t, m.addr, "v1", serverOpts(m.as("greeter-token"), ttl, age, mesh.WithServerOptions(grpc.ChainUnaryInterceptor(seen.intercept)))...)
+	client := m.dial(t, dialOpts(m.as("client-token"), ttl)...)
 	answering(ctx, t, client)
 
 	// The CA goes away: no renewal is possible, and both certificates

@@ -74,14 +74,14 @@ func TestRapidResetFloodLeavesServersServing(t *testing.T) {
 			m := startSecureMesh(t, "")
 			var addr, path string
 			if p.name == "grpc" {
-				g := startGreeter(t, m.addr, "v1", m.as("greeter-token")...)
+				g := startGreeter(t, m.addr, "v1", serverOpts(m.as("greeter-token"))...)
 				addr, path = g.addr, sayHello
 			} else {
 				lis, err := net.Listen("tcp", "127.0.0.1:0")
 				if err != nil {
 					t.Fatal(err)
 				}
-				srv, err := mesh.NewHTTPServer((&behaviour{}).handler("v1", lis.Addr().String()), append(m.as("hello-token"), mesh.WithService("hello", "v1"), mesh.WithServicePort(9080))...)
+				srv, err := mesh.NewHTTPServer((&behaviour{}).handler("v1", lis.Addr().String()), httpServerOpts(m.as("hello-token"), mesh.WithService("hello", "v1"), mesh.WithServicePort(9080))...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -95,7 +95,7 @@ func TestRapidResetFloodLeavesServersServing(t *testing.T) {
 				})
 				addr, path = lis.Addr().String(), "/hello"
 			}
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 
 			var wg sync.WaitGroup

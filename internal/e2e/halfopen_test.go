@@ -29,8 +29,7 @@ spec:
 			p.serve(t, m, "v2", &behaviour{})
 			proxy := startFaultProxy(t, m.addr)
 			// The client reaches the control plane only through the proxy.
-			opts := append(m.as("client-token"), mesh.WithControlPlane(proxy.addr()))
-			call := p.client(t, m, opts...)
+			call := p.client(t, m, clientOpts(m.as("client-token"), mesh.WithControlPlane(proxy.addr()))...)
 			ready(ctx, t, call)
 
 			proxy.setBlackhole(true)

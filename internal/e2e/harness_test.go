@@ -89,13 +89,13 @@ type greeterServer struct {
 	done chan error
 }
 
-func startGreeter(t testing.TB, cp, version string, opts ...mesh.Option) *greeterServer {
+func startGreeter(t testing.TB, cp, version string, opts ...mesh.ServerOption) *greeterServer {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts = append([]mesh.Option{mesh.WithControlPlane(cp), mesh.WithService("greeter", version), mesh.WithServicePort(9080)}, opts...)
+	opts = append([]mesh.ServerOption{mesh.WithControlPlane(cp), mesh.WithService("greeter", version), mesh.WithServicePort(9080)}, opts...)
 	srv, err := mesh.NewServer(opts...)
 	if err != nil {
 		t.Fatalf("mesh.NewServer() = %v", err)
@@ -164,4 +164,49 @@ func send(ctx context.Context, cc grpc.ClientConnInterface, n int, md ...string)
 		tl.instances[r.GetInstance()]++
 	}
 	return tl
+}
+
+// Options shared by several constructors (a []mesh.WorkloadOption from
+// secureMesh.as, a []mesh.ClientOption or []mesh.EndpointOption a helper
+// passes on) as one constructor's options, followed by more. The type
+// parameter makes the compiler check that each shared option applies.
+
+func clientOpts[S mesh.ClientOption](shared []S, more ...mesh.ClientOption) []mesh.ClientOption {
+	out := make([]mesh.ClientOption, 0, len(shared)+len(more))
+	for _, o := range shared {
+		out = append(out, o)
+	}
+	return append(out, more...)
+}
+
+func dialOpts[S mesh.DialOption](shared []S, more ...mesh.DialOption) []mesh.DialOption {
+	out := make([]mesh.DialOption, 0, len(shared)+len(more))
+	for _, o := range shared {
+		out = append(out, o)
+	}
+	return append(out, more...)
+}
+
+func transportOpts[S mesh.TransportOption](shared []S, more ...mesh.TransportOption) []mesh.TransportOption {
+	out := make([]mesh.TransportOption, 0, len(shared)+len(more))
+	for _, o := range shared {
+		out = append(out, o)
+	}
+	return append(out, more...)
+}
+
+func serverOpts[S mesh.ServerOption](shared []S, more ...mesh.ServerOption) []mesh.ServerOption {
+	out := make([]mesh.ServerOption, 0, len(shared)+len(more))
+	for _, o := range shared {
+		out = append(out, o)
+	}
+	return append(out, more...)
+}
+
+func httpServerOpts[S mesh.HTTPServerOption](shared []S, more ...mesh.HTTPServerOption) []mesh.HTTPServerOption {
+	out := make([]mesh.HTTPServerOption, 0, len(shared)+len(more))
+	for _, o := range shared {
+		out = append(out, o)
+	}
+	return append(out, more...)
 }

@@ -40,7 +40,7 @@ spec:
 			m := startSecureMesh(t, policy)
 			seen := &tenantsSeen{}
 			seen.serve(t, m, p)
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call, "x-tenant", "public")
 			for _, tc := range []struct {
 				name    string
@@ -99,7 +99,7 @@ func (s *tenantsSeen) since(n int) [][]string {
 
 // serve starts p's server (v1, its protocol's identity, and opts), recording
 // behind the server's policy what the handler sees.
-func (s *tenantsSeen) serve(t *testing.T, m *secureMesh, p protocol, opts ...mesh.Option) {
+func (s *tenantsSeen) serve(t *testing.T, m *secureMesh, p protocol, opts ...mesh.EndpointOption) {
 	t.Helper()
 	if p.name == "grpc" {
 		// A chained interceptor runs after the mesh's policy check, where
@@ -109,7 +109,7 @@ func (s *tenantsSeen) serve(t *testing.T, m *secureMesh, p protocol, opts ...mes
 			s.record(md.Get("x-tenant"))
 			return h(ctx, req)
 		})
-		startGreeter(t, m.addr, "v1", append(append(m.as(p.token), mesh.WithServerOptions(rec)), opts...)...)
+		startGreeter(t, m.addr, "v1", append(serverOpts(m.as(p.token), mesh.WithServerOptions(rec)), serverOpts(opts)...)...)
 		return
 	}
 	inner := (&behaviour{}).handler("v1", "")
@@ -117,7 +117,7 @@ func (s *tenantsSeen) serve(t *testing.T, m *secureMesh, p protocol, opts ...mes
 		s.record(r.Header.Values("X-Tenant"))
 		inner.ServeHTTP(w, r)
 	})
-	srv, err := mesh.NewHTTPServer(h, append(append(m.as(p.token), mesh.WithService(p.host, "v1"), mesh.WithServicePort(9080)), opts...)...)
+	srv, err := mesh.NewHTTPServer(h, append(httpServerOpts(m.as(p.token), mesh.WithService(p.host, "v1"), mesh.WithServicePort(9080)), httpServerOpts(opts)...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ spec:
 			m := startSecureMesh(t, strings.ReplaceAll(routes, "{{host}}", p.host))
 			p.serve(t, m, "v1", &behaviour{})
 			p.serve(t, m, "v2", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 			waitFor(ctx, t, "the header route to v2", func() error {
 				if r := call(ctx, "x-tenant", "public"); r.version != "v2" {
@@ -188,9 +188,9 @@ spec:
 		hp := protocols[1]
 		hp.serve(t, m, "v1", &behaviour{})
 		hp.serve(t, m, "v2", &behaviour{})
-		call := hp.client(t, m, m.as("client-token")...)
+		call := hp.client(t, m, clientOpts(m.as("client-token"))...)
 		ready(ctx, t, call, "x-tenant", "public")
-		tr := mesh.NewTransport(append(m.as("client-token"), mesh.WithMeshOnly())...)
+		tr := mesh.NewTransport(transportOpts(m.as("client-token"), mesh.WithMeshOnly())...)
 		t.Cleanup(func() { tr.Close() })
 		for range 20 {
 			// On the wire this is two x-tenant lines, which the server joins

@@ -83,10 +83,10 @@ func (rec *recorder) count() int {
 
 // startWeb serves rec with a mesh.HTTPServer registered as greeter v1
 // (service port 8080), with the greeter identity.
-func (m *secureMesh) startWeb(t *testing.T, opts ...mesh.Option) (*mesh.HTTPServer, string, *recorder) {
+func (m *secureMesh) startWeb(t *testing.T, opts ...mesh.HTTPServerOption) (*mesh.HTTPServer, string, *recorder) {
 	t.Helper()
 	rec := &recorder{}
-	opts = append(append(m.as("greeter-token"), mesh.WithService("greeter", "v1"), mesh.WithServicePort(8080)), opts...)
+	opts = append(httpServerOpts(m.as("greeter-token"), mesh.WithService("greeter", "v1"), mesh.WithServicePort(8080)), opts...)
 	srv, err := mesh.NewHTTPServer(rec, opts...)
 	if err != nil {
 		t.Fatalf("mesh.NewHTTPServer() = %v", err)

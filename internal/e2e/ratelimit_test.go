@@ -144,7 +144,7 @@ var rateLimitScenarios = []scenario{
 			ctx := testContext(t)
 			b := &behaviour{}
 			p.serve(t, m, "v1", b)
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 			before := b.calls.Load()
 			got := burst(ctx, call, 8, 2*time.Second)
@@ -160,7 +160,7 @@ var rateLimitScenarios = []scenario{
 		run: func(t *testing.T, m *secureMesh, p protocol) {
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 			// No client limit: what is refused, the server refused.
 			got := burst(ctx, call, 8, 2*time.Second)
@@ -173,8 +173,8 @@ var rateLimitScenarios = []scenario{
 		run: func(t *testing.T, m *secureMesh, p protocol) {
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
-			alice := p.client(t, m, m.as("client-token")...)
-			bob := p.client(t, m, m.as("intruder-token")...)
+			alice := p.client(t, m, clientOpts(m.as("client-token"))...)
+			bob := p.client(t, m, clientOpts(m.as("intruder-token"))...)
 			ready(ctx, t, bob) // bob: one of its 3 tokens
 			ready(ctx, t, alice)
 			n := 0
@@ -201,7 +201,7 @@ var rateLimitScenarios = []scenario{
 		run: func(t *testing.T, m *secureMesh, p protocol) {
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 			outcomes, _, _ := callMany(ctx, call, 10, "x-expensive", "true")
 			limited := 0

@@ -346,8 +346,8 @@ spec:
 			var (
 				cps          []*controlPlane
 				list         string
-				serverOpts   []mesh.Option
-				clientOptsOf func(i int) []mesh.Option
+				greeterOpts  []mesh.ServerOption
+				clientOptsOf func(i int) []mesh.DialOption
 			)
 			if secure {
 				sms, l, secureList := startSecureReplicas(t, dir, 2)
@@ -356,15 +356,15 @@ spec:
 					cps = append(cps, m.controlPlane)
 				}
 				bundle := sms[0].bundle
-				serverOpts = []mesh.Option{mesh.WithJoinToken("greeter-token"), mesh.WithTrustBundleFile(bundle), mesh.WithCAAddr(secureList)}
-				clientOptsOf = func(i int) []mesh.Option {
-					return []mesh.Option{mesh.WithControlPlane(sms[i].addr), mesh.WithJoinToken("client-token"), mesh.WithTrustBundleFile(bundle), mesh.WithCAAddr(sms[i].secureAddr)}
+				greeterOpts = []mesh.ServerOption{mesh.WithJoinToken("greeter-token"), mesh.WithTrustBundleFile(bundle), mesh.WithCAAddr(secureList)}
+				clientOptsOf = func(i int) []mesh.DialOption {
+					return []mesh.DialOption{mesh.WithControlPlane(sms[i].addr), mesh.WithJoinToken("client-token"), mesh.WithTrustBundleFile(bundle), mesh.WithCAAddr(sms[i].secureAddr)}
 				}
 			} else {
 				cps, list = startReplicas(t, dir, 2)
-				clientOptsOf = func(i int) []mesh.Option { return []mesh.Option{mesh.WithControlPlane(cps[i].addr)} }
+				clientOptsOf = func(i int) []mesh.DialOption { return []mesh.DialOption{mesh.WithControlPlane(cps[i].addr)} }
 			}
-			g := startGreeter(t, list, "v1", serverOpts...)
+			g := startGreeter(t, list, "v1", greeterOpts...)
 			const cluster = "outbound|9080||greeter.default.svc.cluster.local"
 			registered := func(cp *controlPlane) bool {
 				eps := cp.ConfigDump().Endpoints[cluster]

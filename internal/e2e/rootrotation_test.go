@@ -192,14 +192,14 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 
 	writeBundle(oldRoot)
 	_, stop := start(oldRoot)
-	as := func(token string) []mesh.Option {
-		return []mesh.Option{mesh.WithControlPlane(addrs[0]), mesh.WithJoinToken(token), mesh.WithTrustBundleFile(bundle),
+	as := func(token string) []mesh.WorkloadOption {
+		return []mesh.WorkloadOption{mesh.WithControlPlane(addrs[0]), mesh.WithJoinToken(token), mesh.WithTrustBundleFile(bundle),
 			mesh.WithCAAddr(addrs[1]), mesh.WithCertificateTTL(6 * time.Second)}
 	}
 	age := mesh.WithServerOptions(grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: time.Second, MaxConnectionAgeGrace: 200 * time.Millisecond}))
-	g := startGreeter(t, addrs[0], "v1", append(as("greeter-token"), age)...)
+	g := startGreeter(t, addrs[0], "v1", serverOpts(as("greeter-token"), age)...)
 	client := greeterpb.NewGreeterClient(func() *grpc.ClientConn {
-		cc, err := mesh.Dial("greeter:9080", as("client-token")...)
+		cc, err := mesh.Dial("greeter:9080", dialOpts(as("client-token"))...)
 		if err != nil {
 			t.Fatal(err)
 		}

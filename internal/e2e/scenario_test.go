@@ -60,19 +60,19 @@ type protocol struct {
 	// abruptly.
 	serve func(t *testing.T, m *secureMesh, v string, b *behaviour) (stop func())
 	// client returns a caller through the mesh with the given options.
-	client func(t *testing.T, m *secureMesh, opts ...mesh.Option) func(ctx context.Context, headers ...string) result
+	client func(t *testing.T, m *secureMesh, opts ...mesh.ClientOption) func(ctx context.Context, headers ...string) result
 }
 
 var protocols = []protocol{
 	{
 		name: "grpc", host: "greeter", token: "greeter-token",
 		serve: func(t *testing.T, m *secureMesh, v string, b *behaviour) func() {
-			opts := append(m.as("greeter-token"), mesh.WithServerOptions(grpc.UnaryInterceptor(b.intercept)))
+			opts := serverOpts(m.as("greeter-token"), mesh.WithServerOptions(grpc.UnaryInterceptor(b.intercept)))
 			g := startGreeter(t, m.addr, v, opts...)
 			return func() { g.Close() }
 		},
-		client: func(t *testing.T, m *secureMesh, opts ...mesh.Option) func(context.Context, ...string) result {
-			c := m.dial(t, opts...)
+		client: func(t *testing.T, m *secureMesh, opts ...mesh.ClientOption) func(context.Context, ...string) result {
+			c := m.dial(t, dialOpts(opts)...)
 			return func(ctx context.Context, headers ...string) result {
 				r, err := c.SayHello(metadata.AppendToOutgoingContext(ctx, headers...), &greeterpb.HelloRequest{Name: "scenario"})
 				out := map[codes.Code]string{codes.OK: ok, codes.Unavailable: unavailable, codes.DeadlineExceeded: timedOut,
@@ -91,7 +91,7 @@ var protocols = []protocol{
 			if err != nil {
 				t.Fatal(err)
 			}
-			opts := append(m.as("hello-token"), mesh.WithService("hello", v), mesh.WithServicePort(9080))
+			opts := httpServerOpts(m.as("hello-token"), mesh.WithService("hello", v), mesh.WithServicePort(9080))
 			srv, err := mesh.NewHTTPServer(b.handler(v, lis.Addr().String()), opts...)
 			if err != nil {
 				t.Fatal(err)
@@ -106,8 +106,8 @@ var protocols = []protocol{
 			})
 			return func() { srv.Close() }
 		},
-		client: func(t *testing.T, m *secureMesh, opts ...mesh.Option) func(context.Context, ...string) result {
-			tr := mesh.NewTransport(append([]mesh.Option{mesh.WithMeshOnly()}, opts...)...)
+		client: func(t *testing.T, m *secureMesh, opts ...mesh.ClientOption) func(context.Context, ...string) result {
+			tr := mesh.NewTransport(transportOpts(opts, mesh.WithMeshOnly())...)
 			t.Cleanup(func() { tr.Close() })
 			c := &http.Client{Transport: tr}
 			return func(ctx context.Context, headers ...string) result {
@@ -221,7 +221,7 @@ spec:
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
 			p.serve(t, m, "v2", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			waitFor(ctx, t, "both versions answering", func() error {
 				if _, v, _ := callMany(ctx, call, 40); v["v1"] == 0 || v["v2"] == 0 {
 					return fmt.Errorf("versions %v", v)
@@ -254,7 +254,7 @@ spec:
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
 			p.serve(t, m, "v2", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call, "x-canary", "true")
 			ready(ctx, t, call)
 			if _, v, _ := callMany(ctx, call, 100, "x-canary", "true"); v["v2"] != 100 {
@@ -286,7 +286,7 @@ spec:
 				b.delay.Store(int64(2 * time.Millisecond))
 				bs, stops = append(bs, b), append(stops, p.serve(t, m, "v1", b))
 			}
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			waitFor(ctx, t, "three backends answering", func() error {
 				callMany(ctx, call, 30)
 				for i, b := range bs {
@@ -356,7 +356,7 @@ spec:
 			ctx := testContext(t)
 			b := &behaviour{}
 			p.serve(t, m, "v1", b)
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 			b.delay.Store(int64(20 * time.Second))
 			start := time.Now()
@@ -390,7 +390,7 @@ spec:
 			ctx := testContext(t)
 			b := &behaviour{}
 			p.serve(t, m, "v1", b)
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 			gate := make(chan struct{})
 			b.gate.Store(&gate)
@@ -447,7 +447,7 @@ spec:
 			bad, good := &behaviour{}, &behaviour{}
 			p.serve(t, m, "v1", bad)
 			p.serve(t, m, "v1", good)
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			waitFor(ctx, t, "both backends answering", func() error {
 				callMany(ctx, call, 20)
 				if bad.calls.Load() == 0 || good.calls.Load() == 0 {
@@ -485,7 +485,7 @@ spec:
 		run: func(t *testing.T, m *secureMesh, p protocol) {
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 			o, _, _ := callMany(ctx, call, 1000, "x-fault", "abort")
 			if share := float64(o[unavailable]) / 10; math.Abs(share-50) > 8 || o[unavailable]+o[ok] != 1000 {
@@ -510,7 +510,7 @@ spec: {mtls: {mode: STRICT}}
 		run: func(t *testing.T, m *secureMesh, p protocol) {
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
 			anon := p.client(t, m, mesh.WithControlPlane(m.addr))
 			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -534,9 +534,9 @@ spec:
 		run: func(t *testing.T, m *secureMesh, p protocol) {
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			ready(ctx, t, call)
-			intruder := p.client(t, m, m.as("intruder-token")...)
+			intruder := p.client(t, m, clientOpts(m.as("intruder-token"))...)
 			waitFor(ctx, t, "the intruder refused", func() error {
 				if r := intruder(ctx); r.outcome != denied {
 					return fmt.Errorf("intruder: %s (%v)", r.outcome, r.err)
@@ -567,7 +567,7 @@ spec:
 		run: func(t *testing.T, m *secureMesh, p protocol) {
 			ctx := testContext(t)
 			p.serve(t, m, "v1", &behaviour{})
-			call := p.client(t, m, m.as("client-token")...)
+			call := p.client(t, m, clientOpts(m.as("client-token"))...)
 			admin, user, forged := scenarioTokens.sign("admins", false), scenarioTokens.sign("users", false), scenarioTokens.sign("admins", true)
 			ready(ctx, t, call, "authorization", admin)
 			for _, tc := range []struct{ name, token, want string }{

@@ -73,8 +73,8 @@ func startSecureMesh(t testing.TB, yaml string) *secureMesh {
 }
 
 // as returns the options giving a process the identity of token.
-func (m *secureMesh) as(token string) []mesh.Option {
-	return []mesh.Option{mesh.WithControlPlane(m.addr), mesh.WithJoinToken(token), mesh.WithTrustBundleFile(m.bundle), mesh.WithCAAddr(m.secureAddr)}
+func (m *secureMesh) as(token string) []mesh.WorkloadOption {
+	return []mesh.WorkloadOption{mesh.WithControlPlane(m.addr), mesh.WithJoinToken(token), mesh.WithTrustBundleFile(m.bundle), mesh.WithCAAddr(m.secureAddr)}
 }
 
 // peers records the SPIFFE IDs a server's handlers saw.
@@ -109,11 +109,11 @@ func (p *peers) last() string {
 func (m *secureMesh) startSecureGreeter(t testing.TB) (*greeterServer, *peers) {
 	t.Helper()
 	p := &peers{}
-	opts := append(m.as("greeter-token"), mesh.WithServerOptions(grpc.ChainUnaryInterceptor(p.intercept)))
+	opts := serverOpts(m.as("greeter-token"), mesh.WithServerOptions(grpc.ChainUnaryInterceptor(p.intercept)))
 	return startGreeter(t, m.addr, "v1", opts...), p
 }
 
-func (m *secureMesh) dial(t testing.TB, opts ...mesh.Option) greeterpb.GreeterClient {
+func (m *secureMesh) dial(t testing.TB, opts ...mesh.DialOption) greeterpb.GreeterClient {
 	t.Helper()
 	cc, err := mesh.Dial("greeter:9080", opts...)
 	if err != nil {
@@ -160,7 +160,7 @@ func TestStrictMTLSRefusesPlaintext(t *testing.T) {
 	ctx := testContext(t)
 	m := startSecureMesh(t, fmt.Sprintf(peerAuthn, "STRICT"))
 	g, seen := m.startSecureGreeter(t)
-	client := m.dial(t, m.as("client-token")...)
+	client := m.dial(t, dialOpts(m.as("client-token"))...)
 	answering(ctx, t, client)
 	if got, want := seen.last(), "spiffe://cluster.local/ns/default/sa/client"; got != want {
 		t.Errorf("the greeter saw caller %q, want %q", got, want)
@@ -190,7 +190,7 @@ func TestPermissiveServesBothOnOnePort(t *testing.T) {
 	ctx := testContext(t)
 	m := startSecureMesh(t, fmt.Sprintf(peerAuthn, "PERMISSIVE"))
 	g, seen := m.startSecureGreeter(t)
-	client := m.dial(t, m.as("client-token")...)
+	client := m.dial(t, dialOpts(m.as("client-token"))...)
 	answering(ctx, t, client)
 	if got, want := seen.last(), "spiffe://cluster.local/ns/default/sa/client"; got != want {
 		t.Errorf("mesh client seen as %q, want %q", got, want)
@@ -228,10 +228,10 @@ spec:
   - when: [{key: "request.headers[x-debug]", values: ["1"]}]
 `)
 	m.startSecureGreeter(t)
-	client := m.dial(t, m.as("client-token")...)
+	client := m.dial(t, dialOpts(m.as("client-token"))...)
 	answering(ctx, t, client)
 
-	intruder := m.dial(t, m.as("intruder-token")...)
+	intruder := m.dial(t, dialOpts(m.as("intruder-token"))...)
 	_, err := intruder.SayHello(ctx, &greeterpb.HelloRequest{})
 	if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("intruder's SayHello() = %v, want PERMISSION_DENIED", err)
@@ -272,7 +272,7 @@ spec:
     when: [{key: "request.auth.claims[group]", values: ["admins"]}]
 `)
 	m.startSecureGreeter(t)
-	client := m.dial(t, m.as("client-token")...)
+	client := m.dial(t, dialOpts(m.as("client-token"))...)
 	answering(ctx, t, client, "authorization", tk.sign("admins", false))
 
 	for _, tc := range []struct {
@@ -342,10 +342,10 @@ func TestRotationUnderTraffic(t *testing.T) {
 		}
 		return h(ctx, req)
 	}
-	startGreeter(t, m.addr, "v1", append(m.as("greeter-token"), ttl, mesh.WithServerOptions(
+	startGreeter(t, m.addr, "v1", serverOpts(m.as("greeter-token"), ttl, mesh.WithServerOptions(
 		grpc.ChainUnaryInterceptor(record),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 10 * time.Second, MaxConnectionAgeGrace: 5 * time.Second})))...)
-	client := m.dial(t, append(m.as("client-token"), ttl)...)
+	client := m.dial(t, dialOpts(m.as("client-token"), ttl)...)
 	answering(ctx, t, client)
 
 	const server, caller = "spiffe://cluster.local/ns/default/sa/greeter", "spiffe://cluster.local/ns/default/sa/client"

@@ -95,7 +95,7 @@ func (f *fileServer) all() []fileHit {
 // (service port 8080) with the greeter identity, and returns its address.
 func (m *secureMesh) serveMesh(t *testing.T, h http.Handler) string {
 	t.Helper()
-	srv, err := mesh.NewHTTPServer(h, append(m.as("greeter-token"), mesh.WithService("greeter", "v1"), mesh.WithServicePort(8080))...)
+	srv, err := mesh.NewHTTPServer(h, httpServerOpts(m.as("greeter-token"), mesh.WithService("greeter", "v1"), mesh.WithServicePort(8080))...)
 	if err != nil {
 		t.Fatalf("mesh.NewHTTPServer() = %v", err)
 	}

@@ -85,8 +85,8 @@ func TestTelemetryHandshakeFailures(t *testing.T) {
 	ctx := testContext(t)
 	m := startSecureMesh(t, fmt.Sprintf(peerAuthn, "STRICT"))
 	sink := newSink(t)
-	g := startGreeter(t, m.addr, "v1", append(m.as("greeter-token"), sink.option())...)
-	answering(ctx, t, m.dial(t, m.as("client-token")...))
+	g := startGreeter(t, m.addr, "v1", serverOpts(m.as("greeter-token"), sink.option())...)
+	answering(ctx, t, m.dial(t, dialOpts(m.as("client-token"))...))
 
 	if err := direct(ctx, g.addr, insecure.NewCredentials()); err == nil {
 		t.Fatal("a plaintext call into STRICT succeeded")

@@ -47,7 +47,7 @@ func newSink(t *testing.T) *sink {
 	return s
 }
 
-func (s *sink) option() mesh.Option {
+func (s *sink) option() mesh.WorkloadOption {
 	return mesh.WithTelemetry(telemetry.WithMeterProvider(s.mp), telemetry.WithTracerProvider(s.tp))
 }
 
@@ -160,10 +160,10 @@ spec:
   - when: [{key: "request.headers[x-deny]", values: ["1"]}]
 `)
 	srvSink := newSink(t)
-	startGreeter(t, m.addr, "v1", append(m.as("greeter-token"), srvSink.option())...)
-	startGreeter(t, m.addr, "v2", append(m.as("greeter-token"), srvSink.option())...)
+	startGreeter(t, m.addr, "v1", serverOpts(m.as("greeter-token"), srvSink.option())...)
+	startGreeter(t, m.addr, "v2", serverOpts(m.as("greeter-token"), srvSink.option())...)
 
-	warm, err := mesh.Dial("greeter:9080", append(m.as("client-token"), off)...)
+	warm, err := mesh.Dial("greeter:9080", dialOpts(m.as("client-token"), off)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ spec:
 	})
 
 	cliSink := newSink(t)
-	cc, err := mesh.Dial("greeter:9080", append(m.as("client-token"), mesh.WithService("frontend", "v7"), cliSink.option())...)
+	cc, err := mesh.Dial("greeter:9080", dialOpts(m.as("client-token"), mesh.WithService("frontend", "v7"), cliSink.option())...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +260,7 @@ spec:
 		io.WriteString(w, "ok")
 	})
 	srvSink := newSink(t)
-	srv, err := mesh.NewHTTPServer(h, append(m.as("web-token"), mesh.WithService("web", "v1"), mesh.WithServicePort(8080), srvSink.option())...)
+	srv, err := mesh.NewHTTPServer(h, httpServerOpts(m.as("web-token"), mesh.WithService("web", "v1"), mesh.WithServicePort(8080), srvSink.option())...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +288,7 @@ spec:
 		resp.Body.Close()
 		return resp.StatusCode, nil
 	}
-	warm := mesh.NewTransport(append(m.as("client-token"), mesh.WithMeshOnly(), off)...)
+	warm := mesh.NewTransport(transportOpts(m.as("client-token"), mesh.WithMeshOnly(), off)...)
 	t.Cleanup(func() { warm.Close() })
 	waitFor(ctx, t, "web answering and the policy in force", func() error {
 		if code, err := get(&http.Client{Transport: warm}, "/hello"); code != http.StatusOK {
@@ -301,7 +301,7 @@ spec:
 	})
 
 	cliSink := newSink(t)
-	tr := mesh.NewTransport(append(m.as("client-token"), mesh.WithMeshOnly(), mesh.WithService("frontend", "v7"), cliSink.option())...)
+	tr := mesh.NewTransport(transportOpts(m.as("client-token"), mesh.WithMeshOnly(), mesh.WithService("frontend", "v7"), cliSink.option())...)
 	t.Cleanup(func() { tr.Close() })
 	c := &http.Client{Transport: tr}
 	for _, tc := range []struct {

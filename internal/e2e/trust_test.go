@@ -47,7 +47,7 @@ func rawRegister(ctx context.Context, t *testing.T, cp string, ep *registrationp
 // conn dials the greeter with token's identity.
 func (m *secureMesh) conn(t *testing.T, token string) *grpc.ClientConn {
 	t.Helper()
-	cc, err := mesh.Dial("greeter:9080", m.as(token)...)
+	cc, err := mesh.Dial("greeter:9080", dialOpts(m.as(token))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func startAttacker(ctx context.Context, t *testing.T, m *secureMesh, token, serv
 		t.Fatalf("the victim's port %s is free", port)
 	}
 	refused := registrationResults(t, m.controlPlane)["denied"]
-	srv, err := mesh.NewServer(append(m.as(token), mesh.WithService(service, "evil"), mesh.WithAdvertiseAddr(host))...)
+	srv, err := mesh.NewServer(serverOpts(m.as(token), mesh.WithService(service, "evil"), mesh.WithAdvertiseAddr(host))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ spec:
 	client := m.conn(t, "client-token")
 	answering(ctx, t, greeterpb.NewGreeterClient(client))
 
-	batch := startGreeter(t, m.addr, "v2", m.as("batch-token")...)
+	batch := startGreeter(t, m.addr, "v2", serverOpts(m.as("batch-token"))...)
 	waitFor(ctx, t, "the batch identity refused", func() error {
 		if registrationResults(t, m.controlPlane)["denied"] < 1 {
 			return errors.New("no registration denied yet")
@@ -338,7 +338,7 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
 `)
 	for _, v := range []string{"v1", "v2"} {
-		startGreeter(t, m.addr, v, append(m.as("greeter-token"), mesh.WithLabels(map[string]string{"app": "greeter"}))...)
+		startGreeter(t, m.addr, v, serverOpts(m.as("greeter-token"), mesh.WithLabels(map[string]string{"app": "greeter"}))...)
 	}
 	client := m.conn(t, "client-token")
 	answering(ctx, t, greeterpb.NewGreeterClient(client))
@@ -349,7 +349,7 @@ spec:
 		}
 		return nil
 	})
-	intruder := m.dial(t, m.as("intruder-token")...)
+	intruder := m.dial(t, dialOpts(m.as("intruder-token"))...)
 	if _, err := intruder.SayHello(ctx, &greeterpb.HelloRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("intruder's SayHello() = %v, want PERMISSION_DENIED", err)
 	}
@@ -360,7 +360,7 @@ spec:
 		token string
 		want  int
 	}{{"client-token", 200}, {"intruder-token", 403}} {
-		hc := mesh.HTTPClient(m.as(tc.token)...)
+		hc := mesh.HTTPClient(transportOpts(m.as(tc.token))...)
 		t.Cleanup(func() { hc.Transport.(*mesh.Transport).Close() })
 		waitFor(ctx, t, "HTTP as "+tc.token, func() error {
 			code, err := get(hc, "http://greeter:8080/hello")

@@ -21,5 +21,6 @@
 //
 // The mesh reads its limits from the Envoy local_ratelimit HTTP filter
 // (a token_bucket of max_tokens, tokens_per_fill and fill_interval, which
-// FromTokenBucket converts).
+// FromTokenBucket converts); the names the control plane writes it under
+// (FilterName, the per-caller descriptor) are here, for both sides.
 package ratelimit

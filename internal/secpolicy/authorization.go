@@ -19,6 +19,8 @@ import (
 	v3matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	securityv1beta1 "istio.io/api/security/v1beta1"
+
+	"github.com/trellismesh/trellis/internal/urlpath"
 )
 
 // ErrInvalidAuthorizationPolicy is matched (with errors.Is) by every error of
@@ -105,7 +107,7 @@ func Selects(p NamedAuthorizationPolicy, rootNamespace, workloadNamespace string
 // trustDomain is empty). ipBlocks and remoteIpBlocks both match the peer's
 // address: forwarding headers are never trusted.
 //
-// Paths match the canonical path (see [CanonicalPath]); a policy path that is
+// Paths match the canonical path (see [urlpath.Canonical]); a policy path that is
 // not itself canonical ("/a//b", "/a/../b", "/a?x") could never match and is
 // rejected, as is a path that does not begin with '/' or '*'.
 //
@@ -721,7 +723,7 @@ func (t *apTranslator) path(field, v string) (*v3rbacpb.Permission, error) {
 		}
 	}
 	if check != "" {
-		if c, err := CanonicalPath(check); err != nil {
+		if c, err := urlpath.Canonical(check); err != nil {
 			return nil, t.errorf(field, "%q: %v", v, err)
 		} else if c != check {
 			return nil, t.errorf(field, "%q is not in canonical form (%q) and would never match", v, c)

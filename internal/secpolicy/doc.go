@@ -1,7 +1,5 @@
 // Package secpolicy translates Istio security resources into the standard
-// Envoy protos that travel on a server's listener, and holds the request
-// path canonicalisation that every path match (authorization and routing)
-// shares.
+// Envoy protos that travel on a server's listener.
 //
 // Authorization: the caller picks the AuthorizationPolicy resources that
 // apply to a workload with [Selects], then translates them:
@@ -27,13 +25,9 @@
 // Request authentication: [RequestAuthentications] turns RequestAuthentication
 // resources into one Envoy jwt_authn config.
 //
-// Paths: [CanonicalPath] gives the form in which paths are matched, and
-// rejects the encodings used to slip past a path rule:
-//
-//	p, err := secpolicy.CanonicalPath("//api/./v1/../%61dmin?x=1") // "/api/admin"
-//	_, err = secpolicy.CanonicalPath("/%2Fadmin")                // ErrInvalidPath: deny
-//
-// Paths are case-sensitive, as in Istio: "/ADMIN" is not "/admin".
+// Policy paths must be in the canonical form of [urlpath.Canonical], in
+// which every request path is matched; paths are case-sensitive, as in
+// Istio.
 //
 // Everything here is a pure function of its arguments, safe for concurrent
 // use.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/trellismesh/trellis/internal/config"
+	"github.com/trellismesh/trellis/internal/ratelimit"
 )
 
 // Local rate limits travel as Envoy's local_ratelimit HTTP filter:
@@ -34,24 +35,14 @@ import (
 //     server listener of each endpoint of the service carries the filter
 //     with its bucket, before the router (after authentication and
 //     authorization, so refused calls take no tokens). perCaller adds a
-//     wildcard descriptor on CallerDescriptorKey, filled by a CEL
+//     wildcard descriptor on ratelimit.CallerDescriptorKey, filled by a CEL
 //     expression with the peer certificate's URI SAN (the SPIFFE ID);
 //     plaintext callers produce no descriptor and share the filter's own
 //     bucket.
+//
+// The names both sides read (the filter's, the caller descriptor's) are in
+// internal/ratelimit.
 const (
-	LocalRateLimitFilterName = "envoy.filters.http.local_ratelimit"
-
-	// CallerDescriptorKey is the descriptor entry of per-caller server
-	// limits; CallerExpression is the CEL expression that fills it.
-	CallerDescriptorKey = "trellis.caller"
-	CallerExpression    = "connection.uri_san_peer_certificate"
-	// ExprDescriptorExtension names Envoy's CEL rate-limit descriptor.
-	ExprDescriptorExtension = "envoy.rate_limit_descriptors.expr"
-	// MaxCallers is the number of callers a per-caller limit tracks
-	// (max_dynamic_descriptors); beyond it the least recently seen caller
-	// is forgotten.
-	MaxCallers = 1024
-
 	clientStatPrefix = "trellis_client_rate_limit"
 	serverStatPrefix = "trellis_server_rate_limit"
 )
@@ -101,7 +92,7 @@ func (b *builder) clientRateLimits(host string, vs *config.VirtualService, vh *v
 	limited := false
 	if dr := b.ruleFor(host); dr != nil {
 		if r := config.ClientRateLimit(dr); r != nil {
-			vh.TypedPerFilterConfig = map[string]*anypb.Any{LocalRateLimitFilterName: perRouteRateLimit(*r)}
+			vh.TypedPerFilterConfig = map[string]*anypb.Any{ratelimit.FilterName: perRouteRateLimit(*r)}
 			limited = true
 		}
 	}
@@ -119,7 +110,7 @@ func (b *builder) clientRateLimits(host string, vs *config.VirtualService, vh *v
 		}
 		// Routes made from one HTTPRoute share its map; they take the
 		// same value.
-		r.TypedPerFilterConfig[LocalRateLimitFilterName] = perRouteRateLimit(l)
+		r.TypedPerFilterConfig[ratelimit.FilterName] = perRouteRateLimit(l)
 		limited = true
 	}
 	return limited
@@ -146,7 +137,7 @@ func withLocalRateLimitFilter(l *v3listenerpb.Listener) *v3listenerpb.Listener {
 		panic(fmt.Sprintf("translate: API listener %s: %v", l.GetName(), err))
 	}
 	hcm.HttpFilters = insertBeforeRouter(hcm.HttpFilters, &v3hcmpb.HttpFilter{
-		Name:       LocalRateLimitFilterName,
+		Name:       ratelimit.FilterName,
 		ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(localRateLimit(clientStatPrefix, nil))},
 		IsOptional: true,
 	})
@@ -178,7 +169,7 @@ func (b *builder) serverRateLimit(host string, filters []*v3hcmpb.HttpFilter) []
 		return filters
 	}
 	return insertBeforeRouter(filters, &v3hcmpb.HttpFilter{
-		Name:       LocalRateLimitFilterName,
+		Name:       ratelimit.FilterName,
 		ConfigType: &v3hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(ServerLocalRateLimit(*limit))},
 		// Servers without the filter (grpc-go's xDS server) skip it.
 		IsOptional: true,
@@ -193,22 +184,22 @@ func ServerLocalRateLimit(r config.RateLimit) *v3localratelimitpb.LocalRateLimit
 		return lrl
 	}
 	lrl.Descriptors = []*v3ratelimitpb.LocalRateLimitDescriptor{{
-		Entries:     []*v3ratelimitpb.RateLimitDescriptor_Entry{{Key: CallerDescriptorKey}}, // no value: one bucket per caller
+		Entries:     []*v3ratelimitpb.RateLimitDescriptor_Entry{{Key: ratelimit.CallerDescriptorKey}}, // no value: one bucket per caller
 		TokenBucket: TokenBucket(r),
 	}}
 	lrl.RateLimits = []*v3routepb.RateLimit{{
 		Actions: []*v3routepb.RateLimit_Action{{
 			ActionSpecifier: &v3routepb.RateLimit_Action_Extension{Extension: &v3corepb.TypedExtensionConfig{
-				Name: ExprDescriptorExtension,
+				Name: ratelimit.ExprDescriptorExtension,
 				TypedConfig: mustAny(&v3exprpb.Descriptor{
-					DescriptorKey: CallerDescriptorKey,
-					ExprSpecifier: &v3exprpb.Descriptor_Text{Text: CallerExpression},
+					DescriptorKey: ratelimit.CallerDescriptorKey,
+					ExprSpecifier: &v3exprpb.Descriptor_Text{Text: ratelimit.CallerExpression},
 					SkipIfError:   true, // plaintext: no descriptor, the shared bucket
 				}),
 			}},
 		}},
 	}}
-	lrl.MaxDynamicDescriptors = wrapperspb.UInt32(MaxCallers)
+	lrl.MaxDynamicDescriptors = wrapperspb.UInt32(ratelimit.MaxCallers)
 	// A caller's calls take from its own bucket only, not also from the
 	// shared one.
 	lrl.AlwaysConsumeDefaultTokenBucket = wrapperspb.Bool(false)

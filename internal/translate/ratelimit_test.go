@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/trellismesh/trellis/internal/ratelimit"
 	"github.com/trellismesh/trellis/internal/registry"
 )
 
@@ -82,7 +83,7 @@ func clientLimit(rps, burst uint32) *v3localratelimitpb.LocalRateLimit {
 // perFilterLimit returns the limit of a per-filter config map, nil if none.
 func perFilterLimit(t *testing.T, m map[string]*anypb.Any) *v3localratelimitpb.LocalRateLimit {
 	t.Helper()
-	a := m[LocalRateLimitFilterName]
+	a := m[ratelimit.FilterName]
 	if a == nil {
 		return nil
 	}
@@ -103,7 +104,7 @@ func limitFilters(t *testing.T, hcmAny *anypb.Any) (names []string, limit *v3hcm
 	}
 	for _, f := range hcm.HttpFilters {
 		names = append(names, f.Name)
-		if f.Name == LocalRateLimitFilterName {
+		if f.Name == ratelimit.FilterName {
 			limit = f
 			if !f.IsOptional {
 				t.Errorf("filter %s is not optional", f.Name)
@@ -138,7 +139,7 @@ func TestClientRateLimits(t *testing.T) {
 	for _, name := range []string{"reviews:9080", "reviews", reviews + ":9080"} {
 		l := res.Listeners[name]
 		names, f := limitFilters(t, l.GetApiListener().GetApiListener())
-		if diff := cmp.Diff(names, []string{LocalRateLimitFilterName, RouterFilterName}); diff != "" {
+		if diff := cmp.Diff(names, []string{ratelimit.FilterName, RouterFilterName}); diff != "" {
 			t.Errorf("listener %s filters (-got +want):\n%s", name, diff)
 			continue
 		}
@@ -162,8 +163,8 @@ metadata: {name: reviews}
 spec: {host: reviews}
 `)
 	for name, l := range res.Listeners {
-		if names, _ := limitFilters(t, l.GetApiListener().GetApiListener()); slices.Contains(names, LocalRateLimitFilterName) {
-			t.Errorf("listener %s has filters %v, want no %s without a limit", name, names, LocalRateLimitFilterName)
+		if names, _ := limitFilters(t, l.GetApiListener().GetApiListener()); slices.Contains(names, ratelimit.FilterName) {
+			t.Errorf("listener %s has filters %v, want no %s without a limit", name, names, ratelimit.FilterName)
 		}
 	}
 	for name, rc := range res.Routes {
@@ -174,8 +175,8 @@ spec: {host: reviews}
 		}
 	}
 	for name, l := range res.ServerListeners {
-		if names, _ := limitFilters(t, l.FilterChains[0].Filters[0].GetTypedConfig()); slices.Contains(names, LocalRateLimitFilterName) {
-			t.Errorf("server listener %s has filters %v, want no %s without a limit", name, names, LocalRateLimitFilterName)
+		if names, _ := limitFilters(t, l.FilterChains[0].Filters[0].GetTypedConfig()); slices.Contains(names, ratelimit.FilterName) {
+			t.Errorf("server listener %s has filters %v, want no %s without a limit", name, names, ratelimit.FilterName)
 		}
 	}
 }
@@ -221,7 +222,7 @@ func TestServerRateLimits(t *testing.T) {
 					names, f := limitFilters(t, fc.Filters[0].GetTypedConfig())
 					wantNames := []string{RouterFilterName}
 					if want != nil {
-						wantNames = []string{LocalRateLimitFilterName, RouterFilterName}
+						wantNames = []string{ratelimit.FilterName, RouterFilterName}
 					}
 					if diff := cmp.Diff(names, wantNames); diff != "" {
 						t.Errorf("server listener %s chain %s filters (-got +want):\n%s", addr, fc.Name, diff)
@@ -254,7 +255,7 @@ spec:
 	res := Build(load(t, yaml), []registry.Endpoint{reg("reviews", "", "10.0.0.1", 1001, 9080, nil)}, Options{})
 	l := res.ServerListeners[ServerListenerName("10.0.0.1", 1001)]
 	names, _ := limitFilters(t, l.GetFilterChains()[0].Filters[0].GetTypedConfig())
-	if diff := cmp.Diff(names, []string{RBACFilterName + "/deny", LocalRateLimitFilterName, RouterFilterName}); diff != "" {
+	if diff := cmp.Diff(names, []string{RBACFilterName + "/deny", ratelimit.FilterName, RouterFilterName}); diff != "" {
 		t.Errorf("server filters (-got +want):\n%s", diff)
 	}
 }

@@ -6,8 +6,10 @@
 //
 // The mesh uses it where it acts on routes itself: the gRPC retry engine
 // (per-try timeouts, which grpc-go does not implement) reads each call's
-// route retry policy from a Table. A Table converts each route once, when
-// its configuration arrives, so a lookup costs only the matching:
+// route retry policy and rate limit from a Table, and the HTTP client
+// routes every request with one (LookupHTTP, matching as Envoy does). A
+// Table converts each route once, when its configuration arrives, so a
+// lookup costs only the matching:
 //
 //	tbl := xdsroute.Watch(client, "reviews:9080", func(r *v3routepb.Route) string {
 //		return r.GetRoute().GetCluster()

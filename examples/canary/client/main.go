@@ -61,7 +61,7 @@ func run(ctx context.Context, w io.Writer, target, controlPlane string, n int, h
 	if n <= 0 {
 		return fmt.Errorf("-n %d: want a positive number", n)
 	}
-	var opts []mesh.Option
+	var opts []mesh.DialOption
 	if controlPlane != "" {
 		// Without this option, mesh uses $TRELLIS_CONTROL_PLANE, then
 		// 127.0.0.1:15010.

@@ -50,7 +50,7 @@ func run(ctx context.Context, version, addr string, servicePort uint, controlPla
 	if servicePort == 0 || servicePort > 65535 {
 		return fmt.Errorf("-service-port %d is not between 1 and 65535", servicePort)
 	}
-	opts := []mesh.Option{
+	opts := []mesh.ServerOption{
 		mesh.WithService("greeter", version),
 		mesh.WithServicePort(uint16(servicePort)),
 		// Log registration events to stderr; by default mesh logs nothing.

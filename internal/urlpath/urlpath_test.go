@@ -1,4 +1,4 @@
-package secpolicy
+package urlpath
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestCanonicalPath(t *testing.T) {
+func TestCanonical(t *testing.T) {
 	tests := []struct {
 		raw     string
 		want    string
@@ -53,15 +53,15 @@ func TestCanonicalPath(t *testing.T) {
 		{raw: "/ad%zz", wantErr: true},
 	}
 	for _, tt := range tests {
-		got, err := CanonicalPath(tt.raw)
+		got, err := Canonical(tt.raw)
 		if tt.wantErr {
-			if !errors.Is(err, ErrInvalidPath) {
-				t.Errorf("CanonicalPath(%q) = %q, %v, want error wrapping ErrInvalidPath", tt.raw, got, err)
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("Canonical(%q) = %q, %v, want error wrapping ErrInvalid", tt.raw, got, err)
 			}
 			continue
 		}
 		if err != nil || got != tt.want {
-			t.Errorf("CanonicalPath(%q) = %q, %v, want %q, nil", tt.raw, got, err, tt.want)
+			t.Errorf("Canonical(%q) = %q, %v, want %q, nil", tt.raw, got, err, tt.want)
 		}
 	}
 }
@@ -83,7 +83,7 @@ func checkCanonical(p string) string {
 	return ""
 }
 
-func FuzzCanonicalPath(f *testing.F) {
+func FuzzCanonical(f *testing.F) {
 	for _, s := range []string{
 		"/", "/admin", "//admin", "/x/../admin", "/./admin", "%2Fadmin", "/%61dmin",
 		"/admin#x", "/admin?x", "/ADMIN", "\\admin", "pkg.Svc/Method", "/a/%2e%2e/b",
@@ -92,24 +92,24 @@ func FuzzCanonicalPath(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		got, err := CanonicalPath(raw)
+		got, err := Canonical(raw)
 		if err != nil {
-			if !errors.Is(err, ErrInvalidPath) {
-				t.Fatalf("CanonicalPath(%q) = %v, want an error wrapping ErrInvalidPath", raw, err)
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Canonical(%q) = %v, want an error wrapping ErrInvalid", raw, err)
 			}
 			return
 		}
 		if msg := checkCanonical(got); msg != "" {
-			t.Fatalf("CanonicalPath(%q) = %q, which %s", raw, got, msg)
+			t.Fatalf("Canonical(%q) = %q, which %s", raw, got, msg)
 		}
-		again, err := CanonicalPath(got)
+		again, err := Canonical(got)
 		if err != nil || again != got {
-			t.Fatalf("CanonicalPath(%q) = %q, %v, want %q, nil (idempotent)", got, again, err, got)
+			t.Fatalf("Canonical(%q) = %q, %v, want %q, nil (idempotent)", got, again, err, got)
 		}
 	})
 }
 
-// FuzzCanonicalFastPath checks that a path CanonicalPath returns as it is
+// FuzzCanonicalFastPath checks that a path Canonical returns as it is
 // (its fast path) is what the full decoding and resolution would make of
 // it.
 func FuzzCanonicalFastPath(f *testing.F) {
@@ -120,19 +120,19 @@ func FuzzCanonicalFastPath(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, p string) {
-		if !strings.HasPrefix(p, "/") || !canonical(p) {
+		if !strings.HasPrefix(p, "/") || !isCanonical(p) {
 			return
 		}
 		if strings.ContainsAny(p, "%\\") {
-			t.Fatalf("canonical(%q) = true for a path with an escape or a backslash", p)
+			t.Fatalf("isCanonical(%q) = true for a path with an escape or a backslash", p)
 		}
 		for i := 0; i < len(p); i++ {
 			if p[i] < 0x20 || p[i] >= 0x7f {
-				t.Fatalf("canonical(%q) = true for a path with byte %#x", p, p[i])
+				t.Fatalf("isCanonical(%q) = true for a path with byte %#x", p, p[i])
 			}
 		}
 		if got := resolveSegments(p); got != p {
-			t.Fatalf("canonical(%q) = true, but its segments resolve to %q", p, got)
+			t.Fatalf("isCanonical(%q) = true, but its segments resolve to %q", p, got)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package secpolicy
+package urlpath
 
 import (
 	"errors"
@@ -6,13 +6,13 @@ import (
 	"strings"
 )
 
-// ErrInvalidPath reports a request path that has no canonical form: it does
+// ErrInvalid reports a request path that has no canonical form: it does
 // not begin with '/', or it holds an encoded slash or backslash, a raw
 // backslash, a control character or a malformed percent escape. Callers must
 // deny such requests.
-var ErrInvalidPath = errors.New("secpolicy: invalid request path")
+var ErrInvalid = errors.New("urlpath: invalid request path")
 
-// CanonicalPath returns the canonical form of a raw request path (an HTTP
+// Canonical returns the canonical form of a raw request path (an HTTP
 // request-target in origin form or a gRPC :path), the form in which
 // authorization policies and routes match it. It follows Envoy's
 // normalize_path and merge_slashes with decoding of unreserved characters:
@@ -32,18 +32,18 @@ var ErrInvalidPath = errors.New("secpolicy: invalid request path")
 // "pkg.Svc/Method" without one is rejected, not repaired). Encoded slashes
 // and backslashes ("%2F", "%5C"), raw backslashes, encoded or raw NUL and
 // other control characters, and malformed escapes are rejected with an error
-// wrapping [ErrInvalidPath]; they are the classic ways around a path rule.
+// wrapping [ErrInvalid]; they are the classic ways around a path rule.
 //
 // The result begins with '/', holds no "//" and no "." or ".." segment, and
-// CanonicalPath(result) returns result unchanged.
-func CanonicalPath(raw string) (string, error) {
+// Canonical(result) returns result unchanged.
+func Canonical(raw string) (string, error) {
 	if i := strings.IndexAny(raw, "?#"); i >= 0 {
 		raw = raw[:i]
 	}
 	if !strings.HasPrefix(raw, "/") {
-		return "", fmt.Errorf("%w: %q does not begin with '/'", ErrInvalidPath, raw)
+		return "", fmt.Errorf("%w: %q does not begin with '/'", ErrInvalid, raw)
 	}
-	if canonical(raw) {
+	if isCanonical(raw) {
 		return raw, nil // the common case: nothing to decode, merge or resolve
 	}
 	// First pass: decode and validate byte by byte into decoded, in which a
@@ -55,14 +55,14 @@ func CanonicalPath(raw string) (string, error) {
 		switch {
 		case c == '%':
 			if i+2 >= len(raw) || !isHex(raw[i+1]) || !isHex(raw[i+2]) {
-				return "", fmt.Errorf("%w: malformed percent escape at offset %d", ErrInvalidPath, i)
+				return "", fmt.Errorf("%w: malformed percent escape at offset %d", ErrInvalid, i)
 			}
 			d := unhex(raw[i+1])<<4 | unhex(raw[i+2])
 			switch {
 			case d == '/' || d == '\\':
-				return "", fmt.Errorf("%w: encoded slash or backslash at offset %d", ErrInvalidPath, i)
+				return "", fmt.Errorf("%w: encoded slash or backslash at offset %d", ErrInvalid, i)
 			case d < 0x20 || d == 0x7f:
-				return "", fmt.Errorf("%w: encoded control character at offset %d", ErrInvalidPath, i)
+				return "", fmt.Errorf("%w: encoded control character at offset %d", ErrInvalid, i)
 			case isUnreserved(d):
 				b.WriteByte(d)
 			default:
@@ -70,9 +70,9 @@ func CanonicalPath(raw string) (string, error) {
 			}
 			i += 2
 		case c == '\\':
-			return "", fmt.Errorf("%w: backslash at offset %d", ErrInvalidPath, i)
+			return "", fmt.Errorf("%w: backslash at offset %d", ErrInvalid, i)
 		case c < 0x20 || c == 0x7f:
-			return "", fmt.Errorf("%w: control character at offset %d", ErrInvalidPath, i)
+			return "", fmt.Errorf("%w: control character at offset %d", ErrInvalid, i)
 		case c >= 0x80:
 			writeEscape(&b, c)
 		default:
@@ -82,10 +82,10 @@ func CanonicalPath(raw string) (string, error) {
 	return resolveSegments(b.String()), nil
 }
 
-// canonical reports whether p, which begins with '/', is its own canonical
+// isCanonical reports whether p, which begins with '/', is its own canonical
 // form: no byte to decode, encode or reject, no empty segment but the last
 // (a trailing slash), and no "." or ".." segment.
-func canonical(p string) bool {
+func isCanonical(p string) bool {
 	for i := 0; i < len(p); i++ {
 		switch c := p[i]; {
 		case c == '%' || c == '\\' || c < 0x20 || c >= 0x7f:
