@@ -1,10 +1,12 @@
 package retry
 
 import (
-	"math/rand/v2"
 	"time"
 
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+
+	"github.com/trellismesh/trellis/internal/backoff"
 )
 
 // Defaults of a Policy's backoff, those of Envoy and grpc-go's xDS retry.
@@ -61,7 +63,7 @@ func (p *Policy) active() bool {
 	return p.Attempts > 1 || p.PerTryTimeout > 0 || p.Timeout > 0
 }
 
-// Backoff returns the delay before retry n (n ≥ 1).
+// Backoff returns the delay before retry n (n ≥ 1): Envoy's full jitter.
 func (p *Policy) Backoff(n int) time.Duration {
 	base := p.BaseBackoff
 	if base <= 0 {
@@ -71,13 +73,7 @@ func (p *Policy) Backoff(n int) time.Duration {
 	if maxB <= 0 {
 		maxB = defaultMaxBackoffFactor * base
 	}
-	ceiling := base
-	for i := 1; i < n && ceiling < maxB; i++ {
-		ceiling *= 2
-	}
-	ceiling = min(ceiling, maxB)
-	if ceiling <= 0 {
-		return 0
-	}
-	return rand.N(ceiling)
+	return backoff.Exponential{Config: grpcbackoff.Config{
+		BaseDelay: base, Multiplier: 2, Jitter: 1, MaxDelay: maxB,
+	}, Capped: true}.Backoff(n - 1)
 }

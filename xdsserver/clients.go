@@ -12,9 +12,12 @@ import (
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	v3server "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/trellismesh/trellis/internal/backoff"
 )
 
 // ClientStatus is what the control plane knows of one connected xDS stream.
@@ -55,22 +58,18 @@ type TypeStatus struct {
 // resources again at once (go-control-plane answers a request whose
 // version is behind), and would reject them again, in a tight loop. From
 // the second consecutive NACK of a type on a stream, the server waits
-// before processing the request: nackBackoffBase, doubling, at most
-// nackBackoffMax.
-var (
-	nackBackoffBase = 100 * time.Millisecond
-	nackBackoffMax  = 5 * time.Second
-)
+// before processing the request: 100 ms, doubling, at most 5 s, without
+// jitter (the wait holds one stream of one client: there is no herd to
+// spread).
+var nackDelay = backoff.Exponential{Config: grpcbackoff.Config{
+	BaseDelay: 100 * time.Millisecond, Multiplier: 2, MaxDelay: 5 * time.Second,
+}}
 
 func nackBackoff(consecutive int) time.Duration {
 	if consecutive < 2 {
 		return 0
 	}
-	d := nackBackoffBase
-	for i := 2; i < consecutive && d < nackBackoffMax; i++ {
-		d *= 2
-	}
-	return min(d, nackBackoffMax)
+	return nackDelay.Backoff(consecutive - 2)
 }
 
 // clientTracker follows xDS streams through go-control-plane's callbacks:

@@ -4,14 +4,15 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"fmt"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/trellismesh/trellis/internal/svid"
 )
 
 // timeNow is the clock client certificates are verified against; tests
@@ -28,10 +29,10 @@ var errNoCA = errors.New("no CA to verify client certificates with")
 //
 // The secure port requests client certificates without verifying them
 // (tls.RequestClientCert, since a first CA request carries a join token
-// instead), so the verification is done here: the chain verifies against
-// the CA's root now, the leaf is not a CA, may be used for client
-// authentication, and has exactly one URI SAN, a SPIFFE ID in the CA's
-// trust domain.
+// instead), so the verification is done here, by svid.Verify: the chain
+// verifies against the CA's trust anchors now, the leaf is not a CA, is
+// for client authentication, and has exactly one URI SAN, a workload
+// SPIFFE ID in the CA's trust domain.
 func (s *Server) peerIdentity(ctx context.Context) (spiffeid.ID, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
@@ -47,43 +48,11 @@ func (s *Server) peerIdentity(ctx context.Context) (spiffeid.ID, error) {
 	return verifyWorkloadCert(info.State.PeerCertificates, s.ca.Anchors(), s.ca.TrustDomain(), timeNow())
 }
 
-// verifyWorkloadCert verifies a client certificate chain, leaf first,
-// against the trust anchors.
+// verifyWorkloadCert verifies a client certificate chain, leaf first, as
+// an SVID of trust domain td for client authentication, against the
+// trust anchors.
 func verifyWorkloadCert(chain []*x509.Certificate, anchors []*x509.Certificate, td spiffeid.TrustDomain, now time.Time) (spiffeid.ID, error) {
-	leaf := chain[0]
-	if leaf.IsCA {
-		return spiffeid.ID{}, errors.New("the leaf certificate is a CA")
-	}
-	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
-		return spiffeid.ID{}, errors.New("the certificate is not for client authentication")
-	}
-	roots := x509.NewCertPool()
-	for _, a := range anchors {
-		roots.AddCert(a)
-	}
-	intermediates := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		intermediates.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: intermediates,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
-		return spiffeid.ID{}, err
-	}
-	if len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, fmt.Errorf("the certificate has %d URI SANs, want exactly one SPIFFE ID", len(leaf.URIs))
-	}
-	id, err := spiffeid.FromURI(leaf.URIs[0])
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("URI SAN: %w", err)
-	}
-	if !id.MemberOf(td) {
-		return spiffeid.ID{}, fmt.Errorf("%s is not in trust domain %s", id, td)
-	}
-	return id, nil
+	return svid.Verify(chain, x509bundle.FromX509Authorities(td, anchors), x509.ExtKeyUsageClientAuth, spiffeid.MatchMemberOf(td), now)
 }
 
 // identityNamespace returns the namespace of a workload SPIFFE ID

@@ -2,13 +2,15 @@ package pick
 
 import (
 	"errors"
-	"math"
 	"math/rand/v2"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/trellismesh/trellis/internal/backoff"
 	"github.com/trellismesh/trellis/internal/outlier"
 	"github.com/trellismesh/trellis/internal/peakewma"
 )
@@ -42,9 +44,8 @@ var (
 
 // timeNow and randUint64 are replaced by tests.
 var (
-	timeNow     = time.Now
-	randUint64  = rand.Uint64
-	randFloat64 = rand.Float64
+	timeNow    = time.Now
+	randUint64 = rand.Uint64
 )
 
 // Endpoint is one address of the cluster. Its zero weights are 1.
@@ -128,13 +129,9 @@ const (
 	Unreachable
 )
 
-// Backoff of an unreachable endpoint, grpc-go's connection backoff.
-const (
-	unreachableBase       = time.Second
-	unreachableMultiplier = 1.6
-	unreachableMax        = 2 * time.Minute
-	unreachableJitter     = 0.2
-)
+// unreachableBackoff is how long an unreachable endpoint stays out of
+// picks: grpc-go's connection backoff (1 s, ×1.6, at most 2 min, ±20 %).
+var unreachableBackoff = backoff.Exponential{Config: grpcbackoff.DefaultConfig}
 
 // ResultForStatus classifies an HTTP status code as Envoy's outlier
 // detection does.
@@ -323,10 +320,8 @@ func (p *Picker) reachable(s *snapshot, e *endpoint, hash uint64, until int64) *
 // markUnreachable keeps ep out of picks for its backoff.
 func (p *Picker) markUnreachable(ep *endpoint) {
 	n := ep.unreachable.Add(1)
-	d := float64(unreachableBase) * math.Pow(unreachableMultiplier, float64(n-1))
-	d = min(d, float64(unreachableMax))
-	d *= 1 + unreachableJitter*(2*randFloat64()-1)
-	until := timeNow().Add(time.Duration(d)).UnixNano()
+	d := unreachableBackoff.Backoff(int(n - 1))
+	until := timeNow().Add(d).UnixNano()
 	ep.downUntil.Store(until)
 	for {
 		cur := p.downUntil.Load()

@@ -3,17 +3,19 @@ package recycle
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/balancer/base"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
+
+	"github.com/trellismesh/trellis/internal/backoff"
 )
 
 // Name is the name under which the policy is registered with grpc-go's
@@ -576,8 +578,9 @@ func (w *subConn) takeNextLocked() *conn {
 func (w *subConn) failLocked(c *conn, err error) {
 	w.next = nil
 	w.failures++
-	d := min(retryBackoffBase<<min(w.failures-1, 30), retryBackoffMax)
-	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	d := backoff.Exponential{Config: grpcbackoff.Config{
+		BaseDelay: retryBackoffBase, Multiplier: 2, Jitter: 0.2, MaxDelay: retryBackoffMax,
+	}}.Backoff(w.failures - 1)
 	w.retryAt = timeNow().Add(d)
 	logger.Warningf("recycle: [%p] %v: replacement connection failed (%d in a row), retrying in %v: %v", w.b, w, w.failures, d, err)
 }

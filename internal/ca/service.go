@@ -28,6 +28,7 @@ import (
 	securitypb "istio.io/api/security/v1alpha1"
 
 	"github.com/trellismesh/trellis/internal/ratelimit"
+	"github.com/trellismesh/trellis/internal/svid"
 )
 
 // Service serves Istio's certificate API (istio.v1.auth.
@@ -389,37 +390,8 @@ func (s *Service) loadConsumed() error {
 }
 
 // verifySVID checks a presented chain is an unexpired, non-CA X.509 SVID
-// of this CA's trust domain and returns its identity.
+// for client authentication, of this CA's trust domain, chaining to one
+// of its trust anchors, and returns its identity.
 func (s *Service) verifySVID(certs []*x509.Certificate, now time.Time) (spiffeid.ID, error) {
-	leaf := certs[0]
-	if leaf.IsCA {
-		return spiffeid.ID{}, errors.New("is a CA certificate")
-	}
-	roots := x509.NewCertPool()
-	for _, a := range s.ca.anchors {
-		roots.AddCert(a)
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
-		return spiffeid.ID{}, err
-	}
-	if len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, fmt.Errorf("has %d URI SANs, want 1", len(leaf.URIs))
-	}
-	id, err := spiffeid.FromURI(leaf.URIs[0])
-	if err != nil {
-		return spiffeid.ID{}, err
-	}
-	if !id.MemberOf(s.ca.td) {
-		return spiffeid.ID{}, fmt.Errorf("%q is outside trust domain %q", id, s.ca.td)
-	}
-	return id, nil
+	return svid.Verify(certs, s.ca.Bundle(), x509.ExtKeyUsageClientAuth, spiffeid.MatchMemberOf(s.ca.td), now)
 }

@@ -2,28 +2,31 @@ package etcdstore
 
 import (
 	"context"
-	"math/rand/v2"
 	"time"
+
+	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/trellismesh/trellis/internal/backoff"
 )
 
-// Retry delays while etcd is away: from minBackoff, doubling, at most
-// maxBackoff, with jitter. Short, so that a returning etcd is noticed soon.
-var (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 2 * time.Second
-)
+// retryBackoff spaces retries while etcd is away: from 100 ms, doubling,
+// at most 2 s, each delay between half and all of that. Short, so that a
+// returning etcd is noticed soon.
+var retryBackoff = backoff.Exponential{Config: grpcbackoff.Config{
+	BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.5, MaxDelay: 2 * time.Second,
+}, Capped: true}
 
-type backoff struct{ d time.Duration }
+// retrier counts the retries of one loop since its last success.
+type retrier struct{ retries int }
 
-func newBackoff() *backoff { return &backoff{} }
+func newRetrier() *retrier { return &retrier{} }
 
-func (b *backoff) reset() { b.d = 0 }
+func (r *retrier) reset() { r.retries = 0 }
 
 // wait sleeps for the next delay; it returns false if ctx ends first.
-func (b *backoff) wait(ctx context.Context) bool {
-	b.d = min(max(2*b.d, minBackoff), maxBackoff)
-	d := b.d/2 + rand.N(b.d/2+1)
-	t := time.NewTimer(d)
+func (r *retrier) wait(ctx context.Context) bool {
+	t := time.NewTimer(retryBackoff.Backoff(r.retries))
+	r.retries++
 	defer t.Stop()
 	select {
 	case <-t.C:

@@ -55,7 +55,7 @@ func (s *ConfigSource) Run(ctx context.Context, update func(*config.Set, error))
 		last = maps.Clone(files)
 		update(config.Load(files))
 	}
-	backoff := newBackoff()
+	backoff := newRetrier()
 	failing := false
 	for ctx.Err() == nil {
 		files, rev, err := s.list(ctx)

@@ -410,7 +410,7 @@ func (s *Store) writeLoop() {
 		}
 		s.mu.Unlock()
 	}()
-	backoff := newBackoff()
+	backoff := newRetrier()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -600,7 +600,7 @@ func (s *Store) reconcileLocked() bool {
 // read, and a new read whenever the watch cannot go on (compaction).
 func (s *Store) watchLoop(rev int64) {
 	defer s.wg.Done()
-	backoff := newBackoff()
+	backoff := newRetrier()
 	failing := false
 	for {
 		if rev != 0 {

@@ -19,19 +19,24 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	securitypb "istio.io/api/security/v1alpha1"
+
+	"github.com/trellismesh/trellis/internal/backoff"
 )
 
-const (
-	requestTimeout = 30 * time.Second
-	backoffBase    = time.Second
-	backoffMax     = 30 * time.Second
-)
+const requestTimeout = 30 * time.Second
 
-var randFloat = mrand.Float64 // jitter, a test knob
+// retryBackoff spaces the retries of a failed request: from 1 s, doubling,
+// at most 30 s, ±20 %.
+var retryBackoff = backoff.Exponential{Config: grpcbackoff.Config{
+	BaseDelay: time.Second, Multiplier: 2, Jitter: 0.2, MaxDelay: 30 * time.Second,
+}}
+
+var randFloat = mrand.Float64 // rotation jitter, a test knob
 
 // A Dialer connects to the CA's certificate service. clientCert is nil for
 // a request authenticated by the join token, and the current SVID for a
@@ -81,7 +86,7 @@ func NewCASource(ctx context.Context, dial Dialer, td spiffeid.TrustDomain, opts
 			return nil, err
 		}
 		cfg.log.Warn("identity: first SVID failed, retrying", "err", err)
-		c, stop := newTimer(backoff(attempt))
+		c, stop := newTimer(retryBackoff.Backoff(attempt - 1))
 		select {
 		case <-ctx.Done():
 			stop()
@@ -122,8 +127,8 @@ func (s *CASource) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			wait = retryBackoff.Backoff(failures)
 			failures++
-			wait = backoff(failures)
 			svid, _ := s.current()
 			s.cfg.log.Warn("identity: renewal failed, keeping current SVID", "err", err,
 				"not_after", svid.Certificates[0].NotAfter, "retry_in", wait)
@@ -139,14 +144,6 @@ func (s *CASource) rotationDelay() time.Duration {
 	svid, _ := s.current()
 	remaining := svid.Certificates[0].NotAfter.Sub(timeNow())
 	return max(time.Duration(float64(remaining)*(0.4+0.2*randFloat())), 0)
-}
-
-func backoff(failures int) time.Duration {
-	d := backoffMax
-	if failures < 6 {
-		d = min(backoffBase<<(failures-1), backoffMax)
-	}
-	return time.Duration(float64(d) * (0.8 + 0.4*randFloat()))
 }
 
 // permanent reports errors not worth retrying in the constructor.

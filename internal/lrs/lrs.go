@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -31,10 +30,12 @@ import (
 	v3endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	v3lrsgrpc "github.com/envoyproxy/go-control-plane/envoy/service/load_stats/v3"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/trellismesh/trellis/internal/backoff"
 	"github.com/trellismesh/trellis/internal/replicas"
 )
 
@@ -42,11 +43,13 @@ import (
 // milliseconds.
 const LatencyMetric = "latency_ms"
 
-// Test knobs.
+// Test knobs. retryBackoff spaces the re-openings of a failed stream: from
+// 100 ms, doubling, at most 5 s, each delay between half and all of that.
 var (
-	timeNow    = time.Now
-	backoffMin = 100 * time.Millisecond
-	backoffMax = 5 * time.Second
+	timeNow      = time.Now
+	retryBackoff = backoff.Exponential{Config: grpcbackoff.Config{
+		BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.5, MaxDelay: 5 * time.Second,
+	}, Capped: true}
 )
 
 // Config configures a Reporter.
@@ -219,19 +222,18 @@ func (r *Reporter) run() {
 func (r *Reporter) loop(cc *grpc.ClientConn) {
 	defer r.wg.Done()
 	client := v3lrsgrpc.NewLoadReportingServiceClient(cc)
-	delay := backoffMin
+	retries := 0
 	for {
 		reported, err := r.stream(client)
 		if r.ctx.Err() != nil {
 			return
 		}
 		if reported {
-			delay = backoffMin
+			retries = 0
 		}
 		r.log.Debug("load reporting stream ended", "error", err)
-		wait := delay/2 + rand.N(delay/2+1)
-		delay = min(delay*2, backoffMax)
-		t := time.NewTimer(wait)
+		t := time.NewTimer(retryBackoff.Backoff(retries))
+		retries++
 		select {
 		case <-t.C:
 		case <-r.ctx.Done():

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -15,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/tls/certprovider"
 	"google.golang.org/grpc/xds/bootstrap"
+
+	"github.com/trellismesh/trellis/internal/svid"
 )
 
 // ChannelCredsName is the channel credentials type, in a bootstrap's
@@ -41,22 +45,29 @@ type SVIDSource interface {
 // ControlPlaneTLS is the client TLS configuration of a workload on the
 // control plane's secure port: TLS 1.3, the workload's current SVID from
 // src, and a server that must prove the control plane's SPIFFE ID in the
-// workload's own trust domain (ControlPlanePath) with a chain to the
-// workload's current trust bundle, all read at every handshake.
+// workload's own trust domain (ControlPlanePath) with an SVID for server
+// authentication chaining to the workload's current trust bundle
+// (svid.Verify), all read at every handshake, resumed ones included.
 func ControlPlaneTLS(src SVIDSource) *tls.Config {
-	authorize := tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		svid, err := src.GetX509SVID()
+	match := func(id spiffeid.ID) error {
+		own, err := src.GetX509SVID()
 		if err != nil {
 			return err
 		}
-		if id.Path() != ControlPlanePath || id.TrustDomain() != svid.ID.TrustDomain() {
-			return fmt.Errorf("meshcert: %s is not the control plane of trust domain %s", id, svid.ID.TrustDomain())
+		if id.Path() != ControlPlanePath || id.TrustDomain() != own.ID.TrustDomain() {
+			return fmt.Errorf("meshcert: %s is not the control plane of trust domain %s", id, own.ID.TrustDomain())
 		}
 		return nil
-	})
-	cfg := tlsconfig.MTLSClientConfig(src, src, authorize)
-	cfg.MinVersion = tls.VersionTLS13
-	return cfg
+	}
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS13,
+		InsecureSkipVerify:   true, // replaced by VerifyConnection: the SPIFFE ID replaces the host name
+		GetClientCertificate: tlsconfig.GetClientCertificate(src),
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := svid.Verify(cs.PeerCertificates, src, x509.ExtKeyUsageServerAuth, match, time.Time{})
+			return err
+		},
+	}
 }
 
 // ChannelConfig is the config of ChannelCredsName in a bootstrap.

@@ -6,9 +6,10 @@
 // Identity comes from an identity.Source, read at each handshake, so a
 // rotated SVID or trust bundle takes effect on the next connection with
 // no restart. A peer is accepted only if its leaf carries exactly one URI
-// SAN naming a workload SPIFFE ID, is not a CA, and chains, at the
-// current time and for the right key usage, to the source's current
-// bundle for that ID's trust domain. Then a server's Authorizer (by
+// SAN naming a workload SPIFFE ID, is not a CA, names the extended key
+// usage of its side, and chains, at the current time, to the source's
+// current bundle for that ID's trust domain (internal/svid's Verify,
+// over go-spiffe's). Then a server's Authorizer (by
 // default: any ID of its own trust domain) or a client's list of expected
 // server IDs decides. The checks run on resumed TLS sessions too, so a
 // session ticket does not outlive a change of trust. Only TLS 1.3 is

@@ -9,33 +9,34 @@ import (
 	"slices"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
 	"github.com/trellismesh/trellis/internal/identity"
+	"github.com/trellismesh/trellis/internal/svid"
 )
 
 // Conditions callers test with errors.Is. A handshake refused by a
 // configuration of this package fails, on the refusing side, with an
-// error wrapping one of them.
+// error wrapping one of them. The first four are package svid's, whose
+// Verify makes the checks.
 var (
 	// ErrNoCertificate reports a peer that presented no certificate.
-	ErrNoCertificate = errors.New("mtls: peer presented no certificate")
+	ErrNoCertificate = svid.ErrNoCertificate
 	// ErrInvalidSVID reports a peer certificate that is not an X.509 SVID:
 	// not exactly one URI SAN, a URI SAN that is not a workload SPIFFE ID,
 	// or a leaf that is a CA or may sign certificates.
-	ErrInvalidSVID = errors.New("mtls: peer certificate is not a valid X.509 SVID")
+	ErrInvalidSVID = svid.ErrInvalid
 	// ErrUntrusted reports a peer certificate that does not verify: no
 	// bundle for its trust domain, a chain that does not lead to one of
 	// the bundle's authorities, expired or not yet valid, or the wrong
 	// extended key usage.
-	ErrUntrusted = errors.New("mtls: peer certificate not trusted")
+	ErrUntrusted = svid.ErrUntrusted
 	// ErrUnauthorized reports a verified peer whose SPIFFE ID is refused:
 	// by the Authorizer of ServerConfig, or not one of ClientConfig's
 	// expected IDs.
-	ErrUnauthorized = errors.New("mtls: peer not authorized")
+	ErrUnauthorized = svid.ErrUnauthorized
 	// ErrNoExpectedIDs is returned by ClientConfig when given no server ID
 	// to expect (or a zero one): "any server of the trust domain" is never
 	// implied.
@@ -79,11 +80,12 @@ func AuthorizeMemberOf(td spiffeid.TrustDomain) Authorizer {
 // or trust bundle applies to the next connection without a restart:
 //
 //   - it presents src's current certificate;
-//   - it requires a client certificate and verifies it against src's
-//     current bundle for the certificate's trust domain (a trust domain
-//     src has no bundle for is refused), at the current time, for client
-//     authentication. The leaf must carry exactly one URI SAN, a workload
-//     SPIFFE ID, and must not be a CA;
+//   - it requires a client certificate and verifies it with svid.Verify
+//     against src's current bundle for the certificate's trust domain (a
+//     trust domain src has no bundle for is refused), at the current
+//     time, for client authentication (the leaf must name it). The leaf
+//     must carry exactly one URI SAN, a workload SPIFFE ID, and must not
+//     be a CA;
 //   - authorize, if not nil, must accept the peer's ID. A nil authorize
 //     accepts any ID in the trust domain of src's own SVID.
 //
@@ -110,10 +112,7 @@ func ServerConfig(src identity.Source, authorize Authorizer, opts ...Option) *tl
 			return cert, nil
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			id, err := verifyPeer(cs.PeerCertificates, src, x509.ExtKeyUsageClientAuth)
-			if err == nil {
-				err = authorizeClient(src, authorize, id)
-			}
+			_, err := svid.Verify(cs.PeerCertificates, src, x509.ExtKeyUsageClientAuth, clientMatcher(src, authorize), timeNow())
 			if err != nil {
 				cfg.log.Info("mtls: rejected client", "err", err, "resumed", cs.DidResume)
 				cfg.failed(FailurePeerRejected)
@@ -124,18 +123,19 @@ func ServerConfig(src identity.Source, authorize Authorizer, opts ...Option) *tl
 	}
 }
 
-func authorizeClient(src identity.Source, authorize Authorizer, id spiffeid.ID) error {
-	if authorize == nil {
+// clientMatcher is the matcher of ServerConfig's clients: authorize, or
+// if nil, membership of src's own trust domain at the time of the call.
+func clientMatcher(src identity.Source, authorize Authorizer) spiffeid.Matcher {
+	if authorize != nil {
+		return spiffeid.Matcher(authorize)
+	}
+	return func(id spiffeid.ID) error {
 		own, err := src.GetX509SVID()
 		if err != nil {
-			return fmt.Errorf("%w: own SVID: %w", ErrUnauthorized, err)
+			return fmt.Errorf("own SVID: %w", err)
 		}
-		authorize = AuthorizeMemberOf(own.ID.TrustDomain())
+		return AuthorizeMemberOf(own.ID.TrustDomain())(id)
 	}
-	if err := authorize(id); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnauthorized, err)
-	}
-	return nil
 }
 
 // ClientConfig returns a TLS client configuration for mutual TLS with
@@ -154,6 +154,12 @@ func ClientConfig(src identity.Source, expected ...spiffeid.ID) (*tls.Config, er
 		return nil, ErrNoExpectedIDs
 	}
 	expected = slices.Clone(expected)
+	match := func(id spiffeid.ID) error {
+		if !slices.Contains(expected, id) {
+			return fmt.Errorf("server is %q, want one of %q", id, expected)
+		}
+		return nil
+	}
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // replaced by VerifyConnection
@@ -165,70 +171,10 @@ func ClientConfig(src identity.Source, expected ...spiffeid.ID) (*tls.Config, er
 			return cert, nil
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			id, err := verifyPeer(cs.PeerCertificates, src, x509.ExtKeyUsageServerAuth)
-			if err != nil {
-				return err
-			}
-			if !slices.Contains(expected, id) {
-				return fmt.Errorf("%w: server is %q, want one of %q", ErrUnauthorized, id, expected)
-			}
-			return nil
+			_, err := svid.Verify(cs.PeerCertificates, src, x509.ExtKeyUsageServerAuth, match, timeNow())
+			return err
 		},
 	}, nil
-}
-
-// verifyPeer checks that certs, leaf first, are an X.509 SVID that
-// verifies against bundles for usage now, and returns its ID.
-func verifyPeer(certs []*x509.Certificate, bundles x509bundle.Source, usage x509.ExtKeyUsage) (spiffeid.ID, error) {
-	if len(certs) == 0 {
-		return spiffeid.ID{}, ErrNoCertificate
-	}
-	leaf := certs[0]
-	id, err := leafID(leaf)
-	if err != nil {
-		return spiffeid.ID{}, err
-	}
-	if leaf.IsCA || leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0 {
-		return spiffeid.ID{}, fmt.Errorf("%w: leaf is a CA", ErrInvalidSVID)
-	}
-	bundle, err := bundles.GetX509BundleForTrustDomain(id.TrustDomain())
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: trust domain %q: %w", ErrUntrusted, id.TrustDomain(), err)
-	}
-	roots := x509.NewCertPool()
-	for _, c := range bundle.X509Authorities() {
-		roots.AddCert(c)
-	}
-	intermediates := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		intermediates.AddCert(c)
-	}
-	_, err = leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: intermediates,
-		CurrentTime:   timeNow(),
-		KeyUsages:     []x509.ExtKeyUsage{usage},
-	})
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: %q: %w", ErrUntrusted, id, err)
-	}
-	return id, nil
-}
-
-// leafID returns the SPIFFE ID of an SVID leaf: its one URI SAN, which
-// must name a workload (a non-empty path), not a bare trust domain.
-func leafID(leaf *x509.Certificate) (spiffeid.ID, error) {
-	if len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, fmt.Errorf("%w: %d URI SANs, want 1", ErrInvalidSVID, len(leaf.URIs))
-	}
-	id, err := spiffeid.FromURI(leaf.URIs[0])
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: %w", ErrInvalidSVID, err)
-	}
-	if id.Path() == "" {
-		return spiffeid.ID{}, fmt.Errorf("%w: %q names no workload", ErrInvalidSVID, id)
-	}
-	return id, nil
 }
 
 // PeerID returns the SPIFFE ID of the peer of a connection: the URI SAN
@@ -239,7 +185,7 @@ func PeerID(state tls.ConnectionState) (spiffeid.ID, error) {
 	if len(state.PeerCertificates) == 0 {
 		return spiffeid.ID{}, ErrNoCertificate
 	}
-	return leafID(state.PeerCertificates[0])
+	return svid.LeafID(state.PeerCertificates[0])
 }
 
 // PeerIDFromContext returns the SPIFFE ID of the peer of a gRPC call, from

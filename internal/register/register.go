@@ -16,15 +16,16 @@ import (
 	crand "crypto/rand"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/trellismesh/trellis/internal/backoff"
 	"github.com/trellismesh/trellis/internal/registrationpb"
 )
 
@@ -38,11 +39,12 @@ var ownerSecret = func() []byte {
 	return b
 }()
 
-// Backoff bounds for re-opening a broken registration stream.
-var (
-	backoffBase = 100 * time.Millisecond
-	backoffMax  = 5 * time.Second
-)
+// retryBackoff spaces the re-openings of a broken registration stream:
+// from 100 ms, doubling, at most 5 s, each delay between half and all of
+// that.
+var retryBackoff = backoff.Exponential{Config: grpcbackoff.Config{
+	BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.5, MaxDelay: 5 * time.Second,
+}, Capped: true}
 
 // Client registers one endpoint. It is safe for concurrent use.
 type Client struct {
@@ -102,11 +104,11 @@ func (c *Client) loop() {
 		if err == errStopped {
 			return
 		}
-		if time.Since(start) > backoffMax {
+		if time.Since(start) > retryBackoff.Config.MaxDelay {
 			failures = 0 // the stream was healthy for a while
 		}
+		d := retryBackoff.Backoff(failures)
 		failures++
-		d := backoff(failures)
 		switch status.Code(err) {
 		case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument:
 			// Retrying will not help until the configuration, the
@@ -121,17 +123,6 @@ func (c *Client) loop() {
 		case <-time.After(d):
 		}
 	}
-}
-
-// backoff returns the wait before attempt n (n ≥ 1): exponential with full
-// jitter between half and all of the bound, capped at backoffMax.
-func backoff(n int) time.Duration {
-	d := backoffBase
-	for i := 1; i < n && d < backoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, backoffMax)
-	return d/2 + rand.N(d/2+1)
 }
 
 // session runs one registration stream until it breaks or Stop is called.

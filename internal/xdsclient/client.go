@@ -16,7 +16,7 @@ import (
 
 	v3corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
@@ -152,7 +152,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	// gRPC's own reconnection backoff follows ours, so that a stream retry
 	// does not wait for a channel still backing off for minutes.
-	bc := backoff.DefaultConfig
+	bc := grpcbackoff.DefaultConfig
 	bc.BaseDelay, bc.MaxDelay = cfg.BackoffMin, cfg.BackoffMax
 	opts := []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{Backoff: bc, MinConnectTimeout: 20 * time.Second})}
 	if len(cfg.DialOptions) == 0 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -14,8 +13,11 @@ import (
 	v3discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/trellismesh/trellis/internal/backoff"
 )
 
 // run owns the ADS stream: it waits for the first watch, then keeps a
@@ -63,13 +65,9 @@ func (c *Client) hasWatches() bool {
 // backoff returns the delay before attempt n+1 (n from 0): exponential from
 // BackoffMin to BackoffMax, jittered down to half of it.
 func (c *Client) backoff(n int) time.Duration {
-	d := c.cfg.BackoffMax
-	if n < 32 {
-		if e := c.cfg.BackoffMin << n; e > 0 && e < d {
-			d = e
-		}
-	}
-	return d/2 + rand.N(d/2+1)
+	return backoff.Exponential{Config: grpcbackoff.Config{
+		BaseDelay: c.cfg.BackoffMin, Multiplier: 2, Jitter: 0.5, MaxDelay: c.cfg.BackoffMax,
+	}, Capped: true}.Backoff(n)
 }
 
 // pendingRequest is a request built from the client's state and the
