@@ -230,10 +230,11 @@ func run() error {
 		go func() { errc <- srv.ServeSecure(secureLis) }()
 	}
 	go func() { errc <- admin.Serve(adminLis) }()
-	logger.Info("control plane serving", "xds", plaintext, "secure", *secureAddr, "admin", adminLis.Addr().String(), "config", *configDir, "store", *store, "dataDir", *dataDir, "insecureRegistration", *insecureReg)
-
+	// Signals are caught before the control plane says it serves, so that
+	// a supervisor's SIGTERM right after that line shuts it down cleanly.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	logger.Info("control plane serving", "xds", plaintext, "secure", *secureAddr, "admin", adminLis.Addr().String(), "config", *configDir, "store", *store, "dataDir", *dataDir, "insecureRegistration", *insecureReg)
 	for {
 		select {
 		case err := <-errc:
