@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -57,7 +56,7 @@ func burst(ctx context.Context, call func(context.Context, ...string) result, wo
 }
 
 // checkRate checks a burst against a token bucket of rps and burst: the
-// admitted calls are rate × time + burst within 5 %, the rest are refused,
+// admitted calls are at most rate × time + burst, the rest are refused,
 // fast.
 func checkRate(t *testing.T, name string, got burstTally, rps, burstSize float64) {
 	t.Helper()
@@ -67,8 +66,14 @@ func checkRate(t *testing.T, name string, got burstTally, rps, burstSize float64
 	if got.other > 0 {
 		t.Errorf("%s: %d calls neither admitted nor limited; last: %s: %v", name, got.other, got.lastOther.outcome, got.lastOther.err)
 	}
-	if math.Abs(float64(got.admitted)-want) > 0.05*want {
-		t.Errorf("%s: %d calls admitted in %v, want %.1f ±5%% (rate × time + burst)", name, got.admitted, got.elapsed, want)
+	// The limit must hold: never more than rate × time + burst (5 % for
+	// the measurement of time). Fewer is what a starved machine gets — a
+	// bucket stays full, and refills nothing, while no caller runs — so
+	// the floor only catches a limiter admitting far too few; the rate
+	// itself is held exactly under a virtual clock by internal/ratelimit
+	// TestRateHeldUnderBurst.
+	if float64(got.admitted) > 1.05*want || float64(got.admitted) < 0.5*want {
+		t.Errorf("%s: %d calls admitted in %v, want at most %.1f (rate × time + burst, +5%%) and at least half of it", name, got.admitted, got.elapsed, want)
 	}
 	if got.limited < 10*got.admitted {
 		t.Errorf("%s: only %d calls limited beside %d admitted; the burst did not exceed the limit", name, got.limited, got.admitted)
